@@ -1,0 +1,222 @@
+package keypool
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+)
+
+// KeyID names a key in logs, metrics, records and admin views. It is "kp_"
+// followed by 16 hex digits of a SHA-256 over the key's secret and organization
+// and project, so it is stable across restarts and reveals nothing of the secret.
+// A pool refuses two different keys with the same ID.
+type KeyID string
+
+// Key is one API credential: a secret plus an optional organization and project.
+// The secret is held behind a pointer and never formatted: %v, %+v, %#v, %s,
+// %q, json.Marshal, slog and error strings all show the key's ID instead, even
+// when a Key sits in an unexported field of a struct that is printed.
+//
+// The zero Key has no secret; build keys with NewKey, ParseKeys or ReadKeys.
+// A Key is a small value, safe to copy and to use from many goroutines.
+type Key struct {
+	s       *secret
+	org     string
+	project string
+	id      KeyID
+}
+
+// secret boxes the key material so that fmt, reflecting into a Key, sees only
+// a pointer.
+type secret struct{ v string }
+
+// NewKey returns a key for secret, which is used as given (no trimming).
+func NewKey(secretText string) Key {
+	k := Key{s: &secret{v: secretText}}
+	k.id = makeKeyID(secretText, "", "")
+	return k
+}
+
+// WithOrganization returns a copy of k that sends org as OpenAI-Organization
+// (never for service-account keys). The copy has an ID of its own.
+func (k Key) WithOrganization(org string) Key {
+	k.org = org
+	k.id = makeKeyID(k.secret(), k.org, k.project)
+	return k
+}
+
+// WithProject returns a copy of k that sends project as OpenAI-Project (never
+// for service-account keys). The copy has an ID of its own.
+func (k Key) WithProject(project string) Key {
+	k.project = project
+	k.id = makeKeyID(k.secret(), k.org, k.project)
+	return k
+}
+
+func makeKeyID(secretText, org, project string) KeyID {
+	h := sha256.New()
+	io.WriteString(h, "keypool/v1\x00")
+	io.WriteString(h, secretText)
+	io.WriteString(h, "\x00")
+	io.WriteString(h, org)
+	io.WriteString(h, "\x00")
+	io.WriteString(h, project)
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return KeyID("kp_" + hex.EncodeToString(sum[:8]))
+}
+
+// ID returns the key's public name.
+func (k Key) ID() KeyID { return k.id }
+
+// Organization returns the organization the key is sent with ("" for none).
+func (k Key) Organization() string { return k.org }
+
+// Project returns the project the key is sent with ("" for none).
+func (k Key) Project() string { return k.project }
+
+// IsZero reports whether k holds no secret.
+func (k Key) IsZero() bool { return k.s == nil || k.s.v == "" }
+
+// ServiceAccount reports whether k is a service-account key (sk-svcacct-…),
+// which must never be sent an OpenAI-Organization or OpenAI-Project header.
+func (k Key) ServiceAccount() bool { return strings.HasPrefix(k.secret(), "sk-svcacct-") }
+
+// secret returns the key material; only the transport's Authorization header
+// and the ID hash ever see it.
+func (k Key) secret() string {
+	if k.s == nil {
+		return ""
+	}
+	return k.s.v
+}
+
+// String returns the key's ID.
+func (k Key) String() string { return string(k.id) }
+
+// GoString returns the key's ID in Go syntax, never the secret.
+func (k Key) GoString() string { return fmt.Sprintf("keypool.Key(%q)", string(k.id)) }
+
+// Format prints the key's ID for every verb, so no verb or flag shows the secret.
+func (k Key) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		io.WriteString(f, k.GoString())
+		return
+	}
+	io.WriteString(f, string(k.id))
+}
+
+// MarshalJSON encodes the key as its ID, organization and project, never the
+// secret.
+func (k Key) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		ID           KeyID  `json:"id"`
+		Organization string `json:"organization,omitempty"`
+		Project      string `json:"project,omitempty"`
+	}{k.id, k.org, k.project})
+}
+
+// MarshalText encodes the key as its ID, for map keys and text encoders.
+func (k Key) MarshalText() ([]byte, error) { return []byte(k.id), nil }
+
+// LogValue makes slog print the key's ID.
+func (k Key) LogValue() slog.Value { return slog.StringValue(string(k.id)) }
+
+// ParseKeys splits a comma-separated list of secrets (the OPENAI_KEY
+// convention), trimming space around each and dropping empty entries and
+// duplicates. An entry with space inside is an error that names its position,
+// never its text.
+func ParseKeys(list string) ([]Key, error) {
+	var keys []Key
+	seen := map[string]bool{}
+	for i, part := range strings.Split(list, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" || seen[part] {
+			continue
+		}
+		if strings.IndexFunc(part, isSpace) >= 0 {
+			return nil, fmt.Errorf("keypool: key list entry %d has white space inside a key", i+1)
+		}
+		seen[part] = true
+		keys = append(keys, NewKey(part))
+	}
+	return keys, nil
+}
+
+// KeysFrom turns secrets into keys with the rules of ParseKeys (trimmed, empty
+// entries and duplicates dropped); an entry with space or a comma inside is an
+// error.
+func KeysFrom(secrets []string) ([]Key, error) {
+	var keys []Key
+	seen := map[string]bool{}
+	for i, s := range secrets {
+		s = strings.TrimSpace(s)
+		if s == "" || seen[s] {
+			continue
+		}
+		if strings.IndexFunc(s, isSpace) >= 0 || strings.Contains(s, ",") {
+			return nil, fmt.Errorf("keypool: key %d has white space or a comma inside", i+1)
+		}
+		seen[s] = true
+		keys = append(keys, NewKey(s))
+	}
+	return keys, nil
+}
+
+// maxKeyLine bounds one line of a keys file; API keys are under 200 bytes.
+const maxKeyLine = 64 << 10
+
+// ReadKeys reads keys one per line: blank lines and lines starting with # are
+// skipped, a # after the key starts a comment, duplicates are dropped. A line
+// with two words, or too long a line, is an error that names the line number.
+func ReadKeys(r io.Reader) ([]Key, error) {
+	var keys []Key
+	seen := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), maxKeyLine)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if i := strings.IndexByte(text, '#'); i >= 0 {
+			text = text[:i]
+		}
+		text = strings.TrimSpace(text)
+		if text == "" || seen[text] {
+			continue
+		}
+		if strings.IndexFunc(text, isSpace) >= 0 || strings.Contains(text, ",") {
+			return nil, fmt.Errorf("keypool: keys line %d: one key per line expected", line)
+		}
+		seen[text] = true
+		keys = append(keys, NewKey(text))
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("keypool: keys line %d: %w", line+1, err)
+	}
+	return keys, nil
+}
+
+// ReadKeysFile reads keys from the file at path, as ReadKeys does.
+func ReadKeysFile(path string) ([]Key, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("keypool: keys file: %w", err)
+	}
+	defer f.Close()
+	keys, err := ReadKeys(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w (in %s)", err, path)
+	}
+	return keys, nil
+}
+
+func isSpace(r rune) bool {
+	return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' || r == 0x85 || r == 0xA0
+}

@@ -1,0 +1,245 @@
+package keypool
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Option configures New. Options that get bad input make New return an error.
+type Option interface {
+	apply(*config) error
+}
+
+type optionFunc func(*config) error
+
+func (f optionFunc) apply(c *config) error { return f(c) }
+
+type config struct {
+	upstreams   []Upstream
+	base        http.RoundTripper
+	policy      Policy
+	observers   observers
+	logger      *slog.Logger
+	now         func() time.Time
+	maxAttempts int
+	maxWait     time.Duration
+	retryTime   time.Duration
+	backoffBase time.Duration
+	backoffCap  time.Duration
+	maxBody     int64
+	pool        poolConfig
+}
+
+func defaultConfig() config {
+	return config{
+		policy:      DefaultPolicy,
+		now:         time.Now,
+		maxAttempts: 4,
+		maxWait:     20 * time.Second,
+		retryTime:   2 * time.Minute,
+		backoffBase: 200 * time.Millisecond,
+		backoffCap:  5 * time.Second,
+		maxBody:     32 << 20,
+		pool: poolConfig{
+			trialsFirst:  true,
+			probeLimit:   4,
+			maxBuckets:   64,
+			failures:     2,
+			failCooldown: 2 * time.Second,
+			maxCooldown:  time.Minute,
+			family:       ModelFamily,
+		},
+	}
+}
+
+// WithUpstream adds an upstream at baseURL (such as
+// "https://api.openai.com/v1") with a comma-separated list of keys, the
+// OPENAI_KEY convention. Upstreams are tried in the order they are added.
+func WithUpstream(baseURL, keys string) Option {
+	return optionFunc(func(c *config) error {
+		ks, err := ParseKeys(keys)
+		if err != nil {
+			return err
+		}
+		if len(ks) == 0 {
+			return fmt.Errorf("keypool: upstream %s: no key given", redactURL(baseURL))
+		}
+		c.upstreams = append(c.upstreams, Upstream{BaseURL: baseURL, Keys: ks})
+		return nil
+	})
+}
+
+// WithUpstreams adds fully described upstreams, in priority order.
+func WithUpstreams(us ...Upstream) Option {
+	return optionFunc(func(c *config) error {
+		c.upstreams = append(c.upstreams, us...)
+		return nil
+	})
+}
+
+// WithBase sets the RoundTripper that carries each attempt. nil means
+// http.DefaultTransport.
+func WithBase(rt http.RoundTripper) Option {
+	return optionFunc(func(c *config) error { c.base = rt; return nil })
+}
+
+// WithPolicy replaces DefaultPolicy; nil means DefaultPolicy.
+func WithPolicy(p Policy) Option {
+	return optionFunc(func(c *config) error {
+		if p == nil {
+			p = DefaultPolicy
+		}
+		c.policy = p
+		return nil
+	})
+}
+
+// WithObserver adds an observer of attempts and state changes; it may be given
+// more than once. nil is ignored.
+func WithObserver(o Observer) Option {
+	return optionFunc(func(c *config) error {
+		if o != nil {
+			c.observers = append(c.observers, o)
+		}
+		return nil
+	})
+}
+
+// WithLogger sets where failovers and state changes are logged, at debug and
+// info level, by key ID. nil (the default) logs nothing.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) error { c.logger = l; return nil })
+}
+
+// WithMaxAttempts bounds the attempts of one request, from 1 to 16; the
+// default is 4.
+func WithMaxAttempts(n int) Option {
+	return optionFunc(func(c *config) error {
+		if n < 1 || n > maxTried {
+			return fmt.Errorf("keypool: max attempts must be from 1 to %d, not %d", maxTried, n)
+		}
+		c.maxAttempts = n
+		return nil
+	})
+}
+
+// WithMaxWait bounds how long a request waits for a key to free up when none
+// is usable (a cooldown ends, a busy key answers). 0 means never wait; the
+// default is 20s. The caller's context bounds the wait too.
+func WithMaxWait(d time.Duration) Option {
+	return optionFunc(func(c *config) error {
+		if d < 0 {
+			return errors.New("keypool: max wait must not be negative")
+		}
+		c.maxWait = d
+		return nil
+	})
+}
+
+// WithRetryTime bounds the time after which a request starts no new attempt;
+// the default is 2m. It does not cut an attempt short.
+func WithRetryTime(d time.Duration) Option {
+	return optionFunc(func(c *config) error {
+		if d <= 0 {
+			return errors.New("keypool: retry time must be positive")
+		}
+		c.retryTime = d
+		return nil
+	})
+}
+
+// WithBackoff sets the exponential backoff (with 20% jitter) between attempts
+// after server errors: base for the first, doubling up to cap. Failover after
+// a key's own error (rate limit, quota, revoked) does not wait. Defaults 200ms
+// and 5s.
+func WithBackoff(base, cap time.Duration) Option {
+	return optionFunc(func(c *config) error {
+		if base <= 0 || cap < base {
+			return errors.New("keypool: backoff needs 0 < base <= cap")
+		}
+		c.backoffBase, c.backoffCap = base, cap
+		return nil
+	})
+}
+
+// WithMaxBodyBuffer bounds the request body kept for replay; a larger body
+// gets one attempt (or is replayed through Request.GetBody when it has one).
+// The default is 32 MiB.
+func WithMaxBodyBuffer(n int64) Option {
+	return optionFunc(func(c *config) error {
+		if n < 0 {
+			return errors.New("keypool: max body buffer must not be negative")
+		}
+		c.maxBody = n
+		return nil
+	})
+}
+
+// WithTrialsFirst sets whether trial keys are spent before paid ones (the
+// default, true); embeddings never go to trial keys first.
+func WithTrialsFirst(on bool) Option {
+	return optionFunc(func(c *config) error { c.pool.trialsFirst = on; return nil })
+}
+
+// WithProbeLimit sets how many requests a key may have in flight before its
+// first answer states its limits; the default is 4. It keeps a burst from
+// flooding a key whose limits are not known yet.
+func WithProbeLimit(n int) Option {
+	return optionFunc(func(c *config) error {
+		if n < 1 {
+			return errors.New("keypool: probe limit must be at least 1")
+		}
+		c.pool.probeLimit = int64(n)
+		return nil
+	})
+}
+
+// WithFailureCooldown sets when a failing key rests: after threshold
+// consecutive server errors it cools for base, doubling with each further
+// failure up to max. Defaults 2, 2s and 1m.
+func WithFailureCooldown(threshold int, base, max time.Duration) Option {
+	return optionFunc(func(c *config) error {
+		if threshold < 1 || base <= 0 || max < base {
+			return errors.New("keypool: failure cooldown needs threshold >= 1 and 0 < base <= max")
+		}
+		c.pool.failures, c.pool.failCooldown, c.pool.maxCooldown = threshold, base, max
+		return nil
+	})
+}
+
+// WithMaxModels bounds the models an upstream tracks limits for at once
+// (default 64); past it, the least recently used idle model is forgotten.
+func WithMaxModels(n int) Option {
+	return optionFunc(func(c *config) error {
+		if n < 1 {
+			return errors.New("keypool: max models must be at least 1")
+		}
+		c.pool.maxBuckets = n
+		return nil
+	})
+}
+
+// WithModelFamily sets how usage is grouped by model; nil means ModelFamily.
+func WithModelFamily(f func(model string) string) Option {
+	return optionFunc(func(c *config) error {
+		if f == nil {
+			f = ModelFamily
+		}
+		c.pool.family = f
+		return nil
+	})
+}
+
+// WithClock sets the clock; nil means time.Now. Tests pass a fake one.
+func WithClock(now func() time.Time) Option {
+	return optionFunc(func(c *config) error {
+		if now == nil {
+			now = time.Now
+		}
+		c.now = now
+		return nil
+	})
+}

@@ -1,0 +1,937 @@
+package keypool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Upstream is one API base URL and its keys. Upstreams are tried in the order
+// given: a request goes to a later upstream only when no key of an earlier one
+// can take it.
+type Upstream struct {
+	// Name shows the upstream in events, metrics and snapshots; "" means the
+	// base URL's host.
+	Name string
+	// BaseURL is the API root, such as "https://api.openai.com/v1". A request
+	// for /v1/chat/completions goes to BaseURL + "/chat/completions".
+	BaseURL string
+	// Keys are the upstream's credentials.
+	Keys []Key
+	// Allow, if not empty, lists the only models this upstream serves; Deny
+	// lists models it never serves. Entries are exact names or globs where *
+	// matches any run of characters. Allow is checked first, then Deny. A
+	// request with no JSON model is matched by its URL path
+	// ("/v1/audio/transcriptions").
+	Allow, Deny []string
+	// Timeout limits the time to response headers of one attempt; 0 means
+	// DefaultTimeout.
+	Timeout time.Duration
+	// StreamTimeout limits the time to the headers and first event of one
+	// streaming attempt; 0 means DefaultStreamTimeout.
+	StreamTimeout time.Duration
+}
+
+// Defaults of an Upstream's zero fields.
+const (
+	DefaultTimeout       = 10 * time.Minute // the OpenAI SDKs' own default
+	DefaultStreamTimeout = 30 * time.Second
+)
+
+// NoKeyError says that no key can take a request now. FreeAt, when not zero,
+// is when the first key that could take it frees up.
+type NoKeyError struct {
+	Model  string
+	Reason string
+	FreeAt time.Time
+}
+
+// ErrNoKey matches every *NoKeyError with errors.Is.
+var ErrNoKey = errors.New("keypool: no key available")
+
+func (e *NoKeyError) Error() string {
+	s := fmt.Sprintf("keypool: no key available for model %q: %s", e.Model, e.Reason)
+	if !e.FreeAt.IsZero() {
+		s += "; the first key frees up at " + e.FreeAt.UTC().Format(time.RFC3339Nano)
+	}
+	return s
+}
+
+// Is reports whether target is ErrNoKey.
+func (e *NoKeyError) Is(target error) bool { return target == ErrNoKey }
+
+// Pool holds the keys of every upstream, what has been learned about them, and
+// chooses a key for each attempt. It is safe for simultaneous use by multiple
+// goroutines; all its state sits behind one mutex, and a pick costs O(log n)
+// in the number of keys with no allocation.
+//
+// Most callers never touch a Pool directly: New builds one inside the
+// Transport. Use Transport.Pool for snapshots and operator actions.
+type Pool struct {
+	mu        sync.Mutex
+	ups       []*upstream
+	keys      []*key // in config order, for snapshots
+	byID      map[KeyID]*key
+	seq       uint64        // pick counter: least recently used first
+	wake      chan struct{} // closed when a busy key frees a slot; nil when nobody waits
+	events    []StateEvent  // state changes to send once mu is released
+	cfg       poolConfig
+	observer  Observer
+	reqNumber uint64
+}
+
+type poolConfig struct {
+	trialsFirst  bool
+	probeLimit   int64
+	maxBuckets   int
+	failures     int
+	failCooldown time.Duration
+	maxCooldown  time.Duration
+	family       func(model string) string
+}
+
+type upstream struct {
+	Upstream
+	index   int
+	base    *url.URL
+	keys    []*key
+	buckets map[string]*bucket
+}
+
+// key is the pool's record of one credential. Guarded by Pool.mu.
+type key struct {
+	cred       Key
+	up         *upstream
+	index      int   // in up.keys
+	state      State // lifecycle: never StateCooling, which is derived from cooldowns
+	reason     string
+	since      time.Time
+	trial      bool
+	models     map[string]bool // nil: unknown, any model is tried
+	lacks      map[string]bool
+	coolUntil  time.Time // key-wide cooldown (repeated failures)
+	failures   int       // consecutive server errors
+	inflight   int
+	lastUsed   time.Time
+	usage      map[string]*FamilyUsage
+	usageOrder []string
+	authz      []string // the Authorization header value, built on first use
+}
+
+// bucket is one upstream's keys for one model: rate limits are per model, so
+// each model has its own heaps.
+type bucket struct {
+	model       string
+	trialsFirst bool
+	entries     []*entry // by key index; nil when the key cannot serve the model
+	ready       readyHeap
+	cooling     coolHeap
+	inflight    int
+	lastUsed    uint64
+}
+
+// entry is one key's standing for one model. Guarded by Pool.mu.
+type entry struct {
+	k        *key
+	b        *bucket
+	answered bool  // an answer arrived, so unknown limits mean "none stated"
+	limitReq int64 // Unknown until stated
+	remReq   int64 // at obsAt
+	perSlot  time.Duration
+	obsAt    time.Time
+	limitTok int64
+	remTok   int64
+	inflight int64
+	seq      uint64    // last pick
+	until    time.Time // cooldown for this model
+	wakeAt   int64     // UnixNano when it leaves the cooling heap
+	where    uint8     // heapNone, heapReady, heapCooling
+	idx      int32     // position in its heap
+}
+
+const (
+	heapNone uint8 = iota
+	heapReady
+	heapCooling
+)
+
+func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool, error) {
+	if len(ups) == 0 {
+		return nil, errors.New("keypool: no upstream configured")
+	}
+	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs}
+	for i, u := range ups {
+		if u.BaseURL == "" {
+			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
+		}
+		base, err := url.Parse(strings.TrimRight(u.BaseURL, "/"))
+		if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
+			return nil, fmt.Errorf("keypool: upstream %d: base URL must be http(s)://host[/path]", i+1)
+		}
+		if base.User != nil {
+			return nil, fmt.Errorf("keypool: upstream %d: base URL must not hold credentials", i+1)
+		}
+		if u.Name == "" {
+			u.Name = base.Host
+		}
+		if u.Timeout <= 0 {
+			u.Timeout = DefaultTimeout
+		}
+		if u.StreamTimeout <= 0 {
+			u.StreamTimeout = DefaultStreamTimeout
+		}
+		for _, pat := range slices.Concat(u.Allow, u.Deny) {
+			if pat == "" {
+				return nil, fmt.Errorf("keypool: upstream %s: empty model pattern", u.Name)
+			}
+		}
+		up := &upstream{Upstream: u, index: i, base: base, buckets: map[string]*bucket{}}
+		up.Keys = nil // the pool's records hold them
+		for _, c := range u.Keys {
+			if c.IsZero() {
+				return nil, fmt.Errorf("keypool: upstream %s: empty key", u.Name)
+			}
+			id := c.ID()
+			if old, dup := p.byID[id]; dup {
+				if old.cred.secret() == c.secret() && old.cred.org == c.org && old.cred.project == c.project {
+					if old.up == up {
+						continue // the same key listed twice
+					}
+					return nil, fmt.Errorf("keypool: key %s is listed in upstreams %s and %s", id, old.up.Name, u.Name)
+				}
+				return nil, fmt.Errorf("keypool: key ID collision on %s: refusing two different keys with one ID", id)
+			}
+			k := &key{cred: c, up: up, index: len(up.keys), since: now}
+			up.keys = append(up.keys, k)
+			p.keys = append(p.keys, k)
+			p.byID[id] = k
+		}
+		p.ups = append(p.ups, up)
+	}
+	if len(p.keys) == 0 {
+		return nil, errors.New("keypool: no key configured")
+	}
+	return p, nil
+}
+
+// allows applies the upstream's Allow and Deny lists to model.
+func (u *upstream) allows(model string) bool {
+	if len(u.Allow) > 0 && !matchAny(u.Allow, model) {
+		return false
+	}
+	return !matchAny(u.Deny, model)
+}
+
+func matchAny(patterns []string, s string) bool {
+	for _, p := range patterns {
+		if globMatch(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// globMatch reports whether s matches pattern, where * matches any run of
+// characters (slashes included) and everything else matches itself.
+func globMatch(pattern, s string) bool {
+	star := strings.IndexByte(pattern, '*')
+	if star < 0 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, pattern[:star]) {
+		return false
+	}
+	s = s[star:]
+	pattern = pattern[star+1:]
+	for {
+		next := strings.IndexByte(pattern, '*')
+		if next < 0 {
+			return strings.HasSuffix(s, pattern) && len(s) >= len(pattern)
+		}
+		part := pattern[:next]
+		i := strings.Index(s, part)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(part):]
+		pattern = pattern[next+1:]
+	}
+}
+
+// canServe reports whether k may be tried for model.
+func (k *key) canServe(model string) bool {
+	if k.lacks[model] {
+		return false
+	}
+	return k.models == nil || k.models[model]
+}
+
+// bucketFor returns the upstream's bucket for model, creating it. It returns
+// nil when the upstream holds its maximum of buckets and none is idle.
+// Requires p.mu.
+func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
+	if b := u.buckets[model]; b != nil {
+		return b
+	}
+	if len(u.buckets) >= p.cfg.maxBuckets && !p.evictBucket(u) {
+		return nil
+	}
+	b := &bucket{
+		model:       model,
+		trialsFirst: p.cfg.trialsFirst && !isEmbeddingsModel(model),
+		entries:     make([]*entry, len(u.keys)),
+	}
+	for i, k := range u.keys {
+		if !k.canServe(model) {
+			continue
+		}
+		e := &entry{k: k, b: b, limitReq: Unknown, remReq: Unknown, limitTok: Unknown, remTok: Unknown}
+		b.entries[i] = e
+		p.place(e, now)
+	}
+	u.buckets[model] = b
+	return b
+}
+
+// evictBucket drops the least recently used bucket with nothing in flight, so
+// that clients naming ever new models cannot grow the pool without bound.
+func (p *Pool) evictBucket(u *upstream) bool {
+	var victim *bucket
+	for _, b := range u.buckets {
+		if b.inflight == 0 && (victim == nil || b.lastUsed < victim.lastUsed) {
+			victim = b
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(u.buckets, victim.model)
+	return true
+}
+
+func isEmbeddingsModel(model string) bool {
+	return strings.Contains(model, "embedding")
+}
+
+// headroom is how many more requests e may take now: the remaining requests
+// of its last answer minus those in flight. Before the first answer a key
+// takes probeLimit requests at once, so no key is flooded before it has said
+// what its limits are; an upstream that states no limits is not limited.
+func (p *Pool) headroom(e *entry) int64 {
+	rem := e.remReq
+	if rem < 0 {
+		if e.answered {
+			rem = 1 << 20
+		} else {
+			rem = p.cfg.probeLimit
+		}
+	}
+	return rem - e.inflight
+}
+
+// score orders ready entries, lowest first: those with headroom, then trial
+// keys (where the bucket spends trials first), then most headroom, then least
+// recently used.
+func (p *Pool) score(e *entry) uint64 {
+	const headBits, seqBits = 22, 40
+	h := p.headroom(e)
+	var s uint64
+	if h <= 0 {
+		s |= 1 << 63
+		h = 0
+	}
+	if !(e.b.trialsFirst && e.k.trial) {
+		s |= 1 << 62
+	}
+	if h > 1<<headBits-1 {
+		h = 1<<headBits - 1
+	}
+	s |= uint64(1<<headBits-1-h) << seqBits
+	s |= e.seq & (1<<seqBits - 1)
+	return s
+}
+
+const fullBit = 1 << 63
+
+// place puts e in the heap its state calls for at now. Requires p.mu.
+func (p *Pool) place(e *entry, now time.Time) {
+	want := heapNone
+	wake := e.until
+	if e.k.coolUntil.After(wake) {
+		wake = e.k.coolUntil
+	}
+	if e.k.state.selectable() && e.b.entries[e.k.index] == e {
+		want = heapReady
+		if wake.After(now) {
+			want = heapCooling
+		}
+	}
+	b := e.b
+	switch {
+	case e.where == want && want == heapReady:
+		b.ready.fix(e, p.score(e))
+		return
+	case e.where == want && want == heapCooling:
+		e.wakeAt = wake.UnixNano()
+		b.cooling.fix(int(e.idx))
+		return
+	case e.where == heapReady:
+		b.ready.remove(e)
+	case e.where == heapCooling:
+		b.cooling.remove(int(e.idx))
+	}
+	e.where = want
+	switch want {
+	case heapReady:
+		b.ready.push(e, p.score(e))
+	case heapCooling:
+		e.wakeAt = wake.UnixNano()
+		b.cooling.push(e)
+	}
+}
+
+// placeKey re-places every entry of k after a change of k. Requires p.mu.
+func (p *Pool) placeKey(k *key, now time.Time) {
+	for _, b := range k.up.buckets {
+		if e := b.entries[k.index]; e != nil {
+			p.place(e, now)
+		}
+	}
+}
+
+// revive moves entries whose cooldown has ended back to the ready heap, with
+// the requests their bucket has refilled meanwhile. Requires p.mu.
+func (p *Pool) revive(b *bucket, now time.Time) {
+	t := now.UnixNano()
+	for len(b.cooling) > 0 && b.cooling[0].wakeAt <= t {
+		e := b.cooling[0]
+		e.refill(now)
+		if e.remReq == 0 {
+			e.remReq = 1 // the cooldown was set to end when a slot frees up
+		}
+		p.place(e, now)
+		if e.where == heapCooling && e.idx == 0 {
+			break // still cooling (cannot happen while wakeAt is kept in step)
+		}
+	}
+}
+
+// refill brings e's remaining requests up to now at the rate its last answer
+// implied (OpenAI's buckets refill continuously).
+func (e *entry) refill(now time.Time) {
+	if e.remReq < 0 || e.perSlot <= 0 || e.limitReq < 0 {
+		return
+	}
+	slots := int64(now.Sub(e.obsAt) / e.perSlot)
+	if slots <= 0 {
+		return
+	}
+	e.remReq = min(e.limitReq, e.remReq+slots)
+	e.obsAt = e.obsAt.Add(time.Duration(slots) * e.perSlot)
+}
+
+// estimate returns e's remaining requests at now without changing e.
+func (e *entry) estimate(now time.Time) int64 {
+	c := *e
+	c.refill(now)
+	return c.remReq
+}
+
+// pick is one attempt's request for a key.
+type pick struct {
+	model string
+	tried []*key // keys already tried for this request
+	avoid uint64 // upstreams that failed this request: tried last
+}
+
+func (r *pick) triedKey(k *key) bool {
+	for _, t := range r.tried {
+		if t == k {
+			return true
+		}
+	}
+	return false
+}
+
+// maxTried bounds the tried keys a pick steps over in one heap.
+const maxTried = 16
+
+// take chooses a key for r at now and counts it in flight. When none can take
+// it, busy reports a key that will free a slot when an answer returns, freeAt
+// the earliest end of a cooldown, and reason why nothing was found.
+// Requires p.mu.
+func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Time, reason string) {
+	reason = "no upstream serves this model"
+	allowed := false
+	for pass := 0; pass < 2; pass++ {
+		for _, u := range p.ups {
+			avoided := u.index < 64 && r.avoid&(1<<u.index) != 0
+			if avoided != (pass == 1) || !u.allows(r.model) {
+				continue
+			}
+			allowed = true
+			b := p.bucketFor(u, r.model, now)
+			if b == nil {
+				reason = "too many distinct models in flight"
+				continue
+			}
+			p.revive(b, now)
+			if c := p.best(b, r); c != nil {
+				if p.score(c)&fullBit == 0 {
+					p.acquire(c, now)
+					return c, false, time.Time{}, ""
+				}
+				busy = true
+			}
+			if len(b.cooling) > 0 {
+				t := time.Unix(0, b.cooling[0].wakeAt)
+				if freeAt.IsZero() || t.Before(freeAt) {
+					freeAt = t
+				}
+			}
+		}
+	}
+	switch {
+	case !allowed:
+	case busy:
+		reason = "every usable key is busy"
+	case !freeAt.IsZero():
+		reason = "every usable key is cooling"
+	default:
+		reason = "every key is revoked, over quota, disabled, lacks the model or was tried"
+	}
+	return nil, busy, freeAt, reason
+}
+
+// best returns the best ready entry of b not yet tried by r. Requires p.mu.
+func (p *Pool) best(b *bucket, r *pick) *entry {
+	var stash [maxTried]*entry
+	n := 0
+	var found *entry
+	for len(b.ready) > 0 {
+		e := b.ready[0].e
+		if !r.triedKey(e.k) {
+			found = e
+			break
+		}
+		if n == len(stash) {
+			break
+		}
+		b.ready.remove(e)
+		stash[n] = e
+		n++
+	}
+	for _, e := range stash[:n] {
+		b.ready.push(e, p.score(e))
+	}
+	return found
+}
+
+// acquire counts a pick of e. Requires p.mu.
+func (p *Pool) acquire(e *entry, now time.Time) {
+	p.seq++
+	e.seq = p.seq
+	e.inflight++
+	e.k.inflight++
+	e.b.inflight++
+	e.b.lastUsed = p.seq
+	e.k.lastUsed = now
+	p.place(e, now)
+}
+
+// release ends an attempt's hold on e and wakes waiters. Requires p.mu.
+func (p *Pool) release(e *entry, now time.Time) {
+	if e.inflight > 0 {
+		e.inflight--
+		e.b.inflight--
+	}
+	if e.k.inflight > 0 {
+		e.k.inflight--
+	}
+	p.place(e, now)
+	if p.wake != nil {
+		close(p.wake)
+		p.wake = nil
+	}
+}
+
+// acquireWait takes a key for r. When none is free but one will be before
+// deadline (a busy key answers, a cooldown ends), it waits, bounded by ctx;
+// otherwise it fails at once with a *NoKeyError.
+func (p *Pool) acquireWait(ctx context.Context, r *pick, deadline time.Time, now func() time.Time) (*entry, error) {
+	for {
+		t := now()
+		p.mu.Lock()
+		e, busy, freeAt, reason := p.take(r, t)
+		var ch chan struct{}
+		if e == nil && busy {
+			if p.wake == nil {
+				p.wake = make(chan struct{})
+			}
+			ch = p.wake
+		}
+		p.mu.Unlock()
+		if e != nil {
+			return e, nil
+		}
+		if !t.Before(deadline) || !busy && (freeAt.IsZero() || freeAt.After(deadline)) {
+			return nil, &NoKeyError{Model: r.model, Reason: reason, FreeAt: freeAt}
+		}
+		limit := deadline
+		if !freeAt.IsZero() && freeAt.Before(limit) {
+			limit = freeAt
+		}
+		timer := time.NewTimer(limit.Sub(t))
+		select {
+		case <-ch:
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, context.Cause(ctx)
+		}
+		timer.Stop()
+	}
+}
+
+// flushEvents sends the state changes gathered under p.mu. It must be called
+// with p.mu released.
+func (p *Pool) flushEvents(evs []StateEvent) {
+	if p.observer == nil {
+		return
+	}
+	for _, ev := range evs {
+		p.observer.StateChange(ev)
+	}
+}
+
+// takeEvents returns the gathered state changes; nil (no allocation) when
+// there are none. Requires p.mu.
+func (p *Pool) takeEvents() []StateEvent {
+	if len(p.events) == 0 {
+		return nil
+	}
+	evs := slices.Clone(p.events)
+	p.events = p.events[:0]
+	return evs
+}
+
+// derivedState is what a snapshot shows: a selectable key with an active
+// cooldown is cooling.
+func (p *Pool) derivedState(k *key, now time.Time) (State, time.Time) {
+	until := k.coolUntil
+	for _, b := range k.up.buckets {
+		if e := b.entries[k.index]; e != nil && e.until.After(until) {
+			until = e.until
+		}
+	}
+	if !until.After(now) {
+		until = time.Time{}
+	}
+	if k.state.selectable() && k.coolUntil.After(now) {
+		return StateCooling, until
+	}
+	if k.state.selectable() && !until.IsZero() {
+		// Cooling for some model: show it, the key still serves the others.
+		return StateCooling, until
+	}
+	return k.state, until
+}
+
+// setState moves k to a lifecycle state and records the event. Requires p.mu.
+func (p *Pool) setState(k *key, to State, reason string, now time.Time) {
+	from, _ := p.derivedState(k, now)
+	if k.state == to && k.reason == reason {
+		return
+	}
+	k.state, k.reason, k.since = to, reason, now
+	if to.selectable() {
+		k.coolUntil = time.Time{}
+		k.failures = 0
+	}
+	p.placeKey(k, now)
+	p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: to, Reason: reason, At: now})
+}
+
+// coolKey makes the whole key unusable until t. Requires p.mu.
+func (p *Pool) coolKey(k *key, t time.Time, reason string, now time.Time) {
+	if !t.After(k.coolUntil) {
+		return
+	}
+	from, _ := p.derivedState(k, now)
+	k.coolUntil = t
+	p.placeKey(k, now)
+	if k.state.selectable() {
+		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling, Reason: reason, Until: t, At: now})
+	}
+}
+
+// coolEntry makes the key unusable for one model until t. Requires p.mu.
+func (p *Pool) coolEntry(e *entry, t time.Time, reason string, now time.Time) {
+	if !t.After(e.until) {
+		return
+	}
+	from, _ := p.derivedState(e.k, now)
+	e.until = t
+	p.place(e, now)
+	if e.k.state.selectable() {
+		p.events = append(p.events, StateEvent{Key: e.k.cred.id, Upstream: e.k.up.Name, From: from, To: StateCooling,
+			Reason: reason, Model: e.b.model, Until: t, At: now})
+	}
+}
+
+// loseModel records that k cannot serve model. Requires p.mu.
+func (p *Pool) loseModel(k *key, model string, now time.Time) {
+	if k.lacks == nil {
+		k.lacks = map[string]bool{}
+	}
+	k.lacks[model] = true
+	delete(k.models, model)
+	if b := k.up.buckets[model]; b != nil {
+		if e := b.entries[k.index]; e != nil {
+			b.entries[k.index] = nil
+			p.place(e, now) // out of every heap; in-flight attempts still release it
+		}
+	}
+}
+
+// learn records an answer's rate limits on e. Requires p.mu.
+func (p *Pool) learn(e *entry, l *RateLimits, now time.Time) {
+	e.answered = true
+	if l.LimitRequests >= 0 {
+		e.limitReq = l.LimitRequests
+		if trial := l.Trial(); trial != e.k.trial {
+			e.k.trial = trial
+			defer p.placeKey(e.k, now)
+		}
+	}
+	if r := l.RemainingRequests; r >= 0 {
+		// An answer that arrives late can show more than is left; the
+		// estimate from the previous answer bounds it.
+		if e.remReq >= 0 {
+			r = min(r, e.estimate(now))
+		}
+		e.remReq, e.obsAt = r, now
+		if l.ResetRequests > 0 && e.limitReq > l.RemainingRequests {
+			e.perSlot = l.ResetRequests / time.Duration(e.limitReq-l.RemainingRequests)
+		}
+		if r == 0 {
+			d := e.perSlot
+			if d <= 0 {
+				d = max(l.ResetRequests, time.Second)
+			}
+			p.coolEntry(e, now.Add(d), "requests exhausted", now)
+		}
+	}
+	if l.LimitTokens >= 0 {
+		e.limitTok = l.LimitTokens
+	}
+	if l.RemainingTokens >= 0 {
+		e.remTok = l.RemainingTokens
+		if l.RemainingTokens == 0 && l.ResetTokens > 0 {
+			p.coolEntry(e, now.Add(tokenWait(l.ResetTokens)), "tokens exhausted", now)
+		}
+	}
+}
+
+// tokenWait is how long a key whose token bucket is spent rests: the reset
+// header says when the bucket is full, but a request needs only part of it.
+func tokenWait(reset time.Duration) time.Duration {
+	return min(reset, max(reset/10, time.Second))
+}
+
+// observe applies one attempt's outcome to its key and, if release is set,
+// ends the attempt's hold. Requires p.mu.
+func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
+	k := e.k
+	if a.Limits.Known() && !a.Cancelled {
+		p.learn(e, &a.Limits, now)
+	}
+	switch out {
+	case OutcomeSuccess:
+		k.failures = 0
+		if k.state == StateUnchecked {
+			p.setState(k, StateReady, "answered", now)
+		}
+	case OutcomeRevoked:
+		p.setState(k, StateRevoked, answerReason(a), now)
+	case OutcomeOverQuota:
+		p.setState(k, StateOverQuota, answerReason(a), now)
+	case OutcomeRateLimited:
+		p.coolEntry(e, now.Add(p.rateLimitWait(e, a)), answerReason(a), now)
+	case OutcomeModelNotFound:
+		p.loseModel(k, e.b.model, now)
+	case OutcomeServerError:
+		k.failures++
+		wait := a.Limits.RetryAfter
+		if k.failures >= p.cfg.failures {
+			shift := min(k.failures-p.cfg.failures, 16)
+			wait = max(wait, min(p.cfg.failCooldown<<shift, p.cfg.maxCooldown))
+		}
+		if wait > 0 {
+			p.coolKey(k, now.Add(wait), answerReason(a), now)
+		}
+	}
+}
+
+// rateLimitWait is how long a key rests after a 429 for one model: as the
+// answer says (Retry-After), else until its bucket frees a slot.
+func (p *Pool) rateLimitWait(e *entry, a *Answer) time.Duration {
+	l := &a.Limits
+	d := l.RetryAfter
+	if d < 0 && a.Error != nil && a.Error.Type == "tokens" && l.ResetTokens >= 0 {
+		d = tokenWait(l.ResetTokens)
+	}
+	if d < 0 && e.perSlot > 0 {
+		d = e.perSlot
+	}
+	if d < 0 && l.ResetRequests > 0 {
+		d = l.ResetRequests
+	}
+	if d <= 0 {
+		d = time.Second
+	}
+	return min(d, p.cfg.maxCooldown*60)
+}
+
+func answerReason(a *Answer) string {
+	switch {
+	case a.Error != nil:
+		return fmt.Sprintf("%d %s/%s", a.Status, orDash(a.Error.Type), orDash(a.Error.Code))
+	case a.Err != nil:
+		return "transport: " + a.Err.Error()
+	}
+	return fmt.Sprintf("status %d", a.Status)
+}
+
+// addUsage counts one served request of model on k. Requires p.mu.
+func (p *Pool) addUsage(k *key, model string, u Usage) {
+	fam := p.cfg.family(model)
+	if k.usage == nil {
+		k.usage = map[string]*FamilyUsage{}
+	}
+	f := k.usage[fam]
+	if f == nil {
+		f = &FamilyUsage{Family: fam}
+		k.usage[fam] = f
+		k.usageOrder = append(k.usageOrder, fam)
+	}
+	f.Requests++
+	f.InputTokens += u.InputTokens
+	f.OutputTokens += u.OutputTokens
+	f.CachedTokens += u.CachedTokens
+	f.ReasoningTokens += u.ReasoningTokens
+}
+
+// snapshotChunk bounds how long one snapshot holds the lock.
+const snapshotChunk = 512
+
+// Snapshot returns what the pool knows of every key at now, in config order.
+// It is safe to call while traffic flows: it takes the lock for a few hundred
+// keys at a time.
+func (p *Pool) Snapshot(now time.Time) []KeyInfo {
+	p.mu.Lock()
+	n := len(p.keys)
+	p.mu.Unlock()
+	out := make([]KeyInfo, 0, n)
+	for start := 0; start < n; start += snapshotChunk {
+		p.mu.Lock()
+		for _, k := range p.keys[start:min(start+snapshotChunk, len(p.keys))] {
+			out = append(out, p.info(k, now))
+		}
+		p.mu.Unlock()
+	}
+	return out
+}
+
+// Key returns the snapshot of one key, and false if the pool has no such key.
+func (p *Pool) Key(id KeyID, now time.Time) (KeyInfo, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := p.byID[id]
+	if k == nil {
+		return KeyInfo{}, false
+	}
+	return p.info(k, now), true
+}
+
+// info builds one key's snapshot. Requires p.mu.
+func (p *Pool) info(k *key, now time.Time) KeyInfo {
+	st, until := p.derivedState(k, now)
+	ki := KeyInfo{
+		ID: k.cred.id, Upstream: k.up.Name, Organization: k.cred.org,
+		State: st, Reason: k.reason, Since: k.since, CoolingUntil: until, Trial: k.trial,
+		InFlight: k.inflight, LastUsed: k.lastUsed,
+	}
+	if k.models != nil {
+		ki.Models = sortedKeys(k.models)
+	}
+	if k.lacks != nil {
+		ki.Lacks = sortedKeys(k.lacks)
+	}
+	for model, b := range k.up.buckets {
+		e := b.entries[k.index]
+		if e == nil || !e.answered && e.inflight == 0 && e.until.IsZero() {
+			continue
+		}
+		ml := ModelLimits{Model: model, LimitRequests: e.limitReq, RemainingRequests: e.estimate(now),
+			LimitTokens: e.limitTok, RemainingTokens: e.remTok, InFlight: int(e.inflight)}
+		if e.until.After(now) {
+			ml.CoolingUntil = e.until
+		}
+		ki.Limits = append(ki.Limits, ml)
+	}
+	slices.SortFunc(ki.Limits, func(a, b ModelLimits) int { return strings.Compare(a.Model, b.Model) })
+	for _, fam := range k.usageOrder {
+		ki.Usage = append(ki.Usage, *k.usage[fam])
+	}
+	return ki
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k, ok := range m {
+		if ok {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Disable takes a key out of selection until Enable, at now.
+func (p *Pool) Disable(id KeyID, reason string, now time.Time) error {
+	return p.operate(id, func(k *key) { p.setState(k, StateDisabled, "disabled: "+reason, now) })
+}
+
+// Enable returns a disabled, revoked or over-quota key to selection, unchecked,
+// so that its next answer says what it is now.
+func (p *Pool) Enable(id KeyID, now time.Time) error {
+	return p.operate(id, func(k *key) {
+		if !k.state.selectable() {
+			p.setState(k, StateUnchecked, "enabled", now)
+		}
+	})
+}
+
+func (p *Pool) operate(id KeyID, f func(k *key)) error {
+	p.mu.Lock()
+	k := p.byID[id]
+	if k == nil {
+		p.mu.Unlock()
+		return fmt.Errorf("keypool: no key %s", id)
+	}
+	f(k)
+	evs := p.takeEvents()
+	if p.wake != nil {
+		close(p.wake)
+		p.wake = nil
+	}
+	p.mu.Unlock()
+	p.flushEvents(evs)
+	return nil
+}

@@ -1,0 +1,165 @@
+package keypool
+
+import (
+	"strconv"
+	"time"
+)
+
+// State is where a key stands. A key is selectable while unchecked, ready or
+// cooling (cooling only for the models, or until the time, it is cooling for);
+// over quota and revoked keys wait for a recheck, disabled keys for the
+// operator. The zero State is StateUnchecked.
+type State uint8
+
+const (
+	StateUnchecked State = iota // not yet answered; usable
+	StateReady                  // answered well
+	StateCooling                // rate-limited or failing: unusable until a time, for one model or all
+	StateOverQuota              // insufficient_quota, billing_not_active: until recheck
+	StateRevoked                // invalid key, access terminated: until recheck
+	StateDisabled               // by the operator
+)
+
+var stateNames = [...]string{
+	StateUnchecked: "unchecked",
+	StateReady:     "ready",
+	StateCooling:   "cooling",
+	StateOverQuota: "over_quota",
+	StateRevoked:   "revoked",
+	StateDisabled:  "disabled",
+}
+
+// String returns the state's snake_case name.
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return "state(" + strconv.Itoa(int(s)) + ")"
+}
+
+// MarshalText encodes the state as its name.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// selectable reports whether a key in lifecycle state s may take requests.
+func (s State) selectable() bool { return s == StateUnchecked || s == StateReady }
+
+// FamilyUsage is a key's usage of one model family since the pool started.
+type FamilyUsage struct {
+	Family   string `json:"family"`
+	Requests int64  `json:"requests"`
+	Usage
+}
+
+// ModelLimits is what a key's last answers said of one model's rate limits.
+// Counts are Unknown (-1) until an answer states them; remaining counts are
+// estimates at the snapshot's time (refilled at the rate the headers imply).
+type ModelLimits struct {
+	Model             string    `json:"model"`
+	LimitRequests     int64     `json:"limit_requests"`
+	RemainingRequests int64     `json:"remaining_requests"`
+	LimitTokens       int64     `json:"limit_tokens"`
+	RemainingTokens   int64     `json:"remaining_tokens"`
+	InFlight          int       `json:"in_flight"`
+	CoolingUntil      time.Time `json:"cooling_until,omitzero"`
+}
+
+// KeyInfo is a snapshot of one key: its ID and what the pool knows of it,
+// never its secret.
+type KeyInfo struct {
+	ID           KeyID     `json:"id"`
+	Upstream     string    `json:"upstream"`
+	Organization string    `json:"organization,omitempty"`
+	State        State     `json:"state"`
+	Reason       string    `json:"reason,omitempty"`
+	Since        time.Time `json:"since,omitzero"`
+	// CoolingUntil is when the last cooldown of the key (for any model) ends.
+	CoolingUntil time.Time `json:"cooling_until,omitzero"`
+	Trial        bool      `json:"trial"`
+	// Models the key may serve; nil when not known (any model is tried).
+	Models   []string      `json:"models,omitempty"`
+	Lacks    []string      `json:"lacks,omitempty"`
+	InFlight int           `json:"in_flight"`
+	LastUsed time.Time     `json:"last_used,omitzero"`
+	Limits   []ModelLimits `json:"limits,omitempty"`
+	Usage    []FamilyUsage `json:"usage,omitempty"`
+}
+
+// AttemptEvent describes one attempt of one request, sent when the attempt's
+// outcome is known: at once for a failed attempt, and at the end of the body
+// (EOF or Close) for the answer handed to the caller.
+type AttemptEvent struct {
+	Request  uint64 // numbers the RoundTrip, so the attempts of a request group together
+	Attempt  int    // 1 for the first attempt
+	Key      KeyID
+	Upstream string
+	Model    string
+	Stream   bool
+	Status   int // 0 when no response arrived
+	Outcome  Outcome
+	Err      error // transport error, if any; never holds a secret
+	Start    time.Time
+	// TimeToHeaders is the time until response headers (and, for a stream,
+	// its first event) arrived.
+	TimeToHeaders time.Duration
+	// Duration runs until the attempt ended: for the answer handed back,
+	// until its body was read to the end or closed.
+	Duration time.Duration
+	// Final marks the attempt whose answer went back to the caller.
+	Final bool
+	Usage Usage
+}
+
+// StateEvent describes one change of a key's state.
+type StateEvent struct {
+	Key      KeyID
+	Upstream string
+	From, To State
+	Reason   string
+	Model    string    // set when a cooldown holds for one model only
+	Until    time.Time // when a cooldown ends
+	At       time.Time
+}
+
+// Observer receives events from the transport and the pool. Its methods are
+// called synchronously from request goroutines, concurrently, never with a
+// lock held: they must be quick and must not block. Metrics, request records
+// and notifications are observers.
+type Observer interface {
+	Attempt(AttemptEvent)
+	StateChange(StateEvent)
+}
+
+// ObserverFuncs adapts functions to Observer; a nil field ignores its events.
+type ObserverFuncs struct {
+	OnAttempt     func(AttemptEvent)
+	OnStateChange func(StateEvent)
+}
+
+// Attempt calls f.OnAttempt if set.
+func (f ObserverFuncs) Attempt(e AttemptEvent) {
+	if f.OnAttempt != nil {
+		f.OnAttempt(e)
+	}
+}
+
+// StateChange calls f.OnStateChange if set.
+func (f ObserverFuncs) StateChange(e StateEvent) {
+	if f.OnStateChange != nil {
+		f.OnStateChange(e)
+	}
+}
+
+// observers fans events out to several observers.
+type observers []Observer
+
+func (o observers) Attempt(e AttemptEvent) {
+	for _, x := range o {
+		x.Attempt(e)
+	}
+}
+
+func (o observers) StateChange(e StateEvent) {
+	for _, x := range o {
+		x.StateChange(e)
+	}
+}

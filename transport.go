@@ -1,0 +1,747 @@
+package keypool
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	retry "github.com/sethvargo/go-retry"
+)
+
+// Transport is an http.RoundTripper that sends each request with the best key
+// of its pool and fails over to another key or upstream when one is revoked,
+// out of quota, rate-limited, failing or too slow. It learns from every answer
+// (rate-limit headers, error types, model access) and uses that for every
+// later request.
+//
+// Build one with New and put it under an http.Client:
+//
+//	t, err := keypool.New(keypool.WithUpstream("https://api.openai.com/v1", os.Getenv("OPENAI_KEY")))
+//	client := &http.Client{Transport: t}
+//
+// A request's Authorization header is replaced by the chosen key's, and its
+// URL is moved onto the key's upstream (the path after /v1 is kept). Once a
+// response is handed back there is no more failover; before that, a stream is
+// read up to its first event so that an error event or a stream that never
+// starts still fails over. When every attempt failed the caller gets the last
+// upstream answer with "x-should-retry: false", so SDK retries do not multiply
+// the load.
+//
+// A Transport is safe for simultaneous use by multiple goroutines.
+type Transport struct {
+	pool        *Pool
+	base        http.RoundTripper
+	policy      Policy
+	observer    Observer
+	log         *slog.Logger
+	now         func() time.Time
+	maxAttempts int
+	maxWait     time.Duration
+	retryTime   time.Duration
+	backoffBase time.Duration
+	backoffCap  time.Duration
+	maxBody     int64
+	requests    atomic.Uint64
+}
+
+// New builds a Transport from options. It needs at least one upstream with at
+// least one key (WithUpstream or WithUpstreams).
+func New(opts ...Option) (*Transport, error) {
+	c := defaultConfig()
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o.apply(&c); err != nil {
+			return nil, err
+		}
+	}
+	var obs Observer
+	switch len(c.observers) {
+	case 0:
+	case 1:
+		obs = c.observers[0]
+	default:
+		obs = c.observers
+	}
+	pool, err := newPool(c.upstreams, c.pool, obs, c.now())
+	if err != nil {
+		return nil, err
+	}
+	base := c.base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	return &Transport{
+		pool: pool, base: base, policy: c.policy, observer: obs, log: c.logger, now: c.now,
+		maxAttempts: c.maxAttempts, maxWait: c.maxWait, retryTime: c.retryTime,
+		backoffBase: c.backoffBase, backoffCap: c.backoffCap, maxBody: c.maxBody,
+	}, nil
+}
+
+// Pool returns the transport's pool, for snapshots and operator actions.
+func (t *Transport) Pool() *Pool { return t.pool }
+
+// Snapshot is shorthand for t.Pool().Snapshot(now) at the transport's clock.
+func (t *Transport) Snapshot() []KeyInfo { return t.pool.Snapshot(t.now()) }
+
+// CloseIdleConnections closes the idle connections of the base RoundTripper.
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// ErrAttemptTimeout is the cause of an attempt that got no response headers
+// (for a stream: no first event) within its upstream's timeout.
+var ErrAttemptTimeout = errors.New("keypool: upstream did not answer in time")
+
+// ExhaustedError is returned when every attempt of a request failed without
+// any response to hand back (network errors, timeouts).
+type ExhaustedError struct {
+	Attempts int
+	Err      error // the last attempt's error
+}
+
+func (e *ExhaustedError) Error() string {
+	return fmt.Sprintf("keypool: %d attempts failed, last: %v", e.Attempts, e.Err)
+}
+
+func (e *ExhaustedError) Unwrap() error { return e.Err }
+
+// Bounds on what the transport reads for itself.
+const (
+	errorBodyLimit = 64 << 10 // error body read to classify it and kept for the caller
+	drainLimit     = 256 << 10
+	firstEventMax  = 64 << 10
+)
+
+// requestBody is a request's body, read once and replayed per attempt.
+type requestBody struct {
+	buf      []byte
+	complete bool // buf is the whole body
+	orig     io.ReadCloser
+	getBody  func() (io.ReadCloser, error)
+	used     bool // the original body has been handed to an attempt
+}
+
+// replayable reports whether another attempt can send the body again.
+func (b *requestBody) replayable() bool {
+	return b == nil || b.complete || b.getBody != nil || !b.used
+}
+
+// reader returns the body for the next attempt.
+func (b *requestBody) reader() (io.ReadCloser, error) {
+	switch {
+	case b.complete:
+		return &replayReader{Reader: *bytes.NewReader(b.buf)}, nil
+	case !b.used:
+		b.used = true
+		return &prefixedBody{prefix: b.buf, rc: b.orig}, nil
+	case b.getBody != nil:
+		return b.getBody()
+	}
+	return nil, errors.New("keypool: request body cannot be replayed")
+}
+
+type replayReader struct{ bytes.Reader }
+
+func (*replayReader) Close() error { return nil }
+
+// prefixedBody serves prefix and then the rest of rc.
+type prefixedBody struct {
+	prefix []byte
+	rc     io.ReadCloser
+}
+
+func (p *prefixedBody) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.rc.Read(b)
+}
+
+func (p *prefixedBody) Close() error { return p.rc.Close() }
+
+// readBody reads req.Body up to the buffer limit. It always leaves the
+// original body closed or owned by the returned requestBody.
+func (t *Transport) readBody(req *http.Request) (*requestBody, error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, nil
+	}
+	size := 512
+	if req.ContentLength > 0 && req.ContentLength <= t.maxBody {
+		size = int(req.ContentLength) + 1
+	}
+	buf := make([]byte, 0, size)
+	limit := t.maxBody + 1
+	for int64(len(buf)) < limit {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		end := min(int64(cap(buf)), limit)
+		n, err := req.Body.Read(buf[len(buf):end])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			req.Body.Close()
+			return &requestBody{buf: buf, complete: true}, nil
+		}
+		if err != nil {
+			req.Body.Close()
+			return nil, fmt.Errorf("keypool: reading the request body: %w", err)
+		}
+	}
+	return &requestBody{buf: buf, orig: req.Body, getBody: req.GetBody}, nil
+}
+
+// RoundTrip sends req with the best key of the pool, failing over as the
+// policy says. It never modifies req and always closes its body.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL == nil {
+		closeRequestBody(req)
+		return nil, errors.New("keypool: request has no URL")
+	}
+	body, err := t.readBody(req)
+	if err != nil {
+		return nil, err
+	}
+	r := roundTrip{t: t, req: req, body: body, start: t.now(), number: t.requests.Add(1)}
+	if body != nil {
+		r.model, r.stream, _ = scanRequest(body.buf)
+	}
+	if r.model == "" {
+		r.model = req.URL.Path
+	}
+	r.pick.model = r.model
+	r.pick.tried = r.triedBuf[:0]
+	resp, err := r.run()
+	if err != nil && body != nil && !body.complete && !body.used {
+		body.orig.Close()
+	}
+	return resp, err
+}
+
+func closeRequestBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// roundTrip is the state of one RoundTrip.
+type roundTrip struct {
+	t        *Transport
+	req      *http.Request
+	body     *requestBody
+	model    string
+	stream   bool
+	start    time.Time
+	number   uint64
+	pick     pick
+	triedBuf [maxTried]*key
+	backoff  retry.Backoff
+	last     *lastAnswer
+	lastErr  error
+}
+
+// lastAnswer keeps a failed attempt's answer, so that it can be handed back
+// when no later attempt does better.
+type lastAnswer struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r *roundTrip) run() (*http.Response, error) {
+	t := r.t
+	ctx := r.req.Context()
+	for attempt := 1; ; attempt++ {
+		deadline := t.now().Add(t.maxWait) // wait budget of this pick
+		if end := r.start.Add(t.retryTime); end.Before(deadline) {
+			deadline = end
+		}
+		e, err := t.pool.acquireWait(ctx, &r.pick, deadline, t.now)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			var noKey *NoKeyError
+			errors.As(err, &noKey)
+			return r.giveUp(attempt-1, err, noKey)
+		}
+		resp, a, out := r.attempt(ctx, e, attempt)
+		switch {
+		case out == OutcomeSuccess:
+			return resp, nil
+		case out == OutcomeCancelled:
+			if resp != nil {
+				resp.Body.Close()
+			}
+			return nil, context.Cause(ctx)
+		case !out.Retryable():
+			return resp, nil
+		}
+		// Retryable: decide whether another attempt may go.
+		r.pick.tried = append(r.pick.tried, e.k)
+		if out == OutcomeServerError && e.k.up.index < 64 {
+			r.pick.avoid |= 1 << e.k.up.index
+		}
+		last := attempt >= t.maxAttempts || !r.body.replayable() || t.now().Sub(r.start) >= t.retryTime
+		var delay time.Duration
+		if !last && out == OutcomeServerError {
+			if r.backoff == nil {
+				r.backoff = retry.WithCappedDuration(t.backoffCap, retry.WithJitterPercent(20, retry.NewExponential(t.backoffBase)))
+			}
+			delay, _ = r.backoff.Next()
+			if ra := a.Limits.RetryAfter; ra > delay {
+				delay = ra
+			}
+			if t.now().Add(delay).Sub(r.start) > t.retryTime {
+				last = true
+			}
+		}
+		if last {
+			if resp != nil {
+				return markFinal(resp, time.Time{}, t.now()), nil
+			}
+			return r.giveUp(attempt, a.Err, nil)
+		}
+		if resp != nil {
+			r.keep(resp)
+		} else {
+			r.lastErr = a.Err
+		}
+		if delay > 0 {
+			if err := sleep(ctx, delay); err != nil {
+				return nil, err
+			}
+		}
+	}
+}
+
+// keep drains and closes a failed response, keeping its error body.
+func (r *roundTrip) keep(resp *http.Response) {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
+	io.Copy(io.Discard, io.LimitReader(resp.Body, drainLimit))
+	resp.Body.Close()
+	r.last = &lastAnswer{status: resp.StatusCode, header: resp.Header, body: b}
+}
+
+// giveUp ends a request that found no more keys: the last upstream answer if
+// there was one, else a typed error.
+func (r *roundTrip) giveUp(attempts int, err error, noKey *NoKeyError) (*http.Response, error) {
+	if r.last == nil {
+		if attempts == 0 || noKey != nil && r.lastErr == nil {
+			return nil, err
+		}
+		if r.lastErr != nil {
+			err = r.lastErr
+		}
+		return nil, &ExhaustedError{Attempts: attempts, Err: err}
+	}
+	var freeAt time.Time
+	if noKey != nil {
+		freeAt = noKey.FreeAt
+	}
+	resp := &http.Response{
+		Status:        fmt.Sprintf("%d %s", r.last.status, http.StatusText(r.last.status)),
+		StatusCode:    r.last.status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        r.last.header,
+		Body:          io.NopCloser(bytes.NewReader(r.last.body)),
+		ContentLength: int64(len(r.last.body)),
+		Request:       r.req,
+	}
+	resp.Header.Del("Content-Length")
+	resp.Header.Del("Content-Encoding")
+	resp.Header.Del("Transfer-Encoding")
+	return markFinal(resp, freeAt, r.t.now()), nil
+}
+
+// markFinal tells SDKs in front of the transport not to retry an answer the
+// pool has already retried, and when a key frees up if that is soon.
+func markFinal(resp *http.Response, freeAt, now time.Time) *http.Response {
+	resp.Header.Set(hShouldRetry, "false")
+	if d := freeAt.Sub(now); !freeAt.IsZero() && d > 0 && d <= time.Minute {
+		resp.Header.Set(hRetryAfter, strconv.Itoa(int(math.Ceil(d.Seconds()))))
+		resp.Header.Set(hRetryAfterMs, strconv.FormatInt(d.Milliseconds(), 10))
+	}
+	return resp
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// attempt sends one attempt with e's key. It returns the response to hand
+// back (success, or an answer not worth retrying), or for a retryable outcome
+// the response still open (nil for a transport error); and the answer and its
+// outcome. The key is observed and, unless the response body is handed back
+// to be read, released.
+func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Response, *Answer, Outcome) {
+	t, k := r.t, e.k
+	start := t.now()
+	ev := AttemptEvent{Request: r.number, Attempt: n, Key: k.cred.id, Upstream: k.up.Name,
+		Model: r.model, Stream: r.stream, Start: start}
+	a := &Answer{Clone: k.cred.org != "" && !k.cred.ServiceAccount(), Limits: noLimits}
+
+	actx, cancel := context.WithCancelCause(ctx)
+	timeout := k.up.Timeout
+	if r.stream {
+		timeout = k.up.StreamTimeout
+	}
+	timer := time.AfterFunc(timeout, func() { cancel(ErrAttemptTimeout) })
+
+	out, err := r.outgoing(actx, e)
+	var resp *http.Response
+	if err == nil {
+		resp, err = t.base.RoundTrip(out)
+	}
+	var prefix []byte
+	if err == nil && r.stream && resp.StatusCode/100 == 2 && isEventStream(resp.Header) {
+		prefix, a.Error, err = readFirstEvent(resp.Body)
+		if err != nil {
+			resp.Body.Close()
+			resp = nil
+		}
+	}
+	if !timer.Stop() && err == nil {
+		// The limit struck as the answer arrived: its body is cut off.
+		resp.Body.Close()
+		resp, err = nil, ErrAttemptTimeout
+	}
+	ev.TimeToHeaders = t.now().Sub(start)
+	now := t.now()
+	switch {
+	case ctx.Err() != nil:
+		a.Cancelled = true
+	case err != nil:
+		if context.Cause(actx) == ErrAttemptTimeout {
+			err = fmt.Errorf("%w (%s)", ErrAttemptTimeout, timeout)
+		}
+		a.Err = err
+	default:
+		a.Status, a.Header = resp.StatusCode, resp.Header
+		a.Limits = ParseRateLimits(resp.Header, now)
+		if resp.StatusCode/100 != 2 {
+			prefix, _ = io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
+			a.Error = ParseAPIError(resp.StatusCode, prefix)
+		}
+	}
+	outcome := t.policy.Classify(a)
+	if a.Cancelled {
+		outcome = OutcomeCancelled
+	}
+	ev.Status, ev.Outcome, ev.Err = a.Status, outcome, a.Err
+
+	success := outcome == OutcomeSuccess
+	t.pool.mu.Lock()
+	t.pool.observe(e, a, outcome, now)
+	if !success {
+		t.pool.release(e, now)
+	}
+	evs := t.pool.takeEvents()
+	t.pool.mu.Unlock()
+	t.pool.flushEvents(evs)
+
+	if resp == nil {
+		cancel(nil)
+		ev.Duration = now.Sub(start)
+		t.emit(ev, a)
+		return nil, a, outcome
+	}
+	if prefix != nil {
+		resp.Body = &prefixedBody{prefix: prefix, rc: resp.Body}
+	}
+	resp.Request = r.req
+	if !success {
+		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+		ev.Final = !outcome.Retryable() && outcome != OutcomeCancelled
+		ev.Duration = now.Sub(start)
+		t.emit(ev, a)
+		return resp, a, outcome
+	}
+	ev.Final = true
+	resp.Body = newMeteredBody(t, e, resp, ev, cancel, r.stream || isEventStream(resp.Header))
+	return resp, a, outcome
+}
+
+// noLimits is an answer's rate limits before it is read.
+var noLimits = RateLimits{
+	LimitRequests: Unknown, RemainingRequests: Unknown, ResetRequests: Unknown,
+	LimitTokens: Unknown, RemainingTokens: Unknown, ResetTokens: Unknown,
+	LimitProjectTokens: Unknown, RemainingProjectTokens: Unknown, ResetProjectTokens: Unknown,
+	RetryAfter: Unknown,
+}
+
+func (t *Transport) emit(ev AttemptEvent, a *Answer) {
+	if t.log != nil && !ev.Final {
+		t.log.LogAttrs(context.Background(), slog.LevelDebug, "keypool: failing over",
+			slog.String("key", string(ev.Key)), slog.String("upstream", ev.Upstream),
+			slog.String("model", ev.Model), slog.Int("status", ev.Status),
+			slog.String("outcome", ev.Outcome.String()), slog.Int("attempt", ev.Attempt))
+	}
+	if t.observer != nil {
+		t.observer.Attempt(ev)
+	}
+}
+
+// outgoing builds one attempt's request: req moved onto e's upstream with e's
+// credentials. The caller's request is not changed.
+func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, error) {
+	k := e.k
+	out := r.req.Clone(ctx)
+	u := *k.up.base
+	u.Path = joinPath(u.Path, r.req.URL.Path)
+	u.RawPath = ""
+	u.RawQuery = r.req.URL.RawQuery
+	u.Fragment = ""
+	out.URL = &u
+	out.Host = ""
+	out.RequestURI = ""
+	h := out.Header
+	h["Authorization"] = k.auth()
+	h.Del("Api-Key")
+	h.Del("Openai-Organization")
+	h.Del("Openai-Project")
+	if !k.cred.ServiceAccount() {
+		if k.cred.org != "" {
+			h["Openai-Organization"] = []string{k.cred.org}
+		}
+		if k.cred.project != "" {
+			h["Openai-Project"] = []string{k.cred.project}
+		}
+	}
+	if r.body != nil {
+		b, err := r.body.reader()
+		if err != nil {
+			return nil, err
+		}
+		out.Body = b
+		if r.body.complete {
+			out.ContentLength = int64(len(r.body.buf))
+			out.GetBody = func() (io.ReadCloser, error) { return r.body.reader() }
+		} else {
+			out.GetBody = r.body.getBody
+		}
+	}
+	return out, nil
+}
+
+// joinPath appends a request path, less its /v1 prefix, to the upstream's
+// base path: /v1/chat/completions on https://host/openai/v1 goes to
+// /openai/v1/chat/completions.
+func joinPath(base, p string) string {
+	if p == "/v1" {
+		p = ""
+	} else if strings.HasPrefix(p, "/v1/") {
+		p = p[3:]
+	}
+	return base + p
+}
+
+// auth returns the key's Authorization header value, built once.
+func (k *key) auth() []string {
+	if k.authz == nil {
+		k.authz = []string{"Bearer " + k.cred.secret()}
+	}
+	return k.authz
+}
+
+func isEventStream(h http.Header) bool {
+	return strings.HasPrefix(headerValue(h, "Content-Type"), "text/event-stream")
+}
+
+// readFirstEvent reads a stream up to the end of its first event with data
+// (comment-only events are passed over), at most firstEventMax bytes. It
+// returns what it read, and the event's error if the event is one.
+func readFirstEvent(body io.Reader) ([]byte, *APIError, error) {
+	buf := make([]byte, 0, 1024)
+	scanned := 0
+	for {
+		if len(buf) == cap(buf) {
+			if len(buf) >= firstEventMax {
+				return buf, nil, nil // a long first event: not an error event
+			}
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		for {
+			end, next := eventEnd(buf[scanned:])
+			if end < 0 {
+				break
+			}
+			ev := buf[scanned : scanned+end]
+			scanned += next
+			if data, isErr, ok := eventData(ev); ok {
+				if isErr || bytes.Contains(data, []byte(`"error"`)) {
+					return buf, ParseAPIError(http.StatusOK, data), nil
+				}
+				return buf, nil, nil
+			}
+		}
+		if err == io.EOF {
+			if len(bytes.TrimSpace(buf)) == 0 {
+				return nil, nil, errors.New("keypool: stream ended before its first event")
+			}
+			return buf, nil, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+}
+
+// eventEnd finds the blank line that ends an SSE event: end is where the
+// event's text ends, next where the following event starts; -1 if none yet.
+func eventEnd(b []byte) (end, next int) {
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		j := i + 1
+		if j < len(b) && b[j] == '\r' {
+			j++
+		}
+		if j < len(b) && b[j] == '\n' {
+			return i, j + 1
+		}
+	}
+	return -1, -1
+}
+
+// eventData returns an event's data (its first data line is enough for the
+// check) and whether its type is "error"; ok is false for a comment-only
+// event.
+func eventData(ev []byte) (data []byte, isErr, ok bool) {
+	for len(ev) > 0 {
+		line := ev
+		if i := bytes.IndexByte(ev, '\n'); i >= 0 {
+			line, ev = ev[:i], ev[i+1:]
+		} else {
+			ev = nil
+		}
+		line = bytes.TrimRight(line, "\r")
+		switch {
+		case bytes.HasPrefix(line, []byte("data:")):
+			if !ok {
+				data, ok = bytes.TrimSpace(line[5:]), true
+			}
+		case bytes.HasPrefix(line, []byte("event:")):
+			isErr = string(bytes.TrimSpace(line[6:])) == "error"
+		}
+	}
+	return data, isErr && ok, ok
+}
+
+// cancelOnClose ends an attempt's context when its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelCauseFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel(nil)
+	return err
+}
+
+// meteredBody passes a successful answer's body through byte for byte, counts
+// its usage at the end, and releases the key's in-flight slot on EOF or Close,
+// whichever comes first.
+type meteredBody struct {
+	rc     io.ReadCloser
+	t      *Transport
+	e      *entry
+	ev     AttemptEvent
+	cancel context.CancelCauseFunc
+	mu     sync.Mutex
+	meter  *usageMeter // nil once finished
+	done   atomic.Bool
+}
+
+var meterPool = sync.Pool{New: func() any { return new(usageMeter) }}
+
+func newMeteredBody(t *Transport, e *entry, resp *http.Response, ev AttemptEvent, cancel context.CancelCauseFunc, sse bool) *meteredBody {
+	m := meterPool.Get().(*usageMeter)
+	m.reset(sse)
+	return &meteredBody{rc: resp.Body, t: t, e: e, ev: ev, cancel: cancel, meter: m}
+}
+
+func (b *meteredBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.mu.Lock()
+		if b.meter != nil {
+			b.meter.observe(p[:n])
+		}
+		b.mu.Unlock()
+	}
+	if err == io.EOF {
+		b.finish()
+	}
+	return n, err
+}
+
+func (b *meteredBody) Close() error {
+	err := b.rc.Close()
+	b.finish()
+	return err
+}
+
+func (b *meteredBody) finish() {
+	if !b.done.CompareAndSwap(false, true) {
+		return
+	}
+	b.mu.Lock()
+	usage, _ := b.meter.usage()
+	meterPool.Put(b.meter)
+	b.meter = nil
+	b.mu.Unlock()
+
+	t, e := b.t, b.e
+	now := t.now()
+	t.pool.mu.Lock()
+	t.pool.addUsage(e.k, e.b.model, usage)
+	t.pool.release(e, now)
+	t.pool.mu.Unlock()
+	b.cancel(nil)
+
+	b.ev.Duration = now.Sub(b.ev.Start)
+	b.ev.Usage = usage
+	t.emit(b.ev, nil)
+}
+
+// redactURL shows a URL without user info or query, for error messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	u.User = nil
+	u.RawQuery = ""
+	u.Fragment = ""
+	return u.String()
+}
