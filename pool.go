@@ -466,8 +466,7 @@ const maxTried = 16
 // the earliest end of a cooldown, and reason why nothing was found.
 // Requires p.mu.
 func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Time, reason string) {
-	reason = "no upstream serves this model"
-	allowed := false
+	allowed, noRoom := false, false
 	for pass := 0; pass < 2; pass++ {
 		for _, u := range p.ups {
 			avoided := u.index < 64 && r.avoid&(1<<u.index) != 0
@@ -477,7 +476,7 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 			allowed = true
 			b := p.bucketFor(u, r.model, now)
 			if b == nil {
-				reason = "too many distinct models in flight"
+				noRoom = true
 				continue
 			}
 			p.revive(b, now)
@@ -498,10 +497,13 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 	}
 	switch {
 	case !allowed:
+		reason = "no upstream serves this model"
 	case busy:
 		reason = "every usable key is busy"
 	case !freeAt.IsZero():
 		reason = "every usable key is cooling"
+	case noRoom:
+		reason = "too many distinct models in flight"
 	default:
 		reason = "every key is revoked, over quota, disabled, lacks the model or was tried"
 	}
