@@ -120,7 +120,7 @@ type key struct {
 	lastUsed   time.Time
 	usage      map[string]*FamilyUsage
 	usageOrder []string
-	authz      []string // the Authorization header value, built on first use
+	authz      []string // the Authorization header value; never changes
 }
 
 // bucket is one upstream's keys for one model: rate limits are per model, so
@@ -206,7 +206,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 				}
 				return nil, fmt.Errorf("keypool: key ID collision on %s: refusing two different keys with one ID", id)
 			}
-			k := &key{cred: c, up: up, index: len(up.keys), since: now}
+			k := &key{cred: c, up: up, index: len(up.keys), since: now, authz: []string{"Bearer " + c.secret()}}
 			up.keys = append(up.keys, k)
 			p.keys = append(p.keys, k)
 			p.byID[id] = k

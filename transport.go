@@ -561,13 +561,8 @@ func joinPath(base, p string) string {
 	return base + p
 }
 
-// auth returns the key's Authorization header value, built once.
-func (k *key) auth() []string {
-	if k.authz == nil {
-		k.authz = []string{"Bearer " + k.cred.secret()}
-	}
-	return k.authz
-}
+// auth returns the key's Authorization header value, built with the pool.
+func (k *key) auth() []string { return k.authz }
 
 func isEventStream(h http.Header) bool {
 	return strings.HasPrefix(headerValue(h, "Content-Type"), "text/event-stream")
