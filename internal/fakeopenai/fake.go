@@ -1,0 +1,351 @@
+// Package fakeopenai is an in-process fake of api.openai.com, the only upstream
+// keypool's tests ever see.
+//
+// A Server answers for a set of scripted keys the way the real API does (see
+// OPENAI-WIRE.md): error bodies, x-ratelimit-* headers computed from real
+// continuously refilling buckets, per-organization quotas, chat and Responses
+// streams, embeddings, transcriptions. It records which key and organization
+// served every request, so tests can assert where a client sent its traffic.
+//
+// Most tests want NewTestServer; tests that run under testing/synctest serve a
+// Server over ServePipe instead.
+package fakeopenai
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Behavior is the script a Key follows. The account-level ones (Revoked,
+// OverQuota, BillingInactive, Terminated) answer before any model check or
+// bucket logic; the others shape how generation requests are served.
+type Behavior int
+
+const (
+	// OK serves every request.
+	OK Behavior = iota
+	// Revoked answers every request with 401 invalid_api_key, the key masked in
+	// the message.
+	Revoked
+	// OverQuota answers quota-spending requests with 429 insufficient_quota.
+	// Listing models, /v1/me and /v1/organizations still work, as they do for a
+	// real key without credit.
+	OverQuota
+	// BillingInactive answers quota-spending requests with 429
+	// billing_not_active (code null); listings still work.
+	BillingInactive
+	// Terminated answers every request with 429 access_terminated.
+	Terminated
+	// Flaky fails generation requests number 1…FailFirst, then FailFirst+
+	// FailEvery, FailFirst+2·FailEvery, … with Key.FailStatus (500 when 0).
+	// Only requests that pass validation and the model check are counted; the
+	// failures carry no rate-limit headers and charge nothing.
+	Flaky
+	// SlowHeaders waits Key.Delay before handling a generation request (before
+	// the buckets are consulted), or until the client goes away.
+	SlowHeaders
+	// StreamHang writes 200 headers of a stream and then nothing until the
+	// client goes away; a non-stream request waits for the client to go away.
+	StreamHang
+	// StreamErrorFirst sends a 200 stream whose first event is a server_error;
+	// a non-stream request gets a 500.
+	StreamErrorFirst
+	// StreamErrorMidway sends a few normal stream events, then a server_error
+	// event, and ends the stream without its normal ending. Non-stream
+	// requests are served normally.
+	StreamErrorMidway
+)
+
+var behaviorNames = [...]string{"OK", "Revoked", "OverQuota", "BillingInactive", "Terminated",
+	"Flaky", "SlowHeaders", "StreamHang", "StreamErrorFirst", "StreamErrorMidway"}
+
+func (b Behavior) String() string {
+	if b >= 0 && int(b) < len(behaviorNames) {
+		return behaviorNames[b]
+	}
+	return fmt.Sprintf("Behavior(%d)", int(b))
+}
+
+// Org is an organization a key belongs to. Each org of a key has its own
+// request and token buckets, as real per-organization quotas do.
+type Org struct {
+	ID       string // "org-…"; sent back in OpenAI-Organization checks and 429 messages
+	Title    string
+	Slug     string // the openai-organization response header; "" = derived from Title (or ID)
+	Default  bool   // charged when no OpenAI-Organization header is sent; none marked = the first
+	RPM, TPM int    // 0 = the key's limits
+}
+
+// Key is one scripted API key. The zero value of every field but Secret means
+// "an ordinary paid key that serves DefaultModels in one personal org".
+type Key struct {
+	Secret   string
+	Behavior Behavior
+
+	// Trial makes the requests bucket a per-DAY bucket of 200 (or RPM) and the
+	// token bucket 40000 (or TPM) per minute, and adds the free-tier sentence
+	// to rate-limit messages.
+	Trial bool
+	// RPM and TPM size the buckets; 0 = 3000 and 150000 (200 and 40000 for a
+	// trial). RPM is requests per day for a trial.
+	RPM, TPM int
+	// PerModel gives every model family (a model id without its dated
+	// snapshot suffix) its own buckets, as the real API limits each model
+	// separately. false = all models of an org share one pair of buckets.
+	PerModel bool
+
+	Models []string // nil = DefaultModels()
+	Orgs   []Org    // nil = one personal default org derived from Secret
+
+	// Unverified marks the key's organization as not verified: gpt-image-1 gets
+	// a 403 and streaming a gpt-5-class or o3 model gets a 400.
+	Unverified bool
+
+	Delay                            time.Duration // SlowHeaders
+	FailFirst, FailEvery, FailStatus int           // Flaky; FailStatus 0 = 500
+}
+
+// Config configures a Server. The zero value is ready to use.
+type Config struct {
+	// Now is the clock for the buckets, records and timestamps; nil = time.Now.
+	Now func() time.Time
+}
+
+// Record is what the Server saw and answered for one request.
+type Record struct {
+	Time         time.Time
+	Method, Path string
+	Key          string // the secret as sent ("" when missing)
+	Org          string // the OpenAI-Organization header as sent ("" if none)
+	OrgUsed      string // the org the request was attributed to once the key and org header were accepted; its buckets are the ones consulted
+	Project      string // the OpenAI-Project header as sent
+	Model        string
+	Stream       bool
+	Status       int  // 499 when the client went away before any answer
+	Spent        bool // a completion, response, embedding, transcription or image was served in full (quota spent)
+
+	PromptTokens, CompletionTokens int
+}
+
+// Server is a fake api.openai.com. Create it with New (or NewTestServer); it is
+// an http.Handler serving the /v1 API. It is safe for simultaneous use by
+// multiple goroutines: keys can be added and re-scripted while it serves.
+type Server struct {
+	now       func() time.Time
+	closed    chan struct{}
+	closeOnce sync.Once
+
+	mu       sync.Mutex // guards everything below, and every Record reachable from records
+	keys     map[string]*keyState
+	records  []*Record
+	seq      uint64
+	inFlight int
+}
+
+// keyState is a key's script and its mutable state. The script fields never
+// change once built except Behavior (SetBehavior), so handlers may read
+// models and orgs without the lock.
+type keyState struct {
+	key     Key
+	models  map[string]bool
+	orgs    []Org
+	flaky   int                  // generation requests seen by the Flaky script; guarded by Server.mu
+	buckets map[bucketID]*limits // guarded by Server.mu
+}
+
+// New returns a Server that answers for keys.
+func New(cfg Config, keys ...Key) *Server {
+	s := &Server{now: cfg.Now, closed: make(chan struct{}), keys: map[string]*keyState{}}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	for _, k := range keys {
+		s.AddKey(k)
+	}
+	return s
+}
+
+// AddKey adds k, or replaces the key with the same Secret (its buckets and
+// Flaky count start afresh). It is safe while serving. An empty Secret panics.
+func (s *Server) AddKey(k Key) {
+	if k.Secret == "" {
+		panic("fakeopenai: AddKey: empty Secret")
+	}
+	ks := newKeyState(k)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys[k.Secret] = ks
+}
+
+// SetBehavior changes the script of the key with secret while serving and
+// restarts its Flaky count. An unknown secret panics.
+func (s *Server) SetBehavior(secret string, b Behavior) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks := s.keys[secret]
+	if ks == nil {
+		panic("fakeopenai: SetBehavior: unknown key")
+	}
+	ks.key.Behavior = b
+	ks.flaky = 0
+}
+
+// Records returns a copy of what the Server saw, in arrival order. A request
+// still being served shows its status so far.
+func (s *Server) Records() []Record {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Record, len(s.records))
+	for i, r := range s.records {
+		out[i] = *r
+	}
+	return out
+}
+
+// Reset forgets the records (buckets and scripts are kept).
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.records = nil
+}
+
+// Count is the number of recorded requests sent with secret, whatever their status.
+func (s *Server) Count(secret string) int {
+	return s.countRecords(func(r *Record) bool { return r.Key == secret })
+}
+
+// Completions is the number of recorded requests of secret that spent quota:
+// a generation, embedding, transcription or image served in full.
+func (s *Server) Completions(secret string) int {
+	return s.countRecords(func(r *Record) bool { return r.Key == secret && r.Spent })
+}
+
+func (s *Server) countRecords(match func(*Record) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, r := range s.records {
+		if match(r) {
+			n++
+		}
+	}
+	return n
+}
+
+// InFlight is the number of requests being served right now. Tests use it to
+// see that a hanging stream ended once its client went away.
+func (s *Server) InFlight() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight
+}
+
+// Close releases every handler that is waiting (SlowHeaders, StreamHang) so
+// that an httptest.Server can shut down. Later requests are still answered,
+// but no longer wait.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() { close(s.closed) })
+}
+
+// DefaultModels returns the model ids a Key serves when its Models is nil.
+func DefaultModels() []string {
+	return []string{
+		"gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5-chat-latest",
+		"gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
+		"o4-mini", "o3", "o3-mini", "o1", "o1-mini", "o1-pro", "o3-pro",
+		"gpt-4o", "gpt-4o-mini", "gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18", "chatgpt-4o-latest",
+		"gpt-4-turbo", "gpt-4", "gpt-3.5-turbo",
+		"gpt-image-1", "dall-e-2", "dall-e-3",
+		"text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002",
+		"whisper-1", "gpt-4o-transcribe", "tts-1", "tts-1-hd", "gpt-4o-mini-tts",
+		"omni-moderation-latest", "babbage-002", "davinci-002",
+	}
+}
+
+// NewTestServer starts New(cfg, keys...) on an httptest.Server (127.0.0.1),
+// closes both when t ends, and returns the Server and the base URL ending in "/v1".
+func NewTestServer(t testing.TB, cfg Config, keys ...Key) (*Server, string) {
+	t.Helper()
+	s := New(cfg, keys...)
+	ts := httptest.NewServer(s)
+	t.Cleanup(func() {
+		s.Close()
+		ts.Close()
+	})
+	return s, ts.URL + "/v1"
+}
+
+func newKeyState(k Key) *keyState {
+	k.Models = slices.Clone(k.Models)
+	if k.Models == nil {
+		k.Models = DefaultModels()
+	}
+	ks := &keyState{key: k, models: map[string]bool{}, buckets: map[bucketID]*limits{}}
+	for _, m := range k.Models {
+		ks.models[m] = true
+	}
+	ks.orgs = slices.Clone(k.Orgs)
+	if len(ks.orgs) == 0 {
+		ks.orgs = []Org{{
+			ID:      "org-" + digest("org", k.Secret)[:24],
+			Title:   "Personal",
+			Slug:    "user-" + digest("user", k.Secret)[:24],
+			Default: true,
+		}}
+	}
+	if !slices.ContainsFunc(ks.orgs, func(o Org) bool { return o.Default }) {
+		ks.orgs[0].Default = true
+	}
+	return ks
+}
+
+// defaultOrg is the org charged when no OpenAI-Organization header is sent.
+func (ks *keyState) defaultOrg() Org {
+	i := slices.IndexFunc(ks.orgs, func(o Org) bool { return o.Default })
+	return ks.orgs[i]
+}
+
+func (ks *keyState) org(id string) (Org, bool) {
+	i := slices.IndexFunc(ks.orgs, func(o Org) bool { return o.ID == id })
+	if i < 0 {
+		return Org{}, false
+	}
+	return ks.orgs[i], true
+}
+
+// slug is what the openai-organization header says for o: a slug, never the org- id.
+func (o Org) slug() string {
+	if o.Slug != "" {
+		return o.Slug
+	}
+	src := o.Title
+	if src == "" {
+		src = strings.TrimPrefix(o.ID, "org-")
+	}
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(src) {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			b.WriteRune(r)
+			dash = false
+		} else if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	return strings.TrimSuffix(b.String(), "-")
+}
+
+// digest is a stable hex name derived from parts, for ids that must look real
+// and stay the same across runs.
+func digest(parts ...string) string {
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(sum[:])
+}
