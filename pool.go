@@ -659,7 +659,8 @@ func (p *Pool) setState(k *key, to State, reason string, now time.Time) {
 	p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: to, Reason: reason, At: now})
 }
 
-// coolKey makes the whole key unusable until t. Requires p.mu.
+// coolKey makes the whole key unusable until t. A key already cooling (for
+// any model) sends no new event: attempts show each 429. Requires p.mu.
 func (p *Pool) coolKey(k *key, t time.Time, reason string, now time.Time) {
 	if !t.After(k.coolUntil) {
 		return
@@ -667,7 +668,7 @@ func (p *Pool) coolKey(k *key, t time.Time, reason string, now time.Time) {
 	from, _ := p.derivedState(k, now)
 	k.coolUntil = t
 	p.placeKey(k, now)
-	if k.state.selectable() {
+	if k.state.selectable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling, Reason: reason, Until: t, At: now})
 	}
 }
@@ -680,7 +681,7 @@ func (p *Pool) coolEntry(e *entry, t time.Time, reason string, now time.Time) {
 	from, _ := p.derivedState(e.k, now)
 	e.until = t
 	p.place(e, now)
-	if e.k.state.selectable() {
+	if e.k.state.selectable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: e.k.cred.id, Upstream: e.k.up.Name, From: from, To: StateCooling,
 			Reason: reason, Model: e.b.model, Until: t, At: now})
 	}

@@ -566,30 +566,36 @@ func (m *usageMeter) decodeCapture() {
 // that has at least one token count.
 func decodeUsage(b []byte) (Usage, bool) {
 	// absent marks a count the object lacks; no JSON integer the API sends is
-	// that value, and it spares a pointer (an allocation) per field.
+	// that value. A hand scan, not json.Unmarshal: this runs once per
+	// response on the request path, and reflection cost more than the rest
+	// of the transport's own work.
 	const absent = math.MinInt64
-	type cached struct {
-		CachedTokens int64 `json:"cached_tokens"`
-	}
-	type reasoning struct {
-		ReasoningTokens int64 `json:"reasoning_tokens"`
-	}
-	w := struct {
-		PromptTokens            int64     `json:"prompt_tokens"`
-		CompletionTokens        int64     `json:"completion_tokens"`
-		InputTokens             int64     `json:"input_tokens"`
-		OutputTokens            int64     `json:"output_tokens"`
-		TotalTokens             int64     `json:"total_tokens"`
-		PromptTokensDetails     cached    `json:"prompt_tokens_details"`
-		InputTokensDetails      cached    `json:"input_tokens_details"`
-		CompletionTokensDetails reasoning `json:"completion_tokens_details"`
-		OutputTokensDetails     reasoning `json:"output_tokens_details"`
-	}{PromptTokens: absent, CompletionTokens: absent, InputTokens: absent, OutputTokens: absent, TotalTokens: absent}
-	if len(b) == 0 || b[0] != '{' || json.Unmarshal(b, &w) != nil {
+	counts := [5]int64{absent, absent, absent, absent, absent} // prompt, completion, input, output, total
+	var cached, reasoning int64
+	ok := scanObject(b, func(key, val []byte) bool {
+		switch string(key) {
+		case "prompt_tokens":
+			return scanCount(val, &counts[0])
+		case "completion_tokens":
+			return scanCount(val, &counts[1])
+		case "input_tokens":
+			return scanCount(val, &counts[2])
+		case "output_tokens":
+			return scanCount(val, &counts[3])
+		case "total_tokens":
+			return scanCount(val, &counts[4])
+		case "prompt_tokens_details", "input_tokens_details":
+			return scanDetail(val, "cached_tokens", &cached)
+		case "completion_tokens_details", "output_tokens_details":
+			return scanDetail(val, "reasoning_tokens", &reasoning)
+		}
+		return true
+	})
+	if !ok {
 		return Usage{}, false
 	}
 	present := false
-	for _, n := range [...]int64{w.PromptTokens, w.CompletionTokens, w.InputTokens, w.OutputTokens, w.TotalTokens} {
+	for _, n := range counts {
 		if n == absent {
 			continue
 		}
@@ -598,8 +604,7 @@ func decodeUsage(b []byte) (Usage, bool) {
 		}
 		present = true
 	}
-	if !present || w.PromptTokensDetails.CachedTokens < 0 || w.InputTokensDetails.CachedTokens < 0 ||
-		w.CompletionTokensDetails.ReasoningTokens < 0 || w.OutputTokensDetails.ReasoningTokens < 0 {
+	if !present || cached < 0 || reasoning < 0 {
 		return Usage{}, false
 	}
 	first := func(x, y int64) int64 {
@@ -609,9 +614,100 @@ func decodeUsage(b []byte) (Usage, bool) {
 		return max(y, 0)
 	}
 	return Usage{
-		InputTokens:     first(w.PromptTokens, w.InputTokens),
-		OutputTokens:    first(w.CompletionTokens, w.OutputTokens),
-		CachedTokens:    max(w.PromptTokensDetails.CachedTokens, w.InputTokensDetails.CachedTokens),
-		ReasoningTokens: max(w.CompletionTokensDetails.ReasoningTokens, w.OutputTokensDetails.ReasoningTokens),
+		InputTokens:     first(counts[0], counts[2]),
+		OutputTokens:    first(counts[1], counts[3]),
+		CachedTokens:    cached,
+		ReasoningTokens: reasoning,
 	}, true
+}
+
+// scanObject calls f with the raw key (between its quotes) and raw value of
+// each member of the JSON object b, stopping when f returns false. It reports
+// whether b was a well-formed object and f accepted every member.
+func scanObject(b []byte, f func(key, val []byte) bool) bool {
+	i := scanSkipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return false
+	}
+	i = scanSkipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return true
+	}
+	for i < len(b) && b[i] == '"' {
+		end := scanStringEnd(b, i)
+		if end < 0 {
+			return false
+		}
+		key := b[i+1 : end-1]
+		i = scanSkipSpace(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return false
+		}
+		i = scanSkipSpace(b, i+1)
+		if i >= len(b) {
+			return false
+		}
+		vend := scanValueEnd(b, i)
+		if vend < 0 || !f(key, b[i:vend]) {
+			return false
+		}
+		i = scanSkipSpace(b, vend)
+		if i < len(b) && b[i] == '}' {
+			return true
+		}
+		if i >= len(b) || b[i] != ',' {
+			return false
+		}
+		i = scanSkipSpace(b, i+1)
+	}
+	return false
+}
+
+// scanCount reads a JSON integer (null leaves *n as it is); anything else,
+// a fraction or an overflow included, is refused as json.Unmarshal would.
+func scanCount(v []byte, n *int64) bool {
+	if string(v) == "null" {
+		return true
+	}
+	neg := len(v) > 0 && v[0] == '-'
+	if neg {
+		v = v[1:]
+	}
+	if len(v) == 0 {
+		return false
+	}
+	var x int64
+	for _, c := range v {
+		if c < '0' || c > '9' || x > (math.MaxInt64-9)/10 {
+			return false
+		}
+		x = x*10 + int64(c-'0')
+	}
+	if neg {
+		x = -x
+	}
+	*n = x
+	return true
+}
+
+// scanDetail reads one count out of a details object (null is no object);
+// when both spellings of a details object are present the larger count wins.
+func scanDetail(v []byte, name string, n *int64) bool {
+	if string(v) == "null" {
+		return true
+	}
+	return scanObject(v, func(key, val []byte) bool {
+		if string(key) != name {
+			return true
+		}
+		var x int64
+		if !scanCount(val, &x) {
+			return false
+		}
+		*n = max(*n, x)
+		if x < 0 {
+			*n = x // a negative count spoils the object
+		}
+		return true
+	})
 }

@@ -1,0 +1,75 @@
+package keypool_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/keypool/keypool"
+)
+
+// benchUpstream answers every request at once with a small chat completion
+// and OpenAI's rate-limit headers.
+func benchUpstream(b *testing.B) *httptest.Server {
+	const body = `{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}},"system_fingerprint":"fp_1"}`
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("X-Ratelimit-Limit-Requests", "1000000")
+		h.Set("X-Ratelimit-Remaining-Requests", "999999")
+		h.Set("X-Ratelimit-Reset-Requests", "6ms")
+		h.Set("X-Ratelimit-Limit-Tokens", "150000000")
+		h.Set("X-Ratelimit-Remaining-Tokens", "149999990")
+		h.Set("X-Ratelimit-Reset-Tokens", "0s")
+		io.WriteString(w, body)
+	}))
+	b.Cleanup(srv.Close)
+	return srv
+}
+
+const benchRequest = `{"model":"gpt-4o","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello."}],"temperature":0}`
+
+func roundTrips(b *testing.B, rt http.RoundTripper, url string) {
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req, _ := http.NewRequest("POST", url, strings.NewReader(benchRequest))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}
+
+// BenchmarkTransport compares a round trip through keypool with one through a
+// plain http.Transport to the same loopback server, in the same run: the
+// ratio of their ns/op is keypool's overhead.
+func BenchmarkTransport(b *testing.B) {
+	srv := benchUpstream(b)
+	b.Run("plain", func(b *testing.B) {
+		rt := &http.Transport{MaxIdleConnsPerHost: 64}
+		defer rt.CloseIdleConnections()
+		roundTrips(b, rt, srv.URL+"/v1/chat/completions")
+	})
+	b.Run("keypool", func(b *testing.B) {
+		base := &http.Transport{MaxIdleConnsPerHost: 64}
+		defer base.CloseIdleConnections()
+		keys := make([]string, 10)
+		for i := range keys {
+			keys[i] = "sk-bench-" + string(rune('a'+i))
+		}
+		t, err := keypool.New(keypool.WithUpstream(srv.URL+"/v1", strings.Join(keys, ",")), keypool.WithBase(base))
+		if err != nil {
+			b.Fatal(err)
+		}
+		roundTrips(b, t, "http://client.invalid/v1/chat/completions")
+	})
+}
