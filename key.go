@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"unicode"
 )
 
 // KeyID names a key in logs, metrics, records and admin views. It is "kp_"
@@ -32,13 +33,15 @@ type Key struct {
 	id      KeyID
 }
 
-// secret boxes the key material so that fmt, reflecting into a Key, sees only
-// a pointer.
-type secret struct{ v string }
+// secret boxes the key material so that fmt, reflecting into a Key held in an
+// unexported field, sees only a pointer. It must not be a struct, array, slice
+// or map: for those fmt prints what the pointer points to under %s and %q.
+type secret string
 
 // NewKey returns a key for secret, which is used as given (no trimming).
 func NewKey(secretText string) Key {
-	k := Key{s: &secret{v: secretText}}
+	sec := secret(secretText)
+	k := Key{s: &sec}
 	k.id = makeKeyID(secretText, "", "")
 	return k
 }
@@ -82,7 +85,7 @@ func (k Key) Organization() string { return k.org }
 func (k Key) Project() string { return k.project }
 
 // IsZero reports whether k holds no secret.
-func (k Key) IsZero() bool { return k.s == nil || k.s.v == "" }
+func (k Key) IsZero() bool { return k.s == nil || *k.s == "" }
 
 // ServiceAccount reports whether k is a service-account key (sk-svcacct-…),
 // which must never be sent an OpenAI-Organization or OpenAI-Project header.
@@ -94,7 +97,7 @@ func (k Key) secret() string {
 	if k.s == nil {
 		return ""
 	}
-	return k.s.v
+	return string(*k.s)
 }
 
 // String returns the key's ID.
@@ -217,6 +220,4 @@ func ReadKeysFile(path string) ([]Key, error) {
 	return keys, nil
 }
 
-func isSpace(r rune) bool {
-	return r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f' || r == 0x85 || r == 0xA0
-}
+func isSpace(r rune) bool { return unicode.IsSpace(r) }

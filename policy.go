@@ -155,9 +155,12 @@ func classify(a *Answer) Outcome {
 // requestTooLarge tells a "Request too large" tokens 429 from a spent token
 // bucket without reading the message: a request refused while the bucket still
 // holds its whole limit was refused for its own size, and no key of the same
-// tier can take it.
+// tier can take it. (A project's bucket, when stated, must be full too.)
 func requestTooLarge(l RateLimits) bool {
-	return l.LimitTokens > 0 && l.RemainingTokens >= l.LimitTokens
+	orgFull := l.LimitTokens > 0 && l.RemainingTokens >= l.LimitTokens
+	// A spent project bucket refuses requests while the org bucket is full.
+	projectFull := l.RemainingProjectTokens < 0 || l.LimitProjectTokens > 0 && l.RemainingProjectTokens >= l.LimitProjectTokens
+	return orgFull && projectFull
 }
 
 // streamErrorOutcome classifies the error event that opened a 200 stream.

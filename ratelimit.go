@@ -3,6 +3,7 @@ package keypool
 import (
 	"math"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -51,6 +52,7 @@ const (
 // ParseRateLimits reads the rate-limit headers of an answer received at now.
 // It never fails: what cannot be read is Unknown.
 func ParseRateLimits(h http.Header, now time.Time) RateLimits {
+	h = canonicalHeader(h)
 	return RateLimits{
 		LimitRequests:          headerCount(h, hLimitRequests),
 		RemainingRequests:      headerCount(h, hRemainingRequests),
@@ -61,7 +63,7 @@ func ParseRateLimits(h http.Header, now time.Time) RateLimits {
 		LimitProjectTokens:     headerCount(h, hLimitProject),
 		RemainingProjectTokens: headerCount(h, hRemainingProject),
 		ResetProjectTokens:     headerReset(h, hResetProject),
-		RetryAfter:             ParseRetryAfter(h, now),
+		RetryAfter:             parseRetryAfter(h, now),
 	}
 }
 
@@ -74,18 +76,34 @@ func (l RateLimits) Trial() bool {
 func (l RateLimits) Known() bool {
 	return l.LimitRequests >= 0 || l.RemainingRequests >= 0 || l.ResetRequests >= 0 ||
 		l.LimitTokens >= 0 || l.RemainingTokens >= 0 || l.ResetTokens >= 0 ||
-		l.RemainingProjectTokens >= 0 || l.RetryAfter >= 0
+		l.LimitProjectTokens >= 0 || l.RemainingProjectTokens >= 0 || l.ResetProjectTokens >= 0 ||
+		l.RetryAfter >= 0
 }
 
+// headerValue reads the first value of a header by its canonical name from a
+// header whose keys are canonical (see canonicalHeader).
 func headerValue(h http.Header, canonical string) string {
 	if v := h[canonical]; len(v) > 0 {
 		return v[0]
 	}
-	if h == nil {
-		return ""
+	return ""
+}
+
+// canonicalHeader returns h itself when every key is in canonical form, as
+// net/http makes them, and otherwise a canonical copy: headers built by hand
+// may hold "retry-after". The check costs a pass over the keys, no allocation.
+func canonicalHeader(h http.Header) http.Header {
+	for k := range h {
+		if textproto.CanonicalMIMEHeaderKey(k) != k {
+			c := make(http.Header, len(h))
+			for k, v := range h {
+				ck := textproto.CanonicalMIMEHeaderKey(k)
+				c[ck] = append(c[ck], v...)
+			}
+			return c
+		}
 	}
-	// Headers built by hand (not by net/http) may not be canonical.
-	return h.Get(canonical)
+	return h
 }
 
 func headerCount(h http.Header, name string) int64 {
@@ -155,6 +173,10 @@ func parseSeconds(s string) (time.Duration, bool) {
 // (seconds, may be fractional, or an HTTP date; a date in the past means 0).
 // It returns Unknown when neither is present or readable.
 func ParseRetryAfter(h http.Header, now time.Time) time.Duration {
+	return parseRetryAfter(canonicalHeader(h), now)
+}
+
+func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	if v := strings.TrimSpace(headerValue(h, hRetryAfterMs)); v != "" {
 		f, err := strconv.ParseFloat(v, 64)
 		if err == nil && f >= 0 && f == f && f*float64(time.Millisecond) < math.MaxInt64 {
