@@ -73,3 +73,42 @@ func BenchmarkTransport(b *testing.B) {
 		roundTrips(b, t, "http://client.invalid/v1/chat/completions")
 	})
 }
+
+// cannedTransport answers every request at once from memory, so that
+// BenchmarkTransportOverhead measures keypool's own work per request.
+type cannedTransport struct{ body string }
+
+func (c cannedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		io.Copy(io.Discard, req.Body)
+		req.Body.Close()
+	}
+	h := http.Header{
+		"Content-Type":                   {"application/json"},
+		"X-Ratelimit-Limit-Requests":     {"1000000"},
+		"X-Ratelimit-Remaining-Requests": {"999999"},
+		"X-Ratelimit-Reset-Requests":     {"6ms"},
+		"X-Ratelimit-Limit-Tokens":       {"150000000"},
+		"X-Ratelimit-Remaining-Tokens":   {"149999990"},
+		"X-Ratelimit-Reset-Tokens":       {"0s"},
+	}
+	return &http.Response{StatusCode: 200, Status: "200 OK", Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: h, Body: io.NopCloser(strings.NewReader(c.body)), ContentLength: int64(len(c.body)), Request: req}, nil
+}
+
+// BenchmarkTransportOverhead is keypool's own cost per request: the same
+// in-memory upstream called directly ("direct") and through keypool.
+func BenchmarkTransportOverhead(b *testing.B) {
+	const body = `{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"Hello."},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}`
+	canned := cannedTransport{body: body}
+	b.Run("direct", func(b *testing.B) {
+		roundTrips(b, canned, "http://upstream.invalid/v1/chat/completions")
+	})
+	b.Run("keypool", func(b *testing.B) {
+		t, err := keypool.New(keypool.WithUpstream("http://upstream.invalid/v1", "sk-a,sk-b,sk-c,sk-d"), keypool.WithBase(canned))
+		if err != nil {
+			b.Fatal(err)
+		}
+		roundTrips(b, t, "http://client.invalid/v1/chat/completions")
+	})
+}

@@ -52,7 +52,23 @@ const (
 // ParseRateLimits reads the rate-limit headers of an answer received at now.
 // It never fails: what cannot be read is Unknown.
 func ParseRateLimits(h http.Header, now time.Time) RateLimits {
-	h = canonicalHeader(h)
+	return parseRateLimits(canonicalHeader(h), now)
+}
+
+// responseLimits is ParseRateLimits for the transport's hot path: headers
+// from net/http are canonical, so the check for hand-built keys runs only
+// when nothing was found.
+func responseLimits(h http.Header, now time.Time) RateLimits {
+	l := parseRateLimits(h, now)
+	if !l.Known() {
+		if c, copied := canonicalCopy(h); copied {
+			l = parseRateLimits(c, now)
+		}
+	}
+	return l
+}
+
+func parseRateLimits(h http.Header, now time.Time) RateLimits {
 	return RateLimits{
 		LimitRequests:          headerCount(h, hLimitRequests),
 		RemainingRequests:      headerCount(h, hRemainingRequests),
@@ -93,6 +109,12 @@ func headerValue(h http.Header, canonical string) string {
 // net/http makes them, and otherwise a canonical copy: headers built by hand
 // may hold "retry-after". The check costs a pass over the keys, no allocation.
 func canonicalHeader(h http.Header) http.Header {
+	c, _ := canonicalCopy(h)
+	return c
+}
+
+// canonicalCopy is canonicalHeader that also reports whether it copied.
+func canonicalCopy(h http.Header) (http.Header, bool) {
 	for k := range h {
 		if textproto.CanonicalMIMEHeaderKey(k) != k {
 			c := make(http.Header, len(h))
@@ -100,10 +122,10 @@ func canonicalHeader(h http.Header) http.Header {
 				ck := textproto.CanonicalMIMEHeaderKey(k)
 				c[ck] = append(c[ck], v...)
 			}
-			return c
+			return c, true
 		}
 	}
-	return h
+	return h, false
 }
 
 func headerCount(h http.Header, name string) int64 {

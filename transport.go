@@ -144,8 +144,13 @@ func (b *requestBody) replayable() bool {
 // reader returns the body for the next attempt.
 func (b *requestBody) reader() (io.ReadCloser, error) {
 	switch {
+	case b.complete && len(b.buf) == 0:
+		return http.NoBody, nil
 	case b.complete:
-		return &replayReader{Reader: *bytes.NewReader(b.buf)}, nil
+		// net/http knows a NopCloser of a bytes.Reader as in-memory and
+		// writes headers and body in one go; an unknown reader type costs
+		// a flush and a second write per request.
+		return io.NopCloser(bytes.NewReader(b.buf)), nil
 	case !b.used:
 		b.used = true
 		return &prefixedBody{prefix: b.buf, rc: b.orig}, nil
@@ -154,10 +159,6 @@ func (b *requestBody) reader() (io.ReadCloser, error) {
 	}
 	return nil, errors.New("keypool: request body cannot be replayed")
 }
-
-type replayReader struct{ bytes.Reader }
-
-func (*replayReader) Close() error { return nil }
 
 // prefixedBody serves prefix and then the rest of rc.
 type prefixedBody struct {
@@ -176,9 +177,10 @@ func (p *prefixedBody) Read(b []byte) (int, error) {
 
 func (p *prefixedBody) Close() error { return p.rc.Close() }
 
-// readBody reads req.Body up to the buffer limit. It always leaves the
-// original body closed or owned by the returned requestBody.
-func (t *Transport) readBody(req *http.Request) (*requestBody, error) {
+// readBody reads req.Body up to the buffer limit into rb; nil when the
+// request has no body. It always leaves the original body closed or owned by
+// rb.
+func (t *Transport) readBody(req *http.Request, rb *requestBody) (*requestBody, error) {
 	if req.Body == nil || req.Body == http.NoBody {
 		return nil, nil
 	}
@@ -197,14 +199,16 @@ func (t *Transport) readBody(req *http.Request) (*requestBody, error) {
 		buf = buf[:len(buf)+n]
 		if err == io.EOF {
 			req.Body.Close()
-			return &requestBody{buf: buf, complete: true}, nil
+			*rb = requestBody{buf: buf, complete: true}
+			return rb, nil
 		}
 		if err != nil {
 			req.Body.Close()
 			return nil, fmt.Errorf("keypool: reading the request body: %w", err)
 		}
 	}
-	return &requestBody{buf: buf, orig: req.Body, getBody: req.GetBody}, nil
+	*rb = requestBody{buf: buf, orig: req.Body, getBody: req.GetBody}
+	return rb, nil
 }
 
 // RoundTrip sends req with the best key of the pool, failing over as the
@@ -214,11 +218,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		closeRequestBody(req)
 		return nil, errors.New("keypool: request has no URL")
 	}
-	body, err := t.readBody(req)
+	// One allocation holds the request's state, its body, the answer being
+	// classified and the body wrapper handed back.
+	r := &roundTrip{t: t, req: req}
+	body, err := t.readBody(req, &r.rb)
 	if err != nil {
 		return nil, err
 	}
-	r := roundTrip{t: t, req: req, body: body, start: t.now(), number: t.requests.Add(1)}
+	r.body, r.start, r.number = body, t.now(), t.requests.Add(1)
 	if body != nil {
 		r.model, r.stream, _ = scanRequest(body.buf)
 	}
@@ -254,6 +261,9 @@ type roundTrip struct {
 	backoff  retry.Backoff
 	last     *lastAnswer
 	lastErr  error
+	rb       requestBody // body's storage
+	answer   Answer      // the current attempt's
+	metered  meteredBody // the body handed back on success
 }
 
 // lastAnswer keeps a failed attempt's answer, so that it can be handed back
@@ -404,7 +414,8 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	start := t.now()
 	ev := AttemptEvent{Request: r.number, Attempt: n, Key: k.cred.id, Upstream: k.up.Name,
 		Model: r.model, Stream: r.stream, Start: start}
-	a := &Answer{Clone: k.cred.org != "" && !k.cred.ServiceAccount(), Limits: noLimits}
+	a := &r.answer
+	*a = Answer{Clone: k.cred.org != "" && !k.cred.ServiceAccount(), Limits: noLimits}
 
 	actx, cancel := context.WithCancelCause(ctx)
 	timeout := k.up.Timeout
@@ -443,7 +454,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		a.Err = err
 	default:
 		a.Status, a.Header = resp.StatusCode, resp.Header
-		a.Limits = ParseRateLimits(resp.Header, now)
+		a.Limits = responseLimits(resp.Header, now)
 		if resp.StatusCode/100 != 2 {
 			prefix, _ = io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
 			a.Error = ParseAPIError(resp.StatusCode, prefix)
@@ -483,7 +494,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		return resp, a, outcome
 	}
 	ev.Final = true
-	resp.Body = newMeteredBody(t, e, resp, ev, cancel, r.stream || isEventStream(resp.Header))
+	resp.Body = r.metered.start(t, e, resp.Body, ev, cancel, r.stream || isEventStream(resp.Header))
 	return resp, a, outcome
 }
 
@@ -511,7 +522,15 @@ func (t *Transport) emit(ev AttemptEvent, a *Answer) {
 // credentials. The caller's request is not changed.
 func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, error) {
 	k := e.k
-	out := r.req.Clone(ctx)
+	// A shallow copy with a header map of its own: the caller's request is
+	// not changed, and its header values are shared, never appended to
+	// (req.Clone would copy every value and the URL for nothing).
+	out := r.req.WithContext(ctx)
+	h := make(http.Header, len(r.req.Header)+2)
+	for name, v := range r.req.Header {
+		h[name] = v
+	}
+	out.Header = h
 	u := *k.up.base
 	u.Path = joinPath(u.Path, r.req.URL.Path)
 	u.RawPath = ""
@@ -520,7 +539,6 @@ func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, erro
 	out.URL = &u
 	out.Host = ""
 	out.RequestURI = ""
-	h := out.Header
 	h["Authorization"] = k.auth()
 	h.Del("Api-Key")
 	h.Del("Openai-Organization")
@@ -679,10 +697,12 @@ type meteredBody struct {
 
 var meterPool = sync.Pool{New: func() any { return new(usageMeter) }}
 
-func newMeteredBody(t *Transport, e *entry, resp *http.Response, ev AttemptEvent, cancel context.CancelCauseFunc, sse bool) *meteredBody {
+// start readies b to pass rc through for the attempt ev on e.
+func (b *meteredBody) start(t *Transport, e *entry, rc io.ReadCloser, ev AttemptEvent, cancel context.CancelCauseFunc, sse bool) *meteredBody {
 	m := meterPool.Get().(*usageMeter)
 	m.reset(sse)
-	return &meteredBody{rc: resp.Body, t: t, e: e, ev: ev, cancel: cancel, meter: m}
+	b.rc, b.t, b.e, b.ev, b.cancel, b.meter = rc, t, e, ev, cancel, m
+	return b
 }
 
 func (b *meteredBody) Read(p []byte) (int, error) {
