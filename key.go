@@ -136,20 +136,7 @@ func (k Key) LogValue() slog.Value { return slog.StringValue(string(k.id)) }
 // duplicates. An entry with space inside is an error that names its position,
 // never its text.
 func ParseKeys(list string) ([]Key, error) {
-	var keys []Key
-	seen := map[string]bool{}
-	for i, part := range strings.Split(list, ",") {
-		part = strings.TrimSpace(part)
-		if part == "" || seen[part] {
-			continue
-		}
-		if strings.IndexFunc(part, isSpace) >= 0 {
-			return nil, fmt.Errorf("keypool: key list entry %d has white space inside a key", i+1)
-		}
-		seen[part] = true
-		keys = append(keys, NewKey(part))
-	}
-	return keys, nil
+	return KeysFrom(strings.Split(list, ","))
 }
 
 // KeysFrom turns secrets into keys with the rules of ParseKeys (trimmed, empty

@@ -81,18 +81,7 @@ func TestParseKeys(t *testing.T) {
 				if err == nil {
 					t.Fatalf("ParseKeys(%q) = %d keys, nil error; want an error", tt.list, len(keys))
 				}
-				msg := err.Error()
-				if !strings.HasPrefix(msg, "keypool: ") {
-					t.Errorf("error %q does not start with the package name", msg)
-				}
-				if !keyNumberRe(tt.errAt).MatchString(msg) {
-					t.Errorf("error %q does not name entry %d", msg, tt.errAt)
-				}
-				for _, h := range tt.hidden {
-					if strings.Contains(msg, h) {
-						t.Errorf("error %q contains key text %q", msg, h)
-					}
-				}
+				checkKeyError(t, err, tt.errAt, tt.hidden)
 				if keys != nil {
 					t.Errorf("keys = %v with an error; want nil", keys)
 				}
@@ -142,18 +131,7 @@ func TestKeysFrom(t *testing.T) {
 				if err == nil {
 					t.Fatalf("KeysFrom(%q) = %d keys, nil error; want an error", tt.secrets, len(keys))
 				}
-				msg := err.Error()
-				if !strings.HasPrefix(msg, "keypool: ") {
-					t.Errorf("error %q does not start with the package name", msg)
-				}
-				if !keyNumberRe(tt.errAt).MatchString(msg) {
-					t.Errorf("error %q does not name entry %d", msg, tt.errAt)
-				}
-				for _, h := range tt.hidden {
-					if strings.Contains(msg, h) {
-						t.Errorf("error %q contains key text %q", msg, h)
-					}
-				}
+				checkKeyError(t, err, tt.errAt, tt.hidden)
 				return
 			}
 			if err != nil {
@@ -714,4 +692,22 @@ func FuzzReadKeys(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkKeyError asserts that a key-parsing error starts with the package
+// name, names entry errAt, and shows none of hidden.
+func checkKeyError(t *testing.T, err error, errAt int, hidden []string) {
+	t.Helper()
+	msg := err.Error()
+	if !strings.HasPrefix(msg, "keypool: ") {
+		t.Errorf("error %q does not start with the package name", msg)
+	}
+	if !keyNumberRe(errAt).MatchString(msg) {
+		t.Errorf("error %q does not name entry %d", msg, errAt)
+	}
+	for _, h := range hidden {
+		if strings.Contains(msg, h) {
+			t.Errorf("error %q contains key text %q", msg, h)
+		}
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -791,5 +792,36 @@ func TestSnapshotNeverShowsSecrets(t *testing.T) {
 	errText := fmt.Sprintf("%v", tr)
 	if strings.Contains(errText, "VISIBLE") {
 		t.Fatal("printing the transport shows a secret")
+	}
+}
+
+func TestFinalAnswerCarriesRetryAfter(t *testing.T) {
+	// Both keys spent behind the pool's back (2 RPM each): each answers a
+	// requests 429, then no key is left within the wait budget. The caller
+	// gets the last 429, marked not to retry, with when a key frees up.
+	fake, tr, _ := setup(t, []keypool.Option{keypool.WithMaxWait(time.Second)},
+		fakeopenai.Key{Secret: "sk-a", RPM: 2}, fakeopenai.Key{Secret: "sk-b", RPM: 2})
+	for _, secret := range []string{"sk-a", "sk-b"} {
+		for range 2 {
+			req, _ := http.NewRequest("POST", fakeURL(t, tr)+"/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+			req.Header.Set("Authorization", "Bearer "+secret)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+	}
+	fake.Reset()
+	resp, b := post(t, tr, chatBody("gpt-4o", false))
+	if resp.StatusCode != 429 || resp.Header.Get("X-Should-Retry") != "false" {
+		t.Fatalf("status %d x-should-retry %q: %s", resp.StatusCode, resp.Header.Get("X-Should-Retry"), b)
+	}
+	ra, err := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if err != nil || ra < 1 || ra > 31 {
+		t.Fatalf("Retry-After %q", resp.Header.Get("Retry-After"))
+	}
+	if !bytes.Contains(b, []byte(`"type":"requests"`)) || len(fake.Records()) != 2 {
+		t.Fatalf("body %s, %d upstream requests", b, len(fake.Records()))
 	}
 }
