@@ -125,7 +125,7 @@ func classify(a *Answer) Outcome {
 		return OutcomeSuccess
 	case a.Status == http.StatusUnauthorized:
 		switch code {
-		case "invalid_api_key", "access_terminated":
+		case "invalid_api_key", "access_terminated", "account_deactivated":
 			return OutcomeRevoked
 		case "mismatched_organization":
 			if a.Clone {

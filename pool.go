@@ -80,6 +80,7 @@ type Pool struct {
 	seq       uint64        // pick counter: least recently used first
 	wake      chan struct{} // closed when a busy key frees a slot; nil when nobody waits
 	events    []StateEvent  // state changes to send once mu is released
+	epoch     time.Time     // cooldowns are kept as offsets from it: one time base
 	cfg       poolConfig
 	observer  Observer
 	reqNumber uint64
@@ -149,7 +150,7 @@ type entry struct {
 	inflight int64
 	seq      uint64    // last pick
 	until    time.Time // cooldown for this model
-	wakeAt   int64     // UnixNano when it leaves the cooling heap
+	wakeAt   int64     // when it leaves the cooling heap, as nanoseconds since Pool.epoch
 	where    uint8     // heapNone, heapReady, heapCooling
 	idx      int32     // position in its heap
 }
@@ -164,7 +165,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 	if len(ups) == 0 {
 		return nil, errors.New("keypool: no upstream configured")
 	}
-	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs}
+	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now}
 	for i, u := range ups {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
@@ -299,11 +300,13 @@ func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
 }
 
 // evictBucket drops the least recently used bucket with nothing in flight, so
-// that clients naming ever new models cannot grow the pool without bound.
+// that clients naming ever new models cannot grow the pool without bound. A
+// bucket holding cooldowns goes last: forgetting one would send a key a
+// request it was told to wait with.
 func (p *Pool) evictBucket(u *upstream) bool {
 	var victim *bucket
 	for _, b := range u.buckets {
-		if b.inflight == 0 && (victim == nil || b.lastUsed < victim.lastUsed) {
+		if b.inflight == 0 && (victim == nil || evictFirst(b, victim)) {
 			victim = b
 		}
 	}
@@ -312,6 +315,15 @@ func (p *Pool) evictBucket(u *upstream) bool {
 	}
 	delete(u.buckets, victim.model)
 	return true
+}
+
+// evictFirst reports whether idle bucket a should go before idle bucket b:
+// buckets without cooldowns first, then the least recently used.
+func evictFirst(a, b *bucket) bool {
+	if aCool, bCool := len(a.cooling) > 0, len(b.cooling) > 0; aCool != bCool {
+		return !aCool
+	}
+	return a.lastUsed < b.lastUsed
 }
 
 func isEmbeddingsModel(model string) bool {
@@ -377,7 +389,7 @@ func (p *Pool) place(e *entry, now time.Time) {
 		b.ready.fix(e, p.score(e))
 		return
 	case e.where == want && want == heapCooling:
-		e.wakeAt = wake.UnixNano()
+		e.wakeAt = p.offset(wake)
 		b.cooling.fix(int(e.idx))
 		return
 	case e.where == heapReady:
@@ -390,7 +402,7 @@ func (p *Pool) place(e *entry, now time.Time) {
 	case heapReady:
 		b.ready.push(e, p.score(e))
 	case heapCooling:
-		e.wakeAt = wake.UnixNano()
+		e.wakeAt = p.offset(wake)
 		b.cooling.push(e)
 	}
 }
@@ -404,10 +416,15 @@ func (p *Pool) placeKey(k *key, now time.Time) {
 	}
 }
 
+// offset turns a time into the pool's time base. Differences of times taken
+// from one clock use its monotonic reading, so a wall-clock step or a suspend
+// cannot strand a cooling key or make waiters spin.
+func (p *Pool) offset(t time.Time) int64 { return int64(t.Sub(p.epoch)) }
+
 // revive moves entries whose cooldown has ended back to the ready heap, with
 // the requests their bucket has refilled meanwhile. Requires p.mu.
 func (p *Pool) revive(b *bucket, now time.Time) {
-	t := now.UnixNano()
+	t := p.offset(now)
 	for len(b.cooling) > 0 && b.cooling[0].wakeAt <= t {
 		e := b.cooling[0]
 		e.refill(now)
@@ -444,9 +461,17 @@ func (e *entry) estimate(now time.Time) int64 {
 
 // pick is one attempt's request for a key.
 type pick struct {
-	model string
-	tried []*key // keys already tried for this request
-	avoid uint64 // upstreams that failed this request: tried last
+	model  string // matched against Allow and Deny
+	bucket string // the rate-limit bucket: the model, or a path's route
+	tried  []*key // keys already tried for this request
+	avoid  uint64 // upstreams that failed this request: tried last
+}
+
+func (r *pick) bucketName() string {
+	if r.bucket != "" {
+		return r.bucket
+	}
+	return r.model
 }
 
 func (r *pick) triedKey(k *key) bool {
@@ -474,7 +499,7 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 				continue
 			}
 			allowed = true
-			b := p.bucketFor(u, r.model, now)
+			b := p.bucketFor(u, r.bucketName(), now)
 			if b == nil {
 				noRoom = true
 				continue
@@ -488,7 +513,7 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 				busy = true
 			}
 			if len(b.cooling) > 0 {
-				t := time.Unix(0, b.cooling[0].wakeAt)
+				t := p.epoch.Add(time.Duration(b.cooling[0].wakeAt))
 				if freeAt.IsZero() || t.Before(freeAt) {
 					freeAt = t
 				}
@@ -556,6 +581,11 @@ func (p *Pool) release(e *entry, now time.Time) {
 		e.k.inflight--
 	}
 	p.place(e, now)
+	p.wakeWaiters()
+}
+
+// wakeWaiters tells waiting requests to look again. Requires p.mu.
+func (p *Pool) wakeWaiters() {
 	if p.wake != nil {
 		close(p.wake)
 		p.wake = nil
@@ -571,7 +601,9 @@ func (p *Pool) acquireWait(ctx context.Context, r *pick, deadline time.Time, now
 		p.mu.Lock()
 		e, busy, freeAt, reason := p.take(r, t)
 		var ch chan struct{}
-		if e == nil && busy {
+		if e == nil {
+			// Any change may free a key: a slot released, an answer that
+			// states room, an operator's Enable.
 			if p.wake == nil {
 				p.wake = make(chan struct{})
 			}
@@ -715,7 +747,7 @@ func (p *Pool) learn(e *entry, l *RateLimits, now time.Time) {
 	if r := l.RemainingRequests; r >= 0 {
 		// An answer that arrives late can show more than is left; the
 		// estimate from the previous answer bounds it.
-		if e.remReq >= 0 {
+		if e.remReq >= 0 && e.perSlot > 0 && e.limitReq >= 0 {
 			r = min(r, e.estimate(now))
 		}
 		e.remReq, e.obsAt = r, now
@@ -751,8 +783,14 @@ func tokenWait(reset time.Duration) time.Duration {
 // ends the attempt's hold. Requires p.mu.
 func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
 	k := e.k
+	if !a.Cancelled && a.Status != 0 && !e.answered {
+		e.answered = true
+		p.place(e, now)
+	}
 	if a.Limits.Known() && !a.Cancelled {
 		p.learn(e, &a.Limits, now)
+		p.place(e, now) // headroom changed: re-score
+		p.wakeWaiters()
 	}
 	switch out {
 	case OutcomeSuccess:
@@ -930,10 +968,7 @@ func (p *Pool) operate(id KeyID, f func(k *key)) error {
 	}
 	f(k)
 	evs := p.takeEvents()
-	if p.wake != nil {
-		close(p.wake)
-		p.wake = nil
-	}
+	p.wakeWaiters()
 	p.mu.Unlock()
 	p.flushEvents(evs)
 	return nil

@@ -229,10 +229,11 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body != nil {
 		r.model, r.stream, _ = scanRequest(body.buf)
 	}
+	r.pick.model = r.model
 	if r.model == "" {
 		r.model = req.URL.Path
+		r.pick.model, r.pick.bucket = r.model, routeOf(r.model)
 	}
-	r.pick.model = r.model
 	r.pick.tried = r.triedBuf[:0]
 	resp, err := r.run()
 	if err != nil && body != nil && !body.complete && !body.used {
@@ -301,6 +302,9 @@ func (r *roundTrip) run() (*http.Response, error) {
 			}
 			return nil, context.Cause(ctx)
 		case !out.Retryable():
+			if resp == nil {
+				return r.giveUp(attempt, a.Err, nil)
+			}
 			return resp, nil
 		}
 		// Retryable: decide whether another attempt may go.
@@ -343,6 +347,8 @@ func (r *roundTrip) run() (*http.Response, error) {
 
 // keep drains and closes a failed response, keeping its error body.
 func (r *roundTrip) keep(resp *http.Response) {
+	stop := time.AfterFunc(time.Second, func() { resp.Body.Close() })
+	defer stop.Stop()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
 	io.Copy(io.Discard, io.LimitReader(resp.Body, drainLimit))
 	resp.Body.Close()
@@ -437,6 +443,16 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 			resp = nil
 		}
 	}
+	var errBody []byte
+	if err == nil && resp.StatusCode/100 != 2 {
+		// Read the error body while the attempt's limit still holds: an
+		// upstream that sends headers and then stalls must not hang us.
+		errBody, err = io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
+		if err != nil {
+			resp.Body.Close()
+			resp = nil
+		}
+	}
 	if !timer.Stop() && err == nil {
 		// The limit struck as the answer arrived: its body is cut off.
 		resp.Body.Close()
@@ -456,13 +472,18 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		a.Status, a.Header = resp.StatusCode, resp.Header
 		a.Limits = responseLimits(resp.Header, now)
 		if resp.StatusCode/100 != 2 {
-			prefix, _ = io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
+			prefix = errBody
 			a.Error = ParseAPIError(resp.StatusCode, prefix)
 		}
 	}
 	outcome := t.policy.Classify(a)
-	if a.Cancelled {
+	switch {
+	case a.Cancelled:
 		outcome = OutcomeCancelled
+	case outcome == OutcomeCancelled:
+		outcome = OutcomeServerError // only the caller's context cancels
+	case resp == nil && outcome == OutcomeSuccess:
+		outcome = OutcomeServerError // no answer is no success, whatever a policy says
 	}
 	ev.Status, ev.Outcome, ev.Err = a.Status, outcome, a.Err
 
@@ -567,6 +588,30 @@ func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, erro
 	return out, nil
 }
 
+// routeOf names the rate-limit bucket of a request without a JSON model by
+// its route: the path up to the first segment holding a digit (IDs do), so
+// /v1/files/file-abc123/content counts as /v1/files and GETs by ID cannot
+// crowd out the models' buckets.
+func routeOf(path string) string {
+	end := len(path)
+	for i := 1; i < len(path); {
+		j := strings.IndexByte(path[i:], '/')
+		seg := path[i:]
+		if j >= 0 {
+			seg = path[i : i+j]
+		}
+		if i > 1 && strings.ContainsAny(seg, "0123456789") {
+			end = i - 1
+			break
+		}
+		if j < 0 {
+			break
+		}
+		i += j + 1
+	}
+	return path[:end]
+}
+
 // joinPath appends a request path, less its /v1 prefix, to the upstream's
 // base path: /v1/chat/completions on https://host/openai/v1 goes to
 // /openai/v1/chat/completions.
@@ -618,6 +663,13 @@ func readFirstEvent(body io.Reader) ([]byte, *APIError, error) {
 		if err == io.EOF {
 			if len(bytes.TrimSpace(buf)) == 0 {
 				return nil, nil, errors.New("keypool: stream ended before its first event")
+			}
+			rest := buf[scanned:]
+			if data, isErr, ok := eventData(rest); ok && (isErr || bytes.Contains(data, []byte(`"error"`))) {
+				return buf, ParseAPIError(http.StatusOK, data), nil
+			}
+			if ae := ParseAPIError(http.StatusOK, rest); ae != nil {
+				return buf, ae, nil
 			}
 			return buf, nil, nil
 		}
@@ -673,6 +725,14 @@ func eventData(ev []byte) (data []byte, isErr, ok bool) {
 type cancelOnClose struct {
 	io.ReadCloser
 	cancel context.CancelCauseFunc
+}
+
+func (c *cancelOnClose) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if err == io.EOF {
+		c.cancel(nil)
+	}
+	return n, err
 }
 
 func (c *cancelOnClose) Close() error {

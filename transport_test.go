@@ -825,3 +825,21 @@ func TestFinalAnswerCarriesRetryAfter(t *testing.T) {
 		t.Fatalf("body %s, %d upstream requests", b, len(fake.Records()))
 	}
 }
+
+func TestRouteOf(t *testing.T) {
+	for in, want := range map[string]string{
+		"/v1/files/file-abc123/content": "/v1/files",
+		"/v1/audio/transcriptions":      "/v1/audio/transcriptions",
+		"/v1/responses/resp_9f":         "/v1/responses",
+		"/v1/models/gpt-4o":             "/v1/models",
+		"/v1/models":                    "/v1/models",
+		"/v1":                           "/v1",
+		"/":                             "/",
+		"":                              "",
+		"/openai/deployments/d1/chat":   "/openai/deployments",
+	} {
+		if got := keypool.RouteOf(in); got != want {
+			t.Errorf("routeOf(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

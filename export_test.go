@@ -1,0 +1,4 @@
+package keypool
+
+// RouteOf exposes routeOf to the external tests.
+var RouteOf = routeOf
