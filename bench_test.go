@@ -36,17 +36,34 @@ func roundTrips(b *testing.B, rt http.RoundTripper, url string) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			req, _ := http.NewRequest("POST", url, strings.NewReader(benchRequest))
-			req.Header.Set("Content-Type", "application/json")
-			resp, err := rt.RoundTrip(req)
-			if err != nil {
+			if err := roundTrip(rt, url); err != nil {
 				b.Error(err)
 				return
 			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
 		}
 	})
+}
+
+// roundTripsSerial sends one request at a time: the latency a single caller
+// sees, without client and server competing for the cores.
+func roundTripsSerial(b *testing.B, rt http.RoundTripper, url string) {
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := roundTrip(rt, url); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func roundTrip(rt http.RoundTripper, url string) error {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(benchRequest))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
 }
 
 // BenchmarkTransport compares a round trip through keypool with one through a
@@ -54,24 +71,29 @@ func roundTrips(b *testing.B, rt http.RoundTripper, url string) {
 // ratio of their ns/op is keypool's overhead.
 func BenchmarkTransport(b *testing.B) {
 	srv := benchUpstream(b)
-	b.Run("plain", func(b *testing.B) {
-		rt := &http.Transport{MaxIdleConnsPerHost: 64}
-		defer rt.CloseIdleConnections()
-		roundTrips(b, rt, srv.URL+"/v1/chat/completions")
-	})
-	b.Run("keypool", func(b *testing.B) {
-		base := &http.Transport{MaxIdleConnsPerHost: 64}
-		defer base.CloseIdleConnections()
-		keys := make([]string, 10)
-		for i := range keys {
-			keys[i] = "sk-bench-" + string(rune('a'+i))
-		}
-		t, err := keypool.New(keypool.WithUpstream(srv.URL+"/v1", strings.Join(keys, ",")), keypool.WithBase(base))
-		if err != nil {
-			b.Fatal(err)
-		}
-		roundTrips(b, t, "http://client.invalid/v1/chat/completions")
-	})
+	for _, mode := range []struct {
+		name string
+		run  func(*testing.B, http.RoundTripper, string)
+	}{{"parallel", roundTrips}, {"serial", roundTripsSerial}} {
+		b.Run(mode.name+"/plain", func(b *testing.B) {
+			rt := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer rt.CloseIdleConnections()
+			mode.run(b, rt, srv.URL+"/v1/chat/completions")
+		})
+		b.Run(mode.name+"/keypool", func(b *testing.B) {
+			base := &http.Transport{MaxIdleConnsPerHost: 64}
+			defer base.CloseIdleConnections()
+			keys := make([]string, 10)
+			for i := range keys {
+				keys[i] = "sk-bench-" + string(rune('a'+i))
+			}
+			t, err := keypool.New(keypool.WithUpstream(srv.URL+"/v1", strings.Join(keys, ",")), keypool.WithBase(base))
+			if err != nil {
+				b.Fatal(err)
+			}
+			mode.run(b, t, "http://client.invalid/v1/chat/completions")
+		})
+	}
 }
 
 // cannedTransport answers every request at once from memory, so that
