@@ -184,6 +184,13 @@ func WithTrialsFirst(on bool) Option {
 	return optionFunc(func(c *config) error { c.pool.trialsFirst = on; return nil })
 }
 
+// WithCheckedKeysOnly makes unchecked keys wait for their first check (see
+// Checker) before they take requests. Without a running Checker no key is
+// ever used. By default unchecked keys are used at once.
+func WithCheckedKeysOnly() Option {
+	return optionFunc(func(c *config) error { c.pool.checkedOnly = true; return nil })
+}
+
 // WithProbeLimit sets how many requests a key may have in flight before its
 // first answer states its limits; the default is 4. It keeps a burst from
 // flooding a key whose limits are not known yet.

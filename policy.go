@@ -23,6 +23,7 @@ const (
 	OutcomeServerError                  // 5xx, network error, time to headers exceeded: next key/upstream after backoff
 	OutcomeClientError                  // other 4xx: the request is wrong, returned as is
 	OutcomeCancelled                    // the caller went away: nobody's fault, stop
+	OutcomeNotPermitted                 // the key may not do this (unverified organization): it learns so, next key
 )
 
 var outcomeNames = [...]string{
@@ -36,6 +37,7 @@ var outcomeNames = [...]string{
 	OutcomeServerError:   "server_error",
 	OutcomeClientError:   "client_error",
 	OutcomeCancelled:     "cancelled",
+	OutcomeNotPermitted:  "not_permitted",
 }
 
 // String returns the outcome's snake_case name, as metrics and records show it.
@@ -53,7 +55,7 @@ func (o Outcome) MarshalText() ([]byte, error) { return []byte(o.String()), nil 
 func (o Outcome) Retryable() bool {
 	switch o {
 	case OutcomeRevoked, OutcomeOverQuota, OutcomeRateLimited, OutcomeModelNotFound,
-		OutcomeKeyRejected, OutcomeServerError:
+		OutcomeKeyRejected, OutcomeServerError, OutcomeNotPermitted:
 		return true
 	}
 	return false
@@ -113,9 +115,9 @@ func classify(a *Answer) Outcome {
 	if a.Err != nil || a.Status == 0 {
 		return OutcomeServerError
 	}
-	var typ, code string
+	var typ, code, param string
 	if a.Error != nil {
-		typ, code = a.Error.Type, a.Error.Code
+		typ, code, param = a.Error.Type, a.Error.Code, a.Error.Param
 	}
 	switch {
 	case a.Status >= 200 && a.Status < 300:
@@ -146,10 +148,27 @@ func classify(a *Answer) Outcome {
 		return OutcomeRateLimited
 	case (a.Status == http.StatusForbidden || a.Status == http.StatusNotFound) && code == "model_not_found":
 		return OutcomeModelNotFound
+	case unverified(a.Status, typ, code, param):
+		return OutcomeNotPermitted
 	case a.Status == http.StatusRequestTimeout || a.Status >= 500:
 		return OutcomeServerError
 	}
 	return OutcomeClientError
+}
+
+// unverified recognises the answers an unverified organization gets: a 400
+// refusing "stream" as an unsupported value (streaming gpt-5-class and o3
+// models), and a 403 for a model that needs verification (gpt-image-1),
+// coded organization_must_be_verified or, as seen in the wild, with no code.
+// Another key, in a verified organization, can serve the request.
+func unverified(status int, typ, code, param string) bool {
+	switch status {
+	case http.StatusBadRequest:
+		return param == "stream" && code == "unsupported_value"
+	case http.StatusForbidden:
+		return code == "organization_must_be_verified" || typ == "invalid_request_error" && code == ""
+	}
+	return false
 }
 
 // requestTooLarge tells a "Request too large" tokens 429 from a spent token

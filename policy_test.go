@@ -364,7 +364,8 @@ func TestPolicyOutcomeString(t *testing.T) {
 		{OutcomeServerError, "server_error", true},
 		{OutcomeClientError, "client_error", false},
 		{OutcomeCancelled, "cancelled", false},
-		{OutcomeCancelled + 1, "outcome(10)", false},
+		{OutcomeNotPermitted, "not_permitted", true},
+		{OutcomeNotPermitted + 1, "outcome(11)", false},
 		{42, "outcome(42)", false},
 		{255, "outcome(255)", false},
 	}

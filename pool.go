@@ -88,6 +88,7 @@ type Pool struct {
 
 type poolConfig struct {
 	trialsFirst  bool
+	checkedOnly  bool // unchecked keys wait for their first check
 	probeLimit   int64
 	maxBuckets   int
 	failures     int
@@ -113,10 +114,17 @@ type key struct {
 	reason     string
 	since      time.Time
 	trial      bool
-	models     map[string]bool // nil: unknown, any model is tried
-	lacks      map[string]bool
-	coolUntil  time.Time // key-wide cooldown (repeated failures)
-	failures   int       // consecutive server errors
+	models     map[string]bool // ids from /v1/models; nil: unknown, any model is tried
+	families   map[string]bool // families of models; a key serves every model of a family it has
+	lacks      map[string]bool // models answered model_not_found or refused
+	noStream   map[string]bool // models it may not stream (unverified organization)
+	clone      bool            // an organization clone found by the checker
+	org        string          // the organization it is sent with, or its default one
+	checked    time.Time       // last check
+	orgsKnown  bool            // organizations listed (or found unlistable)
+	probe      RateLimits      // what the checker's probe answer said
+	coolUntil  time.Time       // key-wide cooldown (repeated failures)
+	failures   int             // consecutive server errors
 	inflight   int
 	lastUsed   time.Time
 	usage      map[string]*FamilyUsage
@@ -128,6 +136,9 @@ type key struct {
 // each model has its own heaps.
 type bucket struct {
 	model       string
+	path        bool // a URL path stands in for the model: no model list applies
+	family      string
+	image       bool // an image family: never served by trial keys
 	trialsFirst bool
 	entries     []*entry // by key index; nil when the key cannot serve the model
 	ready       readyHeap
@@ -207,10 +218,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 				}
 				return nil, fmt.Errorf("keypool: key ID collision on %s: refusing two different keys with one ID", id)
 			}
-			k := &key{cred: c, up: up, index: len(up.keys), since: now, authz: []string{"Bearer " + c.secret()}}
-			up.keys = append(up.keys, k)
-			p.keys = append(p.keys, k)
-			p.byID[id] = k
+			p.addKeyLocked(up, c, now)
 		}
 		p.ups = append(p.ups, up)
 	}
@@ -264,12 +272,49 @@ func globMatch(pattern, s string) bool {
 	}
 }
 
-// canServe reports whether k may be tried for model.
-func (k *key) canServe(model string) bool {
-	if k.lacks[model] {
+// addKeyLocked adds a key to upstream up, with an entry in every bucket it
+// has. Requires p.mu (or a pool not yet shared).
+func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
+	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org,
+		authz: []string{"Bearer " + c.secret()}}
+	up.keys = append(up.keys, k)
+	p.keys = append(p.keys, k)
+	p.byID[c.id] = k
+	for _, b := range up.buckets {
+		e := newEntry(k, b)
+		b.entries = append(b.entries, e)
+		p.place(e, now)
+	}
+	return k
+}
+
+func newEntry(k *key, b *bucket) *entry {
+	return &entry{k: k, b: b, limitReq: Unknown, remReq: Unknown, limitTok: Unknown, remTok: Unknown, idx: -1}
+}
+
+// canServe reports whether k may be tried for b's model: not refused for it,
+// in a family its model list has (when known), and no image model for a
+// trial key.
+func (k *key) canServe(b *bucket) bool {
+	if k.lacks[b.model] {
 		return false
 	}
-	return k.models == nil || k.models[model]
+	if b.path {
+		return true
+	}
+	if k.trial && b.image {
+		return false
+	}
+	return k.families == nil || k.families[b.family] || k.models[b.model]
+}
+
+// usable reports whether k may take requests for b's model now (cooldowns
+// aside). Requires p.mu.
+func (p *Pool) usable(k *key, b *bucket) bool {
+	if !k.state.selectable() || p.cfg.checkedOnly && k.state == StateUnchecked {
+		return false
+	}
+	return k.canServe(b)
 }
 
 // bucketFor returns the upstream's bucket for model, creating it. It returns
@@ -282,16 +327,17 @@ func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
 	if len(u.buckets) >= p.cfg.maxBuckets && !p.evictBucket(u) {
 		return nil
 	}
+	family := ModelFamily(model)
 	b := &bucket{
 		model:       model,
-		trialsFirst: p.cfg.trialsFirst && !isEmbeddingsModel(model),
+		path:        strings.HasPrefix(model, "/"),
+		family:      family,
+		image:       imageFamilies[family],
+		trialsFirst: p.cfg.trialsFirst && family != "embeddings" && !isEmbeddingsModel(model),
 		entries:     make([]*entry, len(u.keys)),
 	}
 	for i, k := range u.keys {
-		if !k.canServe(model) {
-			continue
-		}
-		e := &entry{k: k, b: b, limitReq: Unknown, remReq: Unknown, limitTok: Unknown, remTok: Unknown}
+		e := newEntry(k, b)
 		b.entries[i] = e
 		p.place(e, now)
 	}
@@ -377,7 +423,7 @@ func (p *Pool) place(e *entry, now time.Time) {
 	if e.k.coolUntil.After(wake) {
 		wake = e.k.coolUntil
 	}
-	if e.k.state.selectable() && e.b.entries[e.k.index] == e {
+	if p.usable(e.k, e.b) {
 		want = heapReady
 		if wake.After(now) {
 			want = heapCooling
@@ -465,6 +511,7 @@ type pick struct {
 	bucket string // the rate-limit bucket: the model, or a path's route
 	tried  []*key // keys already tried for this request
 	avoid  uint64 // upstreams that failed this request: tried last
+	stream bool   // a streaming request: keys that may not stream the model are passed over
 }
 
 func (r *pick) bucketName() string {
@@ -472,6 +519,15 @@ func (r *pick) bucketName() string {
 		return r.bucket
 	}
 	return r.model
+}
+
+// skip reports whether the pick passes over k: tried already, or not allowed
+// to stream the model.
+func (r *pick) skip(k *key) bool {
+	if r.stream && k.noStream[r.bucketName()] {
+		return true
+	}
+	return r.triedKey(k)
 }
 
 func (r *pick) triedKey(k *key) bool {
@@ -535,18 +591,22 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 	return nil, busy, freeAt, reason
 }
 
-// best returns the best ready entry of b not yet tried by r. Requires p.mu.
+// best returns the best ready entry of b that r does not skip. It steps
+// over up to maxTried skipped entries at the top of the heap; past that (many
+// keys that may not stream a model, say) it scans the heap. Requires p.mu.
 func (p *Pool) best(b *bucket, r *pick) *entry {
 	var stash [maxTried]*entry
 	n := 0
 	var found *entry
+	overflow := false
 	for len(b.ready) > 0 {
 		e := b.ready[0].e
-		if !r.triedKey(e.k) {
+		if !r.skip(e.k) {
 			found = e
 			break
 		}
 		if n == len(stash) {
+			overflow = true
 			break
 		}
 		b.ready.remove(e)
@@ -555,6 +615,13 @@ func (p *Pool) best(b *bucket, r *pick) *entry {
 	}
 	for _, e := range stash[:n] {
 		b.ready.push(e, p.score(e))
+	}
+	if overflow {
+		for _, s := range b.ready {
+			if !r.skip(s.e.k) && (found == nil || s.score < p.score(found)) {
+				found = s.e
+			}
+		}
 	}
 	return found
 }
@@ -725,12 +792,8 @@ func (p *Pool) loseModel(k *key, model string, now time.Time) {
 		k.lacks = map[string]bool{}
 	}
 	k.lacks[model] = true
-	delete(k.models, model)
 	if b := k.up.buckets[model]; b != nil {
-		if e := b.entries[k.index]; e != nil {
-			b.entries[k.index] = nil
-			p.place(e, now) // out of every heap; in-flight attempts still release it
-		}
+		p.place(b.entries[k.index], now) // out of every heap; in-flight attempts still release it
 	}
 }
 
@@ -806,6 +869,15 @@ func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
 		p.coolEntry(e, now.Add(p.rateLimitWait(e, a)), answerReason(a), now)
 	case OutcomeModelNotFound:
 		p.loseModel(k, e.b.model, now)
+	case OutcomeNotPermitted:
+		if a.Error != nil && a.Error.Param == "stream" {
+			if k.noStream == nil {
+				k.noStream = map[string]bool{}
+			}
+			k.noStream[e.b.model] = true
+		} else {
+			p.loseModel(k, e.b.model, now)
+		}
 	case OutcomeServerError:
 		k.failures++
 		wait := a.Limits.RetryAfter
@@ -904,9 +976,16 @@ func (p *Pool) Key(id KeyID, now time.Time) (KeyInfo, bool) {
 func (p *Pool) info(k *key, now time.Time) KeyInfo {
 	st, until := p.derivedState(k, now)
 	ki := KeyInfo{
-		ID: k.cred.id, Upstream: k.up.Name, Organization: k.cred.org,
+		ID: k.cred.id, Upstream: k.up.Name, Organization: k.org, Clone: k.clone,
 		State: st, Reason: k.reason, Since: k.since, CoolingUntil: until, Trial: k.trial,
-		InFlight: k.inflight, LastUsed: k.lastUsed,
+		InFlight: k.inflight, LastUsed: k.lastUsed, LastChecked: k.checked,
+		LimitRequests: k.probe.LimitRequests, LimitTokens: k.probe.LimitTokens,
+	}
+	if k.checked.IsZero() {
+		ki.LimitRequests, ki.LimitTokens = Unknown, Unknown
+	}
+	if k.noStream != nil {
+		ki.NoStream = sortedKeys(k.noStream)
 	}
 	if k.models != nil {
 		ki.Models = sortedKeys(k.models)

@@ -545,7 +545,7 @@ func TestModelFamily(t *testing.T) {
 		"gpt-4-0613":               "gpt-4",
 		"gpt-4-1106-preview":       "gpt-4",
 		"o3-mini-2025-01-31":       "o3-mini",
-		"text-embedding-3-small":   "text-embedding-3-small",
+		"text-embedding-3-small":   "embeddings",
 		"/v1/audio/transcriptions": "/v1/audio/transcriptions",
 		"":                         "",
 		"-0613":                    "-0613",

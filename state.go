@@ -66,22 +66,35 @@ type ModelLimits struct {
 // KeyInfo is a snapshot of one key: its ID and what the pool knows of it,
 // never its secret.
 type KeyInfo struct {
-	ID           KeyID     `json:"id"`
-	Upstream     string    `json:"upstream"`
-	Organization string    `json:"organization,omitempty"`
-	State        State     `json:"state"`
-	Reason       string    `json:"reason,omitempty"`
-	Since        time.Time `json:"since,omitzero"`
+	ID       KeyID  `json:"id"`
+	Upstream string `json:"upstream"`
+	// Organization is the one the key is sent with, or for a key sent with
+	// none, its default organization as the checker found it.
+	Organization string `json:"organization,omitempty"`
+	// Clone marks an organization clone: the checker found the key in
+	// several organizations and made one key per extra organization.
+	Clone  bool      `json:"clone,omitempty"`
+	State  State     `json:"state"`
+	Reason string    `json:"reason,omitempty"`
+	Since  time.Time `json:"since,omitzero"`
 	// CoolingUntil is when the last cooldown of the key (for any model) ends.
 	CoolingUntil time.Time `json:"cooling_until,omitzero"`
 	Trial        bool      `json:"trial"`
 	// Models the key may serve; nil when not known (any model is tried).
-	Models   []string      `json:"models,omitempty"`
-	Lacks    []string      `json:"lacks,omitempty"`
-	InFlight int           `json:"in_flight"`
-	LastUsed time.Time     `json:"last_used,omitzero"`
-	Limits   []ModelLimits `json:"limits,omitempty"`
-	Usage    []FamilyUsage `json:"usage,omitempty"`
+	Models []string `json:"models,omitempty"`
+	Lacks  []string `json:"lacks,omitempty"`
+	// NoStream lists models the key may not stream (an unverified
+	// organization).
+	NoStream []string `json:"no_stream,omitempty"`
+	// LimitRequests and LimitTokens are the limits the last check's probe
+	// answer stated (Unknown until checked).
+	LimitRequests int64         `json:"limit_requests"`
+	LimitTokens   int64         `json:"limit_tokens"`
+	LastChecked   time.Time     `json:"last_checked,omitzero"`
+	InFlight      int           `json:"in_flight"`
+	LastUsed      time.Time     `json:"last_used,omitzero"`
+	Limits        []ModelLimits `json:"limits,omitempty"`
+	Usage         []FamilyUsage `json:"usage,omitempty"`
 }
 
 // AttemptEvent describes one attempt of one request, sent when the attempt's

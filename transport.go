@@ -229,7 +229,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if body != nil {
 		r.model, r.stream, _ = scanRequest(body.buf)
 	}
-	r.pick.model = r.model
+	r.pick.model, r.pick.stream = r.model, r.stream
 	if r.model == "" {
 		r.model = req.URL.Path
 		r.pick.model, r.pick.bucket = r.model, routeOf(r.model)
@@ -560,18 +560,7 @@ func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, erro
 	out.URL = &u
 	out.Host = ""
 	out.RequestURI = ""
-	h["Authorization"] = k.auth()
-	h.Del("Api-Key")
-	h.Del("Openai-Organization")
-	h.Del("Openai-Project")
-	if !k.cred.ServiceAccount() {
-		if k.cred.org != "" {
-			h["Openai-Organization"] = []string{k.cred.org}
-		}
-		if k.cred.project != "" {
-			h["Openai-Project"] = []string{k.cred.project}
-		}
-	}
+	setKeyHeaders(h, k)
 	if r.body != nil {
 		b, err := r.body.reader()
 		if err != nil {

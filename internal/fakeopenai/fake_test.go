@@ -952,7 +952,7 @@ func TestLivenessProbe(t *testing.T) {
 		{"paid", fakeopenai.Key{}, 400, 3000},
 		{"trial", fakeopenai.Key{Trial: true}, 400, 200},
 		{"model not served", fakeopenai.Key{Models: []string{"gpt-4o"}}, 400, 3000}, // the probe comes before the model check
-		{"exhausted", fakeopenai.Key{RPM: 1}, 400, 1},
+		{"exhausted", fakeopenai.Key{RPM: 1}, 429, 1},                               // rate limits come before validation
 		{"over quota", fakeopenai.Key{Behavior: fakeopenai.OverQuota}, 429, 0},
 		{"revoked", fakeopenai.Key{Behavior: fakeopenai.Revoked}, 401, 0},
 	}
@@ -968,6 +968,15 @@ func TestLivenessProbe(t *testing.T) {
 				r := do(t, http.DefaultClient, base, call{path: "/chat/completions", key: "sk-probe", body: probe})
 				if r.status != tt.wantStatus {
 					t.Fatalf("status %d: %s", r.status, r.body)
+				}
+				if tt.name == "exhausted" {
+					if e := r.apiError(t); e.Type != "requests" || r.header.Get("x-ratelimit-remaining-requests") != "0" {
+						t.Errorf("exhausted key: %+v %v", e, r.header)
+					}
+					if len(s.Records()) != 1 || s.Records()[0].Spent {
+						t.Errorf("the refused probe was charged: %+v", s.Records())
+					}
+					return
 				}
 				if tt.wantStatus != 400 {
 					if r.header.Get("x-ratelimit-limit-requests") != "" {

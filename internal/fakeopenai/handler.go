@@ -193,6 +193,12 @@ func (x *exchange) serveAccount() {
 
 func (x *exchange) serveGeneration(req *request) {
 	if e := req.validate(); e != nil {
+		// Rate limits are enforced before validation: a key whose bucket is
+		// empty gets the 429 even for an invalid request (the seed's checker
+		// relies on it to spot drained trial keys). Nothing is charged.
+		if limited := x.refuseIfEmpty(req.Model); limited != nil {
+			e = limited
+		}
 		x.fail(e, x.peek(req.Model))
 		return
 	}
@@ -329,6 +335,15 @@ func (x *exchange) admit(req *request) (*rateHeaders, *apiError) {
 	l := x.ks.bucketsFor(x.org, req.Model, now)
 	e := l.take(req.Model, x.org.ID, req.cost())
 	return l.headers(), e
+}
+
+// refuseIfEmpty returns the 429 an empty request or token bucket gives,
+// charging nothing; nil when both hold something.
+func (x *exchange) refuseIfEmpty(model string) *apiError {
+	now := x.s.now()
+	x.s.mu.Lock()
+	defer x.s.mu.Unlock()
+	return x.ks.bucketsFor(x.org, model, now).refuseIfEmpty(model, x.org.ID)
 }
 
 // peek describes the buckets without charging them.

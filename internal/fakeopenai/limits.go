@@ -115,6 +115,15 @@ func (l *limits) take(model, org string, tokens int) *apiError {
 	return nil
 }
 
+// refuseIfEmpty is take's 429 for an empty bucket, for a request that costs
+// no tokens of its own (the refused probe).
+func (l *limits) refuseIfEmpty(model, org string) *apiError {
+	if l.requests.level >= 1 && l.tokens.level >= 1 {
+		return nil
+	}
+	return l.take(model, org, 1)
+}
+
 func (l *limits) rateLimitError(typ, msg string, wait time.Duration) *apiError {
 	if l.trial {
 		msg += trialSuffix

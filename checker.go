@@ -1,0 +1,692 @@
+package keypool
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	retry "github.com/sethvargo/go-retry"
+	"golang.org/x/time/rate"
+)
+
+// Checker learns what each key of a Transport's pool is before traffic finds
+// out the hard way, and spends no quota doing it. For every key it:
+//
+//   - lists the key's organizations (GET /v1/me, else GET /v1/organizations):
+//     the default one becomes the key's organization, and every other one a
+//     clone, a key of its own with its own ID, state, limits and usage, sent
+//     with an OpenAI-Organization header and checked on its own;
+//   - lists the key's models (GET /v1/models), so requests for a model go only
+//     to keys that have its family;
+//   - sends a deliberately invalid chat request (model babbage-002,
+//     max_tokens -1), which OpenAI refuses with a 400 before it costs
+//     anything; the refusal's x-ratelimit-limit-requests tells a trial key
+//     (<= 250) from a paid one, and other answers tell a revoked or over-quota
+//     key.
+//
+// Run checks every key, then rechecks them periodically; Recheck asks for a
+// pass now, which also gives over-quota and revoked keys a new look. CheckAll
+// makes one pass and returns. Checks are paced by a rate limiter and bounded in
+// concurrency. Unchecked keys stay usable unless the Transport was built with
+// WithCheckedKeysOnly.
+//
+// A Checker is safe for simultaneous use by multiple goroutines; run at most
+// one Run at a time.
+type Checker struct {
+	t       *Transport
+	p       *Pool
+	cfg     checkConfig
+	limiter *rate.Limiter
+	recheck chan struct{}
+	retryCh chan *key
+
+	mu      sync.Mutex
+	backoff map[*key]retry.Backoff // network-error retries in progress
+}
+
+type checkConfig struct {
+	rate         float64
+	concurrency  int
+	recheckEvery time.Duration
+	retryDelay   time.Duration
+	retries      uint64
+	timeout      time.Duration
+	observer     func(CheckResult)
+	log          *slog.Logger
+}
+
+// CheckOption configures NewChecker.
+type CheckOption interface {
+	applyCheck(*checkConfig) error
+}
+
+type checkOptionFunc func(*checkConfig) error
+
+func (f checkOptionFunc) applyCheck(c *checkConfig) error { return f(c) }
+
+// WithCheckRate sets how many key checks start per second (default 5). Each
+// check sends three or four requests.
+func WithCheckRate(perSecond float64) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error {
+		if !(perSecond > 0) {
+			return errors.New("keypool: check rate must be positive")
+		}
+		c.rate = perSecond
+		return nil
+	})
+}
+
+// WithCheckConcurrency bounds the checks in flight at once (default 4).
+func WithCheckConcurrency(n int) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error {
+		if n < 1 {
+			return errors.New("keypool: check concurrency must be at least 1")
+		}
+		c.concurrency = n
+		return nil
+	})
+}
+
+// WithRecheckEvery sets how often Run checks every key again (default 1h); 0
+// switches periodic rechecks off.
+func WithRecheckEvery(d time.Duration) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error {
+		if d < 0 {
+			return errors.New("keypool: recheck interval must not be negative")
+		}
+		c.recheckEvery = d
+		return nil
+	})
+}
+
+// WithCheckRetryDelay sets how much later Run checks a key again after a
+// network error (default 1m, up to 5 times in a row).
+func WithCheckRetryDelay(d time.Duration) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error {
+		if d <= 0 {
+			return errors.New("keypool: check retry delay must be positive")
+		}
+		c.retryDelay = d
+		return nil
+	})
+}
+
+// WithCheckObserver sets a function called after every key's check, from the
+// checking goroutines (concurrently); nil means none.
+func WithCheckObserver(f func(CheckResult)) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error { c.observer = f; return nil })
+}
+
+// WithCheckLogger sets where unexpected answers and network errors are
+// logged, by key ID; nil (the default) logs nothing.
+func WithCheckLogger(l *slog.Logger) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error { c.log = l; return nil })
+}
+
+// CheckResult is what one key's check found.
+type CheckResult struct {
+	Key           KeyID         `json:"id"`
+	Upstream      string        `json:"upstream"`
+	Organization  string        `json:"organization,omitempty"`
+	Clone         bool          `json:"clone,omitempty"`
+	State         State         `json:"state"`
+	Reason        string        `json:"reason,omitempty"`
+	Trial         bool          `json:"trial"`
+	LimitRequests int64         `json:"limit_requests"` // from the probe's answer; Unknown (-1) if not stated
+	LimitTokens   int64         `json:"limit_tokens"`
+	Models        []string      `json:"models,omitempty"`
+	Clones        []KeyID       `json:"clones,omitempty"` // organization clones this check created
+	Err           error         `json:"-"`                // a network error: the key stays as it was
+	Duration      time.Duration `json:"duration"`
+}
+
+// NewChecker builds a checker for t's pool.
+func NewChecker(t *Transport, opts ...CheckOption) (*Checker, error) {
+	cfg := checkConfig{rate: 5, concurrency: 4, recheckEvery: time.Hour, retryDelay: time.Minute,
+		retries: 5, timeout: 30 * time.Second}
+	for _, o := range opts {
+		if o == nil {
+			continue
+		}
+		if err := o.applyCheck(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	return &Checker{
+		t: t, p: t.pool, cfg: cfg,
+		limiter: rate.NewLimiter(rate.Limit(cfg.rate), 1),
+		recheck: make(chan struct{}, 1),
+		retryCh: make(chan *key, 64),
+		backoff: map[*key]retry.Backoff{},
+	}, nil
+}
+
+// Recheck asks Run for a pass over every key (disabled ones aside) now. It
+// does not wait for it.
+func (c *Checker) Recheck() {
+	select {
+	case c.recheck <- struct{}{}:
+	default: // a pass is already asked for
+	}
+}
+
+// CheckAll checks every key (disabled ones aside) once, including the clones
+// found on the way, and returns the results in the pool's order, each clone
+// after its parent. It returns early with ctx's error.
+func (c *Checker) CheckAll(ctx context.Context) ([]CheckResult, error) {
+	results := c.pass(ctx, c.p.checkable(), false)
+	if err := ctx.Err(); err != nil {
+		return results, err
+	}
+	return results, nil
+}
+
+// Run checks every key, then again every recheck interval, on Recheck, and a
+// while after a network error, until ctx ends; then it returns nil.
+func (c *Checker) Run(ctx context.Context) error {
+	c.pass(ctx, c.p.checkable(), true)
+	var tick <-chan time.Time
+	if c.cfg.recheckEvery > 0 {
+		t := time.NewTicker(c.cfg.recheckEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick:
+			c.pass(ctx, c.p.checkable(), true)
+		case <-c.recheck:
+			c.pass(ctx, c.p.checkable(), true)
+		case k := <-c.retryCh:
+			c.pass(ctx, []*key{k}, true)
+		}
+	}
+}
+
+// pass checks keys, paced and bounded, and the clones their checks find.
+// With retry set, keys that met a network error are checked again later.
+func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []CheckResult {
+	var (
+		mu       sync.Mutex
+		cond     = sync.NewCond(&mu)
+		queue    = slices.Clone(keys)
+		inflight int
+		results  = map[*key]CheckResult{}
+		order    []*key
+		sem      = make(chan struct{}, c.cfg.concurrency)
+	)
+	for {
+		mu.Lock()
+		for len(queue) == 0 && inflight > 0 {
+			cond.Wait()
+		}
+		if len(queue) == 0 || ctx.Err() != nil {
+			for inflight > 0 {
+				cond.Wait()
+			}
+			mu.Unlock()
+			break
+		}
+		k := queue[0]
+		queue = queue[1:]
+		inflight++
+		mu.Unlock()
+
+		err := c.limiter.Wait(ctx)
+		if err == nil {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
+		}
+		if err != nil {
+			mu.Lock()
+			inflight--
+			cond.Broadcast()
+			mu.Unlock()
+			continue
+		}
+		go func() {
+			defer func() { <-sem }()
+			res, clones := c.check(ctx, k)
+			if retryLater {
+				c.scheduleRetry(ctx, k, res.Err)
+			}
+			if c.cfg.observer != nil {
+				c.cfg.observer(res)
+			}
+			mu.Lock()
+			results[k] = res
+			order = append(order, k)
+			queue = append(queue, clones...)
+			inflight--
+			cond.Broadcast()
+			mu.Unlock()
+		}()
+	}
+	return c.p.inPoolOrder(order, results)
+}
+
+// scheduleRetry checks k again a while after a network error (go-retry: a
+// constant delay, a bounded number of times in a row); a check that got an
+// answer clears the count.
+func (c *Checker) scheduleRetry(ctx context.Context, k *key, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil || ctx.Err() != nil {
+		delete(c.backoff, k)
+		return
+	}
+	b := c.backoff[k]
+	if b == nil {
+		b = retry.WithMaxRetries(c.cfg.retries, retry.NewConstant(c.cfg.retryDelay))
+		c.backoff[k] = b
+	}
+	d, stop := b.Next()
+	if stop {
+		delete(c.backoff, k)
+		c.logf(slog.LevelWarn, "keypool: key check keeps failing; giving up until the next recheck", k, "error", err.Error())
+		return
+	}
+	time.AfterFunc(d, func() {
+		select {
+		case c.retryCh <- k:
+		case <-ctx.Done():
+		}
+	})
+}
+
+// check checks one key: organizations (which may create clones), models,
+// then the zero-cost probe. It returns the result and the new clones.
+func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
+	start := c.t.now()
+	res := CheckResult{Key: k.cred.id, Upstream: k.up.Name, Clone: k.clone,
+		LimitRequests: Unknown, LimitTokens: Unknown}
+	var clones []*key
+
+	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
+		orgs, err := c.organizations(ctx, k)
+		if err != nil {
+			return c.failed(res, k, err, start), nil
+		}
+		clones = c.p.setOrganizations(k, orgs, c.t.now())
+		for _, cl := range clones {
+			res.Clones = append(res.Clones, cl.cred.id)
+		}
+	}
+
+	models, status, err := c.models(ctx, k)
+	if err != nil {
+		return c.failed(res, k, err, start), clones
+	}
+	if status != http.StatusOK {
+		models = nil // not listable: any model is tried
+	}
+
+	state, reason, limits, err := c.probe(ctx, k)
+	if err != nil {
+		return c.failed(res, k, err, start), clones
+	}
+	now := c.t.now()
+	c.p.applyCheck(k, state, reason, models, limits, now)
+	info, _ := c.p.Key(k.cred.id, now)
+	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
+	res.LimitRequests, res.LimitTokens, res.Models = info.LimitRequests, info.LimitTokens, info.Models
+	res.Duration = now.Sub(start)
+	return res, clones
+}
+
+func (c *Checker) failed(res CheckResult, k *key, err error, start time.Time) CheckResult {
+	res.Err = err
+	now := c.t.now()
+	info, _ := c.p.Key(k.cred.id, now)
+	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
+	res.Duration = now.Sub(start)
+	c.logf(slog.LevelWarn, "keypool: key check failed; will retry", k, "error", err.Error())
+	return res
+}
+
+func (c *Checker) logf(level slog.Level, msg string, k *key, args ...any) {
+	if c.cfg.log == nil {
+		return
+	}
+	c.cfg.log.Log(context.Background(), level, msg, append([]any{"key", string(k.cred.id), "upstream", k.up.Name}, args...)...)
+}
+
+// organization is one entry of /v1/me's orgs.data or /v1/organizations' data.
+type organization struct {
+	ID        string `json:"id"`
+	IsDefault bool   `json:"is_default"`
+	Title     string `json:"title"`
+}
+
+// organizations lists k's organizations: /v1/me, else /v1/organizations.
+// Answers that mean "this key cannot list organizations" (401, 403,
+// no_organization, …) give none, quietly; only a network error is an error.
+func (c *Checker) organizations(ctx context.Context, k *key) ([]organization, error) {
+	status, _, body, err := c.call(ctx, k, http.MethodGet, "/me", nil)
+	if err != nil {
+		return nil, err
+	}
+	if status == http.StatusOK {
+		if orgs, ok := parseMe(body); ok {
+			return orgs, nil
+		}
+	}
+	status, _, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
+	if err != nil {
+		return nil, err
+	}
+	if status == http.StatusOK {
+		if orgs, ok := parseOrganizations(body); ok {
+			return orgs, nil
+		}
+	}
+	return nil, nil
+}
+
+// parseMe reads /v1/me's organizations; ok is false if the body is not a
+// user object with an orgs list.
+func parseMe(body []byte) ([]organization, bool) {
+	var me struct {
+		Orgs *struct {
+			Data []organization `json:"data"`
+		} `json:"orgs"`
+	}
+	if json.Unmarshal(body, &me) != nil || me.Orgs == nil {
+		return nil, false
+	}
+	return validOrgs(me.Orgs.Data), true
+}
+
+// parseOrganizations reads /v1/organizations' list.
+func parseOrganizations(body []byte) ([]organization, bool) {
+	var list struct {
+		Data *[]organization `json:"data"`
+	}
+	if json.Unmarshal(body, &list) != nil || list.Data == nil {
+		return nil, false
+	}
+	return validOrgs(*list.Data), true
+}
+
+// validOrgs keeps organizations with an org- id, each once.
+func validOrgs(orgs []organization) []organization {
+	out := orgs[:0:0]
+	seen := map[string]bool{}
+	for _, o := range orgs {
+		if !strings.HasPrefix(o.ID, "org-") || len(o.ID) > 128 || seen[o.ID] {
+			continue
+		}
+		seen[o.ID] = true
+		out = append(out, o)
+	}
+	return out
+}
+
+// models lists k's model ids. A status other than 200 is returned with no
+// models; only a network error is an error.
+func (c *Checker) models(ctx context.Context, k *key) ([]string, int, error) {
+	status, _, body, err := c.call(ctx, k, http.MethodGet, "/models", nil)
+	if err != nil || status != http.StatusOK {
+		return nil, status, err
+	}
+	ids, ok := parseModels(body)
+	if !ok {
+		return nil, 0, nil
+	}
+	return ids, status, nil
+}
+
+// parseModels reads a /v1/models list; ok is false when body is not one.
+func parseModels(body []byte) ([]string, bool) {
+	var list struct {
+		Data *[]struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(body, &list) != nil || list.Data == nil {
+		return nil, false
+	}
+	ids := make([]string, 0, len(*list.Data))
+	for _, m := range *list.Data {
+		if m.ID != "" && len(m.ID) <= 256 {
+			ids = append(ids, m.ID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids), true
+}
+
+// probeBody is the seed's zero-cost liveness check: OpenAI refuses
+// max_tokens -1 with a 400 before running (or billing) anything, and the
+// refusal carries the key's rate-limit headers.
+const probeBody = `{"model":"babbage-002","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}`
+
+// probe sends the liveness probe and says what its answer means for k.
+func (c *Checker) probe(ctx context.Context, k *key) (State, string, RateLimits, error) {
+	status, header, body, err := c.call(ctx, k, http.MethodPost, "/chat/completions", []byte(probeBody))
+	if err != nil {
+		return 0, "", RateLimits{}, err
+	}
+	limits := responseLimits(header, c.t.now())
+	state, reason := probeVerdict(status, ParseAPIError(status, body), limits)
+	if reason == "unexpected" {
+		c.logf(slog.LevelInfo, "keypool: unexpected answer to the key check; letting the key through", k, "status", status)
+		reason = fmt.Sprintf("checked (unexpected %d)", status)
+	}
+	return state, reason, limits, nil
+}
+
+// probeVerdict reads the probe's answer, as the seed does: a 400 is a live
+// key; 401 is revoked; insufficient_quota or billing_not_active is over
+// quota; access_terminated is revoked; a requests 429 on a trial key is over
+// quota (it is drained elsewhere); a tokens 429 is alive; anything else lets
+// the key through ("unexpected").
+func probeVerdict(status int, apiErr *APIError, l RateLimits) (State, string) {
+	var typ, code string
+	if apiErr != nil {
+		typ, code = apiErr.Type, apiErr.Code
+	}
+	switch {
+	case status == http.StatusBadRequest:
+		return StateReady, "checked"
+	case status == http.StatusUnauthorized:
+		return StateRevoked, fmt.Sprintf("check: 401 %s", orDash(code))
+	case status == http.StatusTooManyRequests:
+		switch {
+		case typ == "access_terminated" || code == "access_terminated":
+			return StateRevoked, "check: 429 access_terminated"
+		case typ == "insufficient_quota" || code == "insufficient_quota":
+			return StateOverQuota, "check: 429 insufficient_quota"
+		case typ == "billing_not_active" || code == "billing_not_active":
+			return StateOverQuota, "check: 429 billing_not_active"
+		case typ == "requests" && l.Trial():
+			return StateOverQuota, "check: trial key out of requests"
+		case typ == "tokens" || typ == "requests":
+			return StateReady, "checked (rate-limited)"
+		}
+	}
+	return StateReady, "unexpected"
+}
+
+// checkBodyLimit bounds what a check reads of an answer (a model list is a
+// few kilobytes).
+const checkBodyLimit = 4 << 20
+
+// call sends one check request for k straight to its upstream (not through
+// the transport: a check must not fail over to another key).
+func (c *Checker) call(ctx context.Context, k *key, method, path string, body []byte) (int, http.Header, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
+	defer cancel()
+	u := *k.up.base
+	u.Path = joinPath(u.Path, "/v1"+path)
+	u.RawPath = ""
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), rd)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	setKeyHeaders(req.Header, k)
+	resp, err := c.t.base.RoundTrip(req)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, checkBodyLimit))
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	return resp.StatusCode, resp.Header, b, nil
+}
+
+// setKeyHeaders puts k's credentials on h: its Authorization, and for an
+// organization clone or a key given an organization or project, those headers
+// (never for service-account keys).
+func setKeyHeaders(h http.Header, k *key) {
+	h["Authorization"] = k.auth()
+	delete(h, "Api-Key")
+	delete(h, "Openai-Organization")
+	delete(h, "Openai-Project")
+	if k.cred.ServiceAccount() {
+		return
+	}
+	if k.cred.org != "" {
+		h["Openai-Organization"] = []string{k.cred.org}
+	}
+	if k.cred.project != "" {
+		h["Openai-Project"] = []string{k.cred.project}
+	}
+}
+
+// checkable returns the keys a pass checks: all but disabled ones.
+func (p *Pool) checkable() []*key {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*key, 0, len(p.keys))
+	for _, k := range p.keys {
+		if k.state != StateDisabled {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func (p *Pool) orgsKnown(k *key) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return k.orgsKnown
+}
+
+// setOrganizations records k's organizations: the default one (or the first)
+// becomes k's organization, every other one a clone in k's upstream. It
+// returns the clones it created (none for organizations already cloned).
+func (p *Pool) setOrganizations(k *key, orgs []organization, now time.Time) []*key {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k.orgsKnown = true
+	if len(orgs) == 0 {
+		return nil
+	}
+	def := 0
+	for i, o := range orgs {
+		if o.IsDefault {
+			def = i
+			break
+		}
+	}
+	k.org = orgs[def].ID
+	var clones []*key
+	for i, o := range orgs {
+		if i == def {
+			continue
+		}
+		cred := k.cred.WithOrganization(o.ID)
+		if _, exists := p.byID[cred.id]; exists {
+			continue
+		}
+		cl := p.addKeyLocked(k.up, cred, now)
+		cl.clone, cl.orgsKnown = true, true
+		clones = append(clones, cl)
+	}
+	return clones
+}
+
+// applyCheck records what a check found. Requires nothing held.
+func (p *Pool) applyCheck(k *key, state State, reason string, models []string, limits RateLimits, now time.Time) {
+	p.mu.Lock()
+	k.checked = now
+	k.probe = limits
+	if limits.LimitRequests >= 0 {
+		k.trial = limits.Trial()
+	}
+	if models != nil {
+		k.models = make(map[string]bool, len(models))
+		k.families = map[string]bool{}
+		for _, m := range models {
+			k.models[m] = true
+			k.families[ModelFamily(m)] = true
+		}
+		k.lacks = nil // a new list overrules what answers taught
+	}
+	switch {
+	case k.state == StateDisabled:
+	case k.state == state || k.state == StateReady && state == StateUnchecked:
+		k.reason = reason // no change of state, no event
+	default:
+		p.setState(k, state, reason, now)
+	}
+	p.placeKey(k, now)
+	p.wakeWaiters()
+	evs := p.takeEvents()
+	p.mu.Unlock()
+	p.flushEvents(evs)
+}
+
+// inPoolOrder returns the results of keys in the pool's order, each clone
+// right after the key it was cloned from.
+func (p *Pool) inPoolOrder(keys []*key, results map[*key]CheckResult) []CheckResult {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]CheckResult, 0, len(results))
+	added := map[*key]bool{}
+	var add func(k *key)
+	add = func(k *key) {
+		if r, ok := results[k]; ok && !added[k] {
+			added[k] = true
+			out = append(out, r)
+			for _, id := range r.Clones {
+				if cl := p.byID[id]; cl != nil {
+					add(cl)
+				}
+			}
+		}
+	}
+	for _, k := range p.keys {
+		if !k.clone {
+			add(k)
+		}
+	}
+	for _, k := range keys { // clones whose parent was not in this pass
+		add(k)
+	}
+	return out
+}

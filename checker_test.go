@@ -1,0 +1,440 @@
+package keypool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/fakeopenai"
+)
+
+// checkSetup starts the fake with keys, a transport over the same keys, and
+// a fast checker.
+func checkSetup(t *testing.T, topts []keypool.Option, copts []keypool.CheckOption, keys ...fakeopenai.Key) (*fakeopenai.Server, *keypool.Transport, *keypool.Checker) {
+	fake, _, tr, c := checkSetupURL(t, topts, copts, keys...)
+	return fake, tr, c
+}
+
+// checkSetupURL is checkSetup that also returns the fake's base URL.
+func checkSetupURL(t *testing.T, topts []keypool.Option, copts []keypool.CheckOption, keys ...fakeopenai.Key) (*fakeopenai.Server, string, *keypool.Transport, *keypool.Checker) {
+	t.Helper()
+	fake, base := fakeopenai.NewTestServer(t, fakeopenai.Config{}, keys...)
+	var creds []keypool.Key
+	for _, k := range keys {
+		creds = append(creds, keypool.NewKey(k.Secret))
+	}
+	tr, err := keypool.New(append([]keypool.Option{keypool.WithUpstreams(keypool.Upstream{BaseURL: base, Keys: creds})}, topts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	c, err := keypool.NewChecker(tr, append([]keypool.CheckOption{keypool.WithCheckRate(1000), keypool.WithCheckConcurrency(8)}, copts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fake, base, tr, c
+}
+
+func resultFor(t *testing.T, results []keypool.CheckResult, secret string) keypool.CheckResult {
+	t.Helper()
+	id := keypool.NewKey(secret).ID()
+	for _, r := range results {
+		if r.Key == id {
+			return r
+		}
+	}
+	t.Fatalf("no result for %s", id)
+	return keypool.CheckResult{}
+}
+
+func TestCheckFirstCheck(t *testing.T) {
+	fake, tr, c := checkSetup(t, nil, nil,
+		fakeopenai.Key{Secret: "sk-paid"},
+		fakeopenai.Key{Secret: "sk-trial", Trial: true},
+		fakeopenai.Key{Secret: "sk-revoked", Behavior: fakeopenai.Revoked},
+		fakeopenai.Key{Secret: "sk-quota", Behavior: fakeopenai.OverQuota},
+		fakeopenai.Key{Secret: "sk-billing", Behavior: fakeopenai.BillingInactive},
+		fakeopenai.Key{Secret: "sk-banned", Behavior: fakeopenai.Terminated},
+		fakeopenai.Key{Secret: "sk-few", Models: []string{"gpt-4o-mini", "gpt-4o-mini-2024-07-18"}},
+	)
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 7 {
+		t.Fatalf("%d results", len(results))
+	}
+	tests := []struct {
+		secret string
+		state  keypool.State
+		trial  bool
+		limit  int64
+	}{
+		{"sk-paid", keypool.StateReady, false, 3000},
+		{"sk-trial", keypool.StateReady, true, 200},
+		{"sk-revoked", keypool.StateRevoked, false, -1},
+		{"sk-quota", keypool.StateOverQuota, false, -1},
+		{"sk-billing", keypool.StateOverQuota, false, -1},
+		{"sk-banned", keypool.StateRevoked, false, -1},
+		{"sk-few", keypool.StateReady, false, 3000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.secret, func(t *testing.T) {
+			r := resultFor(t, results, tt.secret)
+			if r.State != tt.state || r.Trial != tt.trial || r.LimitRequests != tt.limit || r.Err != nil {
+				t.Fatalf("result %+v", r)
+			}
+			if tt.state == keypool.StateReady && (len(r.Models) == 0 || !strings.HasPrefix(r.Organization, "org-")) {
+				t.Fatalf("models %v org %q", r.Models, r.Organization)
+			}
+		})
+	}
+	// Nothing was spent: the probe is refused before it costs anything.
+	for _, rec := range fake.Records() {
+		if rec.Spent {
+			t.Fatalf("a check spent quota: %+v", rec)
+		}
+	}
+	// The model list now steers traffic: a gpt-4o request never goes to the
+	// key that lacks the gpt-4o family.
+	for range 6 {
+		resp, _ := post(t, tr, chatBody("gpt-4o", false))
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	if n := fake.Completions("sk-few"); n != 0 {
+		t.Fatalf("a key without gpt-4o served it %d times", n)
+	}
+	// Trial keys lose the image families.
+	info := stateOf(t, tr, "sk-trial")
+	if !slices.Contains(info.Models, "gpt-image-1") {
+		t.Fatal("the trial key's model list lacks gpt-image-1; the test cannot tell")
+	}
+	req, _ := http.NewRequest("POST", "http://client.invalid/v1/images/generations", strings.NewReader(`{"model":"gpt-image-1","prompt":"a cat"}`))
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, rec := range fake.Records() {
+		if rec.Key == "sk-trial" && rec.Path == "/v1/images/generations" {
+			t.Fatalf("the trial key was sent an image request: %+v", rec)
+		}
+	}
+}
+
+func TestCheckDrainedTrialIsOverQuota(t *testing.T) {
+	_, base, _, c := checkSetupURL(t, nil, nil, fakeopenai.Key{Secret: "sk-trial", Trial: true, RPM: 1}, fakeopenai.Key{Secret: "sk-paid", TPM: 100})
+	// Both keys spent elsewhere: the trial key's requests for the day, the
+	// paid key's tokens for the minute (3 prompt tokens + 97 = 100).
+	for _, secret := range []string{"sk-trial", "sk-paid"} {
+		body := `{"model":"gpt-4o","messages":[{"role":"user","content":"hello there"}],"max_tokens":97}`
+		req, _ := http.NewRequest("POST", base+"/chat/completions", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+secret)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	results, _ := c.CheckAll(context.Background())
+	if r := resultFor(t, results, "sk-trial"); r.State != keypool.StateOverQuota {
+		t.Fatalf("drained trial key: %+v", r)
+	}
+	if r := resultFor(t, results, "sk-paid"); r.State != keypool.StateReady {
+		t.Fatalf("rate-limited paid key: %+v", r)
+	}
+}
+
+func TestCheckOrganizationClones(t *testing.T) {
+	fake, base := fakeopenai.NewTestServer(t, fakeopenai.Config{},
+		fakeopenai.Key{Secret: "sk-multi", Orgs: []fakeopenai.Org{
+			{ID: "org-home", Title: "Home", Default: true},
+			{ID: "org-work", Title: "Work", RPM: 5},
+			{ID: "org-lab", Title: "Lab", RPM: 7},
+		}},
+		fakeopenai.Key{Secret: "sk-svcacct-robot"})
+	tr, _ := keypool.New(keypool.WithUpstream(base, "sk-multi,sk-svcacct-robot"))
+	c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	multi := keypool.NewKey("sk-multi")
+	work, lab := multi.WithOrganization("org-work").ID(), multi.WithOrganization("org-lab").ID()
+	var ids []keypool.KeyID
+	for _, r := range results {
+		ids = append(ids, r.Key)
+	}
+	want := []keypool.KeyID{multi.ID(), work, lab, keypool.NewKey("sk-svcacct-robot").ID()}
+	if !slices.Equal(ids, want) {
+		t.Fatalf("result order %v, want %v", ids, want)
+	}
+	if r := results[0]; r.Organization != "org-home" || len(r.Clones) != 2 || r.Clone {
+		t.Fatalf("parent %+v", r)
+	}
+	// Each clone is checked on its own, with its own org header and quota.
+	if r := results[1]; !r.Clone || r.Organization != "org-work" || r.LimitRequests != 5 || r.State != keypool.StateReady {
+		t.Fatalf("work clone %+v", r)
+	}
+	if r := results[2]; r.LimitRequests != 7 {
+		t.Fatalf("lab clone %+v", r)
+	}
+	var orgHeaders []string
+	for _, rec := range fake.Records() {
+		if rec.Key == "sk-multi" && rec.Path == "/v1/chat/completions" {
+			orgHeaders = append(orgHeaders, rec.Org)
+		}
+		if rec.Key == "sk-svcacct-robot" && rec.Org != "" {
+			t.Fatalf("a service-account key was sent an organization: %+v", rec)
+		}
+	}
+	slices.Sort(orgHeaders)
+	if !slices.Equal(orgHeaders, []string{"", "org-lab", "org-work"}) {
+		t.Fatalf("probes sent with org headers %q", orgHeaders)
+	}
+	// The clones serve traffic under their own organization.
+	if len(tr.Snapshot()) != 4 {
+		t.Fatalf("%d keys in the pool", len(tr.Snapshot()))
+	}
+	served := map[string]int{}
+	for range 9 {
+		resp, _ := post(t, tr, chatBody("gpt-4o", false))
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+	for _, rec := range fake.Records() {
+		if rec.Spent {
+			served[rec.OrgUsed]++
+		}
+	}
+	if len(served) < 2 {
+		t.Fatalf("traffic used only %v", served)
+	}
+	// A second pass does not clone again.
+	results, _ = c.CheckAll(context.Background())
+	if len(results) != 4 || len(tr.Snapshot()) != 4 {
+		t.Fatalf("second pass: %d results, %d keys", len(results), len(tr.Snapshot()))
+	}
+}
+
+func TestCheckUnverifiedOrganization(t *testing.T) {
+	fake, tr, c := checkSetup(t, nil, nil,
+		fakeopenai.Key{Secret: "sk-unverified", Unverified: true, Trial: false},
+		fakeopenai.Key{Secret: "sk-verified"})
+	if _, err := c.CheckAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fake.Reset()
+	// Streaming gpt-5: the unverified key refuses it, the request fails over,
+	// and the key learns it may not stream gpt-5.
+	var outcomes []string
+	for range 4 {
+		resp, b := post(t, tr, chatBody("gpt-5", true))
+		if resp.StatusCode != 200 || !strings.Contains(string(b), "[DONE]") {
+			t.Fatalf("status %d %s", resp.StatusCode, b)
+		}
+	}
+	for _, r := range fake.Records() {
+		outcomes = append(outcomes, fmt.Sprintf("%s:%d", r.Key, r.Status))
+	}
+	refused := 0
+	for _, o := range outcomes {
+		if o == "sk-unverified:400" {
+			refused++
+		}
+	}
+	if refused != 1 {
+		t.Fatalf("the unverified key was asked to stream %d times: %v", refused, outcomes)
+	}
+	if info := stateOf(t, tr, "sk-unverified"); !slices.Equal(info.NoStream, []string{"gpt-5"}) || info.State != keypool.StateReady {
+		t.Fatalf("unverified key %+v", info)
+	}
+	// It still serves gpt-5 without streaming, and images go to the verified key.
+	fake.Reset()
+	for range 4 {
+		post(t, tr, chatBody("gpt-5", false))
+	}
+	if fake.Completions("sk-unverified") == 0 {
+		t.Fatal("the unverified key no longer serves gpt-5 at all")
+	}
+	fake.Reset()
+	for range 3 {
+		req, _ := http.NewRequest("POST", "http://client.invalid/v1/images/generations", strings.NewReader(`{"model":"gpt-image-1","prompt":"a cat"}`))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("image status %d", resp.StatusCode)
+		}
+	}
+	if n := fake.Count("sk-unverified"); n > 1 {
+		t.Fatalf("the unverified key got %d image requests", n)
+	}
+}
+
+func TestCheckedKeysOnly(t *testing.T) {
+	fake, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(), keypool.WithMaxWait(0)}, nil,
+		fakeopenai.Key{Secret: "sk-a"})
+	req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+	if _, err := tr.RoundTrip(req); !errors.Is(err, keypool.ErrNoKey) || len(fake.Records()) != 0 {
+		t.Fatalf("an unchecked key was used: %v", err)
+	}
+	c.CheckAll(context.Background())
+	if resp, _ := post(t, tr, chatBody("gpt-4o", false)); resp.StatusCode != 200 {
+		t.Fatalf("status %d after the check", resp.StatusCode)
+	}
+}
+
+// TestCheckRun covers the checker's life under synctest: pacing, periodic
+// rechecks, Recheck on demand giving a revoked key a new look, a network
+// error retried a minute later, and a clean stop.
+func TestCheckRun(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var keys []fakeopenai.Key
+		var secrets []string
+		for i := range 20 {
+			s := fmt.Sprintf("sk-run-%02d", i)
+			keys = append(keys, fakeopenai.Key{Secret: s})
+			secrets = append(secrets, s)
+		}
+		keys[3].Behavior = fakeopenai.Revoked
+		fake := fakeopenai.New(fakeopenai.Config{}, keys...)
+		pipe, closePipe := fakeopenai.ServePipe(fake)
+		defer closePipe()
+		defer fake.Close()
+		flaky := &failFirst{base: pipe, fail: map[string]int{"Bearer sk-run-07": 1}}
+		tr, err := keypool.New(keypool.WithBase(flaky), keypool.WithUpstream(fakeopenai.PipeBaseURL, strings.Join(secrets, ",")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var checks []time.Time
+		c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(10), keypool.WithCheckConcurrency(3),
+			keypool.WithRecheckEvery(time.Hour), keypool.WithCheckRetryDelay(time.Minute),
+			keypool.WithCheckObserver(func(r keypool.CheckResult) {
+				mu.Lock()
+				checks = append(checks, time.Now())
+				mu.Unlock()
+			}))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error)
+		start := time.Now()
+		go func() { done <- c.Run(ctx) }()
+
+		synctest.Wait()
+		time.Sleep(2 * time.Second) // fake time: the first pass is paced at 10/s
+		synctest.Wait()
+		mu.Lock()
+		first := len(checks)
+		last := checks[len(checks)-1]
+		mu.Unlock()
+		if first != 20 || last.Sub(start) < 1900*time.Millisecond || last.Sub(start) > 2*time.Second {
+			t.Fatalf("first pass: %d checks, last at %v", first, last.Sub(start))
+		}
+		k7 := keypool.NewKey("sk-run-07").ID()
+		if info, _ := tr.Pool().Key(k7, time.Now()); info.State != keypool.StateUnchecked {
+			t.Fatalf("key with a network error: %v", info.State)
+		}
+		time.Sleep(time.Minute) // the network error is retried a minute later
+		synctest.Wait()
+		if info, _ := tr.Pool().Key(k7, time.Now()); info.State != keypool.StateReady {
+			t.Fatalf("after the retry: %v", info.State)
+		}
+
+		fake.SetBehavior("sk-run-03", fakeopenai.OK) // the key was fixed
+		c.Recheck()
+		time.Sleep(3 * time.Second)
+		synctest.Wait()
+		k3 := keypool.NewKey("sk-run-03").ID()
+		if info, _ := tr.Pool().Key(k3, time.Now()); info.State != keypool.StateReady {
+			t.Fatalf("revoked key after Recheck: %v", info.State)
+		}
+		mu.Lock()
+		afterRecheck := len(checks)
+		mu.Unlock()
+		if afterRecheck != 20+1+20 {
+			t.Fatalf("%d checks after the recheck", afterRecheck)
+		}
+		time.Sleep(time.Hour) // the periodic recheck
+		synctest.Wait()
+		mu.Lock()
+		if len(checks) != afterRecheck+20 {
+			t.Fatalf("%d checks after an hour", len(checks))
+		}
+		mu.Unlock()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run returned %v", err)
+		}
+		for _, r := range fake.Records() {
+			if r.Spent {
+				t.Fatalf("a check spent quota: %+v", r)
+			}
+		}
+	})
+}
+
+// failFirst fails the first n requests of a key with a network error.
+type failFirst struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	fail map[string]int
+}
+
+func (f *failFirst) RoundTrip(req *http.Request) (*http.Response, error) {
+	f.mu.Lock()
+	auth := req.Header.Get("Authorization")
+	n := f.fail[auth]
+	if n > 0 {
+		f.fail[auth] = n - 1
+	}
+	f.mu.Unlock()
+	if n > 0 {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, errors.New("connection reset by peer")
+	}
+	return f.base.RoundTrip(req)
+}
+
+func TestCheckOptions(t *testing.T) {
+	tr, _ := keypool.New(keypool.WithUpstream("https://api.openai.com/v1", "sk-x"))
+	for _, o := range []keypool.CheckOption{keypool.WithCheckRate(0), keypool.WithCheckConcurrency(0),
+		keypool.WithRecheckEvery(-time.Second), keypool.WithCheckRetryDelay(0)} {
+		if _, err := keypool.NewChecker(tr, o); err == nil {
+			t.Errorf("option %T accepted a bad value", o)
+		}
+	}
+}
+
+func TestCheckUnreachableUpstream(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	url := dead.URL + "/v1"
+	dead.Close()
+	tr, _ := keypool.New(keypool.WithUpstream(url, "sk-gone"))
+	c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+	results, err := c.CheckAll(context.Background())
+	if err != nil || len(results) != 1 || results[0].Err == nil || results[0].State != keypool.StateUnchecked {
+		t.Fatalf("results %+v err %v", results, err)
+	}
+	if strings.Contains(results[0].Err.Error(), "sk-gone") {
+		t.Fatal("the error shows the key")
+	}
+}
