@@ -639,12 +639,8 @@ func (p *Pool) applyCheck(k *key, state State, reason string, models []string, l
 		k.trial = limits.Trial()
 	}
 	if models != nil {
-		k.models = make(map[string]bool, len(models))
-		k.families = map[string]bool{}
-		for _, m := range models {
-			k.models[m] = true
-			k.families[ModelFamily(m)] = true
-		}
+		set := p.internModels(models)
+		k.models, k.families = set.models, set.families
 		k.lacks = nil // a new list overrules what answers taught
 	}
 	switch {
@@ -659,6 +655,31 @@ func (p *Pool) applyCheck(k *key, state State, reason string, models []string, l
 	evs := p.takeEvents()
 	p.mu.Unlock()
 	p.flushEvents(evs)
+}
+
+// modelSet is one model list and its families. Keys of one organization
+// list the same models, so a pool of thousands of keys holds a few sets; the
+// maps are never changed once built.
+type modelSet struct {
+	models, families map[string]bool
+}
+
+// internModels returns the shared set for a sorted model list. Requires p.mu.
+func (p *Pool) internModels(models []string) *modelSet {
+	name := strings.Join(models, "\n")
+	if set := p.modelSets[name]; set != nil {
+		return set
+	}
+	set := &modelSet{models: make(map[string]bool, len(models)), families: map[string]bool{}}
+	for _, m := range models {
+		set.models[m] = true
+		set.families[ModelFamily(m)] = true
+	}
+	if len(p.modelSets) >= 1024 {
+		clear(p.modelSets) // sets in use stay alive through their keys
+	}
+	p.modelSets[name] = set
+	return set
 }
 
 // inPoolOrder returns the results of keys in the pool's order, each clone

@@ -77,10 +77,11 @@ type Pool struct {
 	ups       []*upstream
 	keys      []*key // in config order, for snapshots
 	byID      map[KeyID]*key
-	seq       uint64        // pick counter: least recently used first
-	wake      chan struct{} // closed when a busy key frees a slot; nil when nobody waits
-	events    []StateEvent  // state changes to send once mu is released
-	epoch     time.Time     // cooldowns are kept as offsets from it: one time base
+	seq       uint64               // pick counter: least recently used first
+	wake      chan struct{}        // closed when a busy key frees a slot; nil when nobody waits
+	events    []StateEvent         // state changes to send once mu is released
+	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
+	modelSets map[string]*modelSet // model lists, shared by the keys that have the same one
 	cfg       poolConfig
 	observer  Observer
 	reqNumber uint64
@@ -176,7 +177,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 	if len(ups) == 0 {
 		return nil, errors.New("keypool: no upstream configured")
 	}
-	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now}
+	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now, modelSets: map[string]*modelSet{}}
 	for i, u := range ups {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)

@@ -81,13 +81,27 @@ func New(opts ...Option) (*Transport, error) {
 	}
 	base := c.base
 	if base == nil {
-		base = http.DefaultTransport
+		base = defaultBase()
 	}
 	return &Transport{
 		pool: pool, base: base, policy: c.policy, observer: obs, log: c.logger, now: c.now,
 		maxAttempts: c.maxAttempts, maxWait: c.maxWait, retryTime: c.retryTime,
 		backoffBase: c.backoffBase, backoffCap: c.backoffCap, maxBody: c.maxBody,
 	}, nil
+}
+
+// defaultBase is http.DefaultTransport with room for many idle connections
+// per host: its default of 2 makes every request beyond the second open
+// (and TLS-handshake) a new connection when all keys share one upstream.
+func defaultBase() http.RoundTripper {
+	dt, ok := http.DefaultTransport.(*http.Transport)
+	if !ok {
+		return http.DefaultTransport
+	}
+	t := dt.Clone()
+	t.MaxIdleConns = 1024
+	t.MaxIdleConnsPerHost = 256
+	return t
 }
 
 // Pool returns the transport's pool, for snapshots and operator actions.

@@ -14,6 +14,7 @@ package fakeopenai
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"net/http/httptest"
 	"slices"
@@ -153,11 +154,12 @@ type Server struct {
 // change once built except Behavior (SetBehavior), so handlers may read
 // models and orgs without the lock.
 type keyState struct {
-	key     Key
-	models  map[string]bool
-	orgs    []Org
-	flaky   int                  // generation requests seen by the Flaky script; guarded by Server.mu
-	buckets map[bucketID]*limits // guarded by Server.mu
+	key       Key
+	models    map[string]bool
+	modelList json.RawMessage // the /v1/models answer
+	orgs      []Org
+	flaky     int                  // generation requests seen by the Flaky script; guarded by Server.mu
+	buckets   map[bucketID]*limits // guarded by Server.mu
 }
 
 // New returns a Server that answers for keys.
@@ -291,6 +293,7 @@ func newKeyState(k Key) *keyState {
 	for _, m := range k.Models {
 		ks.models[m] = true
 	}
+	ks.modelList = modelList(k.Models)
 	ks.orgs = slices.Clone(k.Orgs)
 	if len(ks.orgs) == 0 {
 		ks.orgs = []Org{{

@@ -158,11 +158,7 @@ func (x *exchange) serveAccount() {
 	path := x.r.URL.Path
 	switch {
 	case path == "/v1/models":
-		data := make([]any, len(x.key.Models))
-		for i, m := range x.key.Models {
-			data[i] = modelObject(m)
-		}
-		x.writeJSON(http.StatusOK, object{"object": "list", "data": data}, nil)
+		x.writeJSON(http.StatusOK, x.ks.modelList, nil)
 	case strings.HasPrefix(path, "/v1/models/"):
 		id := strings.TrimPrefix(path, "/v1/models/")
 		if !x.ks.models[id] {

@@ -454,9 +454,31 @@ func imagesResult(id, model, prompt string, created int64, promptTokens int) obj
 		"url": "https://fake.openai.test/images/" + id + ".png", "revised_prompt": prompt}}}
 }
 
-func modelObject(id string) object {
+// modelEntry is one model of /v1/models, its fields in the API's order.
+type modelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func modelObject(id string) modelEntry {
 	n, _ := strconv.ParseUint(digest("created", id)[:8], 16, 64)
-	return object{"id": id, "object": "model", "created": 1680000000 + int64(n%60000000), "owned_by": "system"}
+	return modelEntry{ID: id, Object: "model", Created: 1680000000 + int64(n%60000000), OwnedBy: "system"}
+}
+
+// modelList encodes a key's /v1/models answer; a key's list never changes,
+// so it is encoded once.
+func modelList(models []string) json.RawMessage {
+	data := make([]modelEntry, len(models))
+	for i, m := range models {
+		data[i] = modelObject(m)
+	}
+	b, _ := json.Marshal(struct {
+		Object string       `json:"object"`
+		Data   []modelEntry `json:"data"`
+	}{"list", data})
+	return b
 }
 
 func orgObject(o Org) object {
