@@ -643,6 +643,9 @@ func (p *Pool) applyCheck(k *key, state State, reason string, models []string, l
 		k.models, k.families = set.models, set.families
 		k.lacks = nil // a new list overrules what answers taught
 	}
+	// An organization may have been verified since: a recheck gives streaming
+	// a new try (at worst one failover per key per recheck interval).
+	k.noStream = nil
 	switch {
 	case k.state == StateDisabled:
 	case k.state == state || k.state == StateReady && state == StateUnchecked:
