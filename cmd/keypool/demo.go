@@ -10,9 +10,27 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/fakeopenai"
 )
+
+func newDemoCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "demo",
+		Short: "Watch the transport fail over across a mixed pool, against a built-in fake API",
+		Long: `demo starts a fake OpenAI API on 127.0.0.1 with a mixed pool (revoked, over
+quota, trial, token-limited, flaky and paid keys), sends JSON and streaming
+requests through the keypool transport, and shows which key served each, every
+failover, and what the pool learned. It needs no key and no network, and exits
+by itself.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDemo(cmd.Context(), cmd.OutOrStdout())
+		},
+	}
+}
 
 // demoKeys is a mixed pool, as real pools are.
 var demoKeys = []struct {

@@ -1,23 +1,17 @@
-// Command keypool shows the keypool library at work. For now it has one
-// command, demo; the OpenAI-compatible proxy (serve) comes next.
+// Command keypool is the CLI around the keypool library: check keys, and see
+// the transport at work against a fake upstream (demo).
 package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
+	"syscall"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if len(os.Args) < 2 || os.Args[1] != "demo" {
-		fmt.Fprintln(os.Stderr, "usage: keypool demo")
-		os.Exit(2)
-	}
-	if err := runDemo(ctx, os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "keypool:", err)
-		os.Exit(1)
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/keypool/keypool"
+)
+
+// runCheck checks every key of ups once, shows progress on errOut and the
+// results on out, and fails when no key ended up usable.
+func runCheck(ctx context.Context, out, errOut io.Writer, ups []keypool.Upstream, opts []keypool.CheckOption, jsonOut bool) error {
+	t, err := keypool.New(keypool.WithUpstreams(ups...))
+	if err != nil {
+		return err
+	}
+	prog := newProgress(errOut, func() int { return len(t.Snapshot()) })
+	c, err := keypool.NewChecker(t, append(opts, keypool.WithCheckObserver(prog.observe))...)
+	if err != nil {
+		return err
+	}
+	results, checkErr := c.CheckAll(ctx)
+	prog.finish(results)
+
+	rows := make([]checkRow, len(results))
+	for i, r := range results {
+		rows[i] = newCheckRow(r)
+	}
+	if jsonOut {
+		err = writeJSON(out, rows)
+	} else {
+		err = writeTable(out, rows)
+	}
+	if err != nil {
+		return err
+	}
+	if checkErr != nil {
+		return fmt.Errorf("check stopped after %d of %d keys: %w", len(results), len(t.Snapshot()), checkErr)
+	}
+	if !slices.ContainsFunc(results, usable) {
+		return fmt.Errorf("no usable key: %s", summary(results))
+	}
+	return nil
+}
+
+// usable reports whether a checked key can take requests: ready, or alive
+// but resting until its rate limit refills.
+func usable(r keypool.CheckResult) bool {
+	return r.Err == nil && (r.State == keypool.StateReady || r.State == keypool.StateCooling)
+}
+
+// summary counts results by state: "3 keys: 1 ready, 2 revoked".
+func summary(results []keypool.CheckResult) string {
+	if len(results) == 0 {
+		return "0 keys"
+	}
+	counts := map[string]int{}
+	var order []string
+	for _, r := range results {
+		s := r.State.String()
+		if r.Err != nil {
+			s = "unreachable"
+		}
+		if counts[s] == 0 {
+			order = append(order, s)
+		}
+		counts[s]++
+	}
+	parts := make([]string, len(order))
+	for i, s := range order {
+		parts[i] = fmt.Sprintf("%d %s", counts[s], s)
+	}
+	noun := "keys"
+	if len(results) == 1 {
+		noun = "key"
+	}
+	return fmt.Sprintf("%d %s: %s", len(results), noun, strings.Join(parts, ", "))
+}
+
+// checkRow is one key in the output: what the check found, by key ID.
+type checkRow struct {
+	ID           keypool.KeyID `json:"id"`
+	Upstream     string        `json:"upstream"`
+	Organization string        `json:"organization,omitempty"`
+	Clone        bool          `json:"clone"`
+	State        string        `json:"state"` // a keypool.State's name
+	Trial        bool          `json:"trial"`
+	// RPM and TPM are the request and token limits the upstream stated; -1
+	// when it stated none. A trial key's request limit is per day.
+	RPM        int64    `json:"rpm"`
+	TPM        int64    `json:"tpm"`
+	ModelCount int      `json:"model_count"`
+	Models     []string `json:"models"`
+	Reason     string   `json:"reason,omitempty"`
+	// Error is the network error that kept the key from being checked.
+	Error string `json:"error,omitempty"`
+}
+
+func newCheckRow(r keypool.CheckResult) checkRow {
+	row := checkRow{
+		ID: r.Key, Upstream: r.Upstream, Organization: r.Organization, Clone: r.Clone,
+		State: r.State.String(), Trial: r.Trial, RPM: r.LimitRequests, TPM: r.LimitTokens,
+		ModelCount: len(r.Models), Models: r.Models, Reason: r.Reason,
+	}
+	if row.Models == nil {
+		row.Models = []string{}
+	}
+	if r.Err != nil {
+		row.Error = r.Err.Error()
+	}
+	return row
+}
+
+func writeJSON(w io.Writer, rows []checkRow) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rows)
+}
+
+func writeTable(w io.Writer, rows []checkRow) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tUPSTREAM\tORG\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREASON")
+	for _, r := range rows {
+		org := orDash(r.Organization)
+		if r.Clone {
+			org += " (clone)"
+		}
+		trial := "no"
+		if r.Trial {
+			trial = "yes"
+		}
+		models := "-" // not listed: any model is tried
+		if r.ModelCount > 0 {
+			models = strconv.Itoa(r.ModelCount)
+		}
+		reason := r.Reason
+		if r.Error != "" {
+			reason = "not checked: " + r.Error
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, orDash(r.Upstream), org, r.State, trial,
+			limit(r.RPM), limit(r.TPM), models, orDash(reason))
+	}
+	return tw.Flush()
+}
+
+func limit(n int64) string {
+	if n < 0 {
+		return "-"
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

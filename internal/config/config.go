@@ -1,0 +1,278 @@
+// Package config reads keypool's config file, a superset of
+// openai-api-route's config.yaml: an unchanged openai-api-route file loads as
+// it is, so its users can point keypool at the file they have.
+//
+// The file, with every field (all optional but upstreams' endpoint and keys):
+//
+//	authorization: "tok1,tok2"  # client tokens, comma-separated (or a list)
+//	timeout: 120                # seconds, or a Go duration such as "2m"
+//	stream_timeout: 10
+//	dbtype: sqlite              # sqlite, postgres or none
+//	dbaddr: ./db.sqlite
+//	listen: 127.0.0.1:8080      # openai-api-route's "address" works too
+//	admin_token: "…"
+//	keys_file: keys.txt         # keys for the official API, in a file without upstreams
+//	checker:
+//	  rate: 5                   # key checks per second
+//	  concurrency: 4
+//	  recheck: 1h               # 0 or off: never
+//	  wait_for_check: false     # true: keys take no request before their first check
+//	upstreams:                  # tried in this order
+//	  - sk: "sk-a,sk-b"         # one key, or several comma-separated
+//	    keys: ["sk-c", "sk-d"]  # a list of keys
+//	    keys_file: more.txt     # one key per line, # comments; relative to the config's directory
+//	    endpoint: https://api.openai.com/v1
+//	    name: main
+//	    timeout: 30
+//	    stream_timeout: 10
+//	    allow: ["gpt-4*"]       # model names or globs; URL paths for requests without a model
+//	    deny: ["o1*"]
+//	    authorization: "tok1"   # the client tokens that may use this upstream
+//	    noauth: false           # true: anyone may use this upstream
+//	    type: openai            # the only type supported yet
+//
+// Every scalar value may refer to environment variables as $NAME or ${NAME}
+// ($$ is a literal $); one that is not set is an error. A missing variable in
+// a secret field (sk, keys, authorization, admin_token) is named only when
+// written as ${NAME}, since a bare $ there may be part of the secret.
+//
+// Errors name the file and line ("config.yaml:12: unknown field "endpiont" in
+// upstream 2"), and never contain a secret: not a key, a token, nor any value
+// the file holds in a secret field.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/keypool/keypool"
+)
+
+// DefaultEndpoint is the upstream of a config that gives keys (a top-level
+// keys_file) but no upstreams.
+const DefaultEndpoint = "https://api.openai.com/v1"
+
+// Config is a parsed config file. Load or Parse fill it and check every field,
+// so a Config they return is valid; Upstreams, CheckerOptions and
+// TransportOptions turn it into the library's types. Zero fields mean "not
+// given": the server or the library picks its default.
+//
+// Printing a Config shows no secret: keys print as their IDs and tokens as
+// "[redacted]".
+type Config struct {
+	// Listen is the address the proxy listens on: listen, or
+	// openai-api-route's address.
+	Listen string
+	// Authorization lists the client tokens (authorization), trimmed, without
+	// empty entries or duplicates.
+	Authorization []Secret
+	// AdminToken guards the admin API (admin_token).
+	AdminToken Secret
+	// Timeout and StreamTimeout are the defaults of every upstream that sets
+	// none of its own; 0 means the library's (keypool.DefaultTimeout and
+	// keypool.DefaultStreamTimeout).
+	Timeout, StreamTimeout time.Duration
+	// DBType is "sqlite", "postgres", "none" or "" (not given); DBAddr is the
+	// SQLite file or the PostgreSQL DSN. Request records use them.
+	DBType, DBAddr string
+	// KeysFile is the top-level keys_file, resolved against the config's
+	// directory. It is allowed only without upstreams, and then makes
+	// Upstream one entry at DefaultEndpoint with this file.
+	KeysFile string
+	// Checker holds the key checker's settings (checker).
+	Checker Checker
+	// Upstream lists the upstreams in failover order (upstreams). Upstreams
+	// converts them, in the same order.
+	Upstream []Upstream
+
+	name string // the file's name in messages
+}
+
+// Checker is the checker section: how keys are checked. Zero fields mean the
+// library's defaults.
+type Checker struct {
+	// Rate is the number of key checks per second.
+	Rate float64
+	// Concurrency bounds the checks in flight.
+	Concurrency int
+	// Recheck is the time between rechecks of every key; NoRecheck is set
+	// when the file says 0 or off.
+	Recheck   time.Duration
+	NoRecheck bool
+	// WaitForCheck keeps keys from taking requests before their first check.
+	WaitForCheck bool
+}
+
+// Upstream is one entry of upstreams.
+type Upstream struct {
+	// Name shows the upstream in logs and metrics; "" means the endpoint's host.
+	Name string
+	// Type is "openai" (the default; "" is read as "openai").
+	Type string
+	// Endpoint is the API root, such as "https://api.openai.com/v1".
+	Endpoint string
+	// Keys are the keys of sk and keys, without duplicates. Keys print as
+	// their IDs.
+	Keys []keypool.Key
+	// KeysFile is a file of more keys, resolved against the config's
+	// directory; Upstreams reads it.
+	KeysFile string
+	// Timeout and StreamTimeout override the config's; 0 means not given.
+	Timeout, StreamTimeout time.Duration
+	// Allow and Deny are the model names or globs this upstream serves, or
+	// never serves.
+	Allow, Deny []string
+	// Authorization lists the client tokens that may use this upstream;
+	// empty means every client token may.
+	Authorization []Secret
+	// NoAuth opens this upstream to clients without a token.
+	NoAuth bool
+	// Line is the line of the entry in the file.
+	Line int
+
+	label        string // "upstream 2", or "keys_file" for the implicit one
+	keysFileLine int
+}
+
+// Error is a problem at a line of a config file. Its text is
+// "file:line: message" (just "file: message" when Line is 0) and never holds
+// a secret. Load and Parse report several problems at once, joined with
+// errors.Join; errors.As finds the first.
+type Error struct {
+	File string
+	Line int
+	Msg  string
+	Err  error // the underlying error, if any (a keys file that cannot be read)
+}
+
+func (e *Error) Error() string {
+	s := e.File
+	if e.Line > 0 {
+		s += ":" + strconv.Itoa(e.Line)
+	}
+	s += ": " + e.Msg
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Load reads and parses the config file at path. Relative keys_file paths are
+// taken from path's directory.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(data, path, filepath.Dir(path))
+}
+
+// Upstreams converts the upstreams to the library's type, in order, reading
+// every keys_file. An upstream's own timeouts win over the config's. It
+// fails, naming the line, when a keys file cannot be read or holds no key,
+// or when one key is listed under two upstreams (the pool refuses that). A
+// config without upstreams gives none and no error.
+func (c *Config) Upstreams() ([]keypool.Upstream, error) {
+	var errs []error
+	out := make([]keypool.Upstream, 0, len(c.Upstream))
+	owner := map[keypool.KeyID]string{}
+	for i, u := range c.Upstream {
+		if u.label == "" { // built by hand, not parsed
+			u.label = "upstream " + strconv.Itoa(i+1)
+		}
+		keys := u.Keys
+		if u.KeysFile != "" {
+			more, err := keypool.ReadKeysFile(u.KeysFile)
+			if err != nil {
+				errs = append(errs, &Error{File: c.name, Line: u.keysFileLine, Msg: u.label + ": keys_file", Err: err})
+				continue
+			}
+			keys = dedupe(append(keys[:len(keys):len(keys)], more...))
+		}
+		if len(keys) == 0 {
+			errs = append(errs, &Error{File: c.name, Line: u.keysFileLine, Msg: u.label + ": keys_file holds no key"})
+			continue
+		}
+		for _, k := range keys {
+			if other, dup := owner[k.ID()]; dup && other != u.label {
+				errs = append(errs, &Error{File: c.name, Line: u.Line,
+					Msg: fmt.Sprintf("%s: key %s is listed in %s too; a key may serve one upstream only", u.label, k.ID(), other)})
+				continue
+			}
+			owner[k.ID()] = u.label
+		}
+		up := keypool.Upstream{
+			Name:          u.Name,
+			BaseURL:       u.Endpoint,
+			Keys:          keys,
+			Allow:         append([]string(nil), u.Allow...),
+			Deny:          append([]string(nil), u.Deny...),
+			Timeout:       u.Timeout,
+			StreamTimeout: u.StreamTimeout,
+		}
+		if up.Timeout == 0 {
+			up.Timeout = c.Timeout
+		}
+		if up.StreamTimeout == 0 {
+			up.StreamTimeout = c.StreamTimeout
+		}
+		out = append(out, up)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// CheckerOptions returns the options of keypool.NewChecker that the checker
+// section sets; fields not given are left to the library's defaults.
+func (c *Config) CheckerOptions() []keypool.CheckOption {
+	var opts []keypool.CheckOption
+	if c.Checker.Rate > 0 {
+		opts = append(opts, keypool.WithCheckRate(c.Checker.Rate))
+	}
+	if c.Checker.Concurrency > 0 {
+		opts = append(opts, keypool.WithCheckConcurrency(c.Checker.Concurrency))
+	}
+	switch {
+	case c.Checker.NoRecheck:
+		opts = append(opts, keypool.WithRecheckEvery(0))
+	case c.Checker.Recheck > 0:
+		opts = append(opts, keypool.WithRecheckEvery(c.Checker.Recheck))
+	}
+	return opts
+}
+
+// TransportOptions returns the options of keypool.New that the config sets:
+// its upstreams (see Upstreams) and, with checker.wait_for_check,
+// keypool.WithCheckedKeysOnly.
+func (c *Config) TransportOptions() ([]keypool.Option, error) {
+	ups, err := c.Upstreams()
+	if err != nil {
+		return nil, err
+	}
+	opts := []keypool.Option{keypool.WithUpstreams(ups...)}
+	if c.Checker.WaitForCheck {
+		opts = append(opts, keypool.WithCheckedKeysOnly())
+	}
+	return opts, nil
+}
+
+// dedupe drops later keys with the ID of an earlier one.
+func dedupe(keys []keypool.Key) []keypool.Key {
+	seen := make(map[keypool.KeyID]bool, len(keys))
+	out := keys[:0:0]
+	for _, k := range keys {
+		if !seen[k.ID()] {
+			seen[k.ID()] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}

@@ -1,0 +1,497 @@
+package config_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+)
+
+func ids(keys []keypool.Key) []keypool.KeyID {
+	var out []keypool.KeyID
+	for _, k := range keys {
+		out = append(out, k.ID())
+	}
+	return out
+}
+
+func idsOf(secrets ...string) []keypool.KeyID {
+	var out []keypool.KeyID
+	for _, s := range secrets {
+		out = append(out, keypool.NewKey(s).ID())
+	}
+	return out
+}
+
+func tokens(ss []config.Secret) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, string(s))
+	}
+	return out
+}
+
+// TestOpenAIAPIRouteConfig loads an unchanged openai-api-route config.yaml
+// and builds a transport from it.
+func TestOpenAIAPIRouteConfig(t *testing.T) {
+	cfg, err := config.Load(filepath.Join("testdata", "openai-api-route.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := tokens(cfg.Authorization), []string{"woshimima", "iampassword"}; !slices.Equal(got, want) {
+		t.Errorf("authorization = %q, want %q", got, want)
+	}
+	if cfg.Timeout != 120*time.Second || cfg.StreamTimeout != 10*time.Second {
+		t.Errorf("timeouts = %v, %v", cfg.Timeout, cfg.StreamTimeout)
+	}
+	if cfg.DBType != "sqlite" || cfg.DBAddr != "./db.sqlite" {
+		t.Errorf("db = %q %q", cfg.DBType, cfg.DBAddr)
+	}
+	if len(cfg.Upstream) != 4 {
+		t.Fatalf("%d upstreams, want 4", len(cfg.Upstream))
+	}
+	u0, u3 := cfg.Upstream[0], cfg.Upstream[3]
+	if !u0.NoAuth || !slices.Equal(u0.Allow, []string{"/v1/audio/transcriptions"}) || u0.Line != 19 {
+		t.Errorf("upstream 1 = %+v", u0)
+	}
+	if got := tokens(u3.Authorization); !slices.Equal(got, []string{"guest"}) {
+		t.Errorf("upstream 4 authorization = %q", got)
+	}
+	if u3.Type != "openai" {
+		t.Errorf("type = %q, want openai", u3.Type)
+	}
+
+	ups, err := cfg.Upstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		base         string
+		key          string
+		timeout, sto time.Duration
+		allow, deny  []string
+	}{
+		{"http://localhost:5000/v1", "hahaha", 120 * time.Second, 10 * time.Second, []string{"/v1/audio/transcriptions"}, nil},
+		{"https://api.openai.com/v2", "secret_key_1", 120 * time.Second, 10 * time.Second, []string{"gpt-3.5-trubo", "gpt-3.5-trubo-0613"}, nil},
+		{"https://api.openai.com/v1", "secret_key_2", 30 * time.Second, 10 * time.Second, nil, []string{"gpt-4"}},
+		{"https://api.xxx.local/v1", "guest_key_3", 120 * time.Second, 10 * time.Second, []string{"gpt-3.5-turbo-0125"}, nil},
+	}
+	for i, w := range want {
+		u := ups[i]
+		if u.BaseURL != w.base || !slices.Equal(ids(u.Keys), idsOf(w.key)) || u.Timeout != w.timeout ||
+			u.StreamTimeout != w.sto || !slices.Equal(u.Allow, w.allow) || !slices.Equal(u.Deny, w.deny) {
+			t.Errorf("upstream %d = %+v, want %+v", i+1, u, w)
+		}
+	}
+	tr, err := keypool.New(keypool.WithUpstreams(ups...))
+	if err != nil {
+		t.Fatalf("keypool.New: %v", err)
+	}
+	if n := len(tr.Snapshot()); n != 4 {
+		t.Errorf("%d keys in the pool, want 4", n)
+	}
+}
+
+func TestExtensions(t *testing.T) {
+	cfg, err := config.Load(filepath.Join("testdata", "keypool.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(cfg.Authorization); !slices.Equal(got, []string{"tok-alpha-1", "tok-beta-2"}) {
+		t.Errorf("authorization = %q", got)
+	}
+	if cfg.Timeout != 2*time.Minute || cfg.StreamTimeout != 15*time.Second {
+		t.Errorf("timeouts = %v %v", cfg.Timeout, cfg.StreamTimeout)
+	}
+	if cfg.Listen != "127.0.0.1:8080" || string(cfg.AdminToken) != "adm-secret-token" || cfg.DBType != "postgres" {
+		t.Errorf("listen %q, admin token, dbtype %q", cfg.Listen, cfg.DBType)
+	}
+	wantChecker := config.Checker{Rate: 2.5, Concurrency: 8, Recheck: 30 * time.Minute, WaitForCheck: true}
+	if cfg.Checker != wantChecker {
+		t.Errorf("checker = %+v, want %+v", cfg.Checker, wantChecker)
+	}
+	main, backup := cfg.Upstream[0], cfg.Upstream[1]
+	// sk's comma list and the keys list, duplicates dropped.
+	if got, want := ids(main.Keys), idsOf("sk-main-aaaaaaaa", "sk-main-bbbbbbbb", "sk-main-cccccccc"); !slices.Equal(got, want) {
+		t.Errorf("main keys = %v, want %v", got, want)
+	}
+	if main.KeysFile != filepath.Join("testdata", "keys.txt") {
+		t.Errorf("keys_file = %q, want it next to the config", main.KeysFile)
+	}
+	if !backup.NoAuth || !slices.Equal(backup.Deny, []string{"o1*"}) || backup.Name != "backup" {
+		t.Errorf("backup = %+v", backup)
+	}
+
+	ups, err := cfg.Upstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(ups[0].Keys), idsOf("sk-main-aaaaaaaa", "sk-main-bbbbbbbb", "sk-main-cccccccc", "sk-file-eeeeeeee"); !slices.Equal(got, want) {
+		t.Errorf("main keys with the file = %v, want %v", got, want)
+	}
+	if ups[0].Timeout != 2*time.Minute || ups[1].Timeout != 45*time.Second || ups[1].StreamTimeout != 5*time.Second {
+		t.Errorf("timeouts: %v, %v %v", ups[0].Timeout, ups[1].Timeout, ups[1].StreamTimeout)
+	}
+	opts, err := cfg.TransportOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := keypool.New(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := keypool.NewChecker(tr, cfg.CheckerOptions()...); err != nil {
+		t.Errorf("NewChecker: %v", err)
+	}
+	if n := len(cfg.CheckerOptions()); n != 3 {
+		t.Errorf("%d checker options, want 3", n)
+	}
+}
+
+func TestCheckerSection(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		want  config.Checker
+		nopts int
+	}{
+		{"", config.Checker{}, 0},
+		{"checker:\n", config.Checker{}, 0},
+		{"checker: {recheck: off}", config.Checker{NoRecheck: true}, 1},
+		{"checker: {recheck: 0}", config.Checker{NoRecheck: true}, 1},
+		{"checker: {recheck: 0s}", config.Checker{NoRecheck: true}, 1},
+		{"checker: {recheck: 90}", config.Checker{Recheck: 90 * time.Second}, 1},
+		{"checker: {rate: 0.5, concurrency: 1}", config.Checker{Rate: 0.5, Concurrency: 1}, 2},
+		{"checker: {wait_for_check: on}", config.Checker{WaitForCheck: true}, 0},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(tc.in), "c.yaml", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Checker != tc.want {
+				t.Errorf("checker = %+v, want %+v", cfg.Checker, tc.want)
+			}
+			if n := len(cfg.CheckerOptions()); n != tc.nopts {
+				t.Errorf("%d options, want %d", n, tc.nopts)
+			}
+		})
+	}
+}
+
+func TestDurations(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"120", 120 * time.Second},
+		{"1.5", 1500 * time.Millisecond},
+		{`"120"`, 120 * time.Second},
+		{"2m", 2 * time.Minute},
+		{"1h30m", 90 * time.Minute},
+		{"0", 0},
+		{"~", 0},
+	} {
+		cfg, err := config.Parse([]byte("timeout: "+tc.in), "c.yaml", "")
+		if err != nil {
+			t.Errorf("%s: %v", tc.in, err)
+			continue
+		}
+		if cfg.Timeout != tc.want {
+			t.Errorf("timeout: %s = %v, want %v", tc.in, cfg.Timeout, tc.want)
+		}
+	}
+}
+
+func TestEnv(t *testing.T) {
+	t.Setenv("KP_TEST_KEYS", "sk-env-11111111,sk-env-22222222")
+	t.Setenv("KP_TEST_HOST", "127.0.0.1:7000")
+	t.Setenv("KP_TEST_TOKEN", "tok-from-env")
+	in := `
+authorization: ${KP_TEST_TOKEN}
+admin_token: "pa$$word"
+upstreams:
+  - sk: $KP_TEST_KEYS
+    endpoint: http://${KP_TEST_HOST}/v1
+`
+	cfg, err := config.Parse([]byte(in), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := tokens(cfg.Authorization); !slices.Equal(got, []string{"tok-from-env"}) {
+		t.Errorf("authorization = %q", got)
+	}
+	if string(cfg.AdminToken) != "pa$word" {
+		t.Errorf("$$ is not a literal $")
+	}
+	u := cfg.Upstream[0]
+	if u.Endpoint != "http://127.0.0.1:7000/v1" || !slices.Equal(ids(u.Keys), idsOf("sk-env-11111111", "sk-env-22222222")) {
+		t.Errorf("upstream = %+v", u)
+	}
+}
+
+func TestTopLevelKeysFile(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "k.txt"), []byte("sk-top-11111111\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Parse([]byte("keys_file: k.txt\n"), "c.yaml", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := cfg.Upstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ups) != 1 || ups[0].BaseURL != config.DefaultEndpoint || !slices.Equal(ids(ups[0].Keys), idsOf("sk-top-11111111")) {
+		t.Errorf("upstreams = %+v", ups)
+	}
+}
+
+func TestUpstreamsErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("empty.txt", "# nothing yet\n")
+	write("bad.txt", "sk-fine-11111111\nsk-two words-2222\n")
+	write("dup.txt", "sk-shared-33333333\n")
+	for _, tc := range []struct {
+		name, in, want string
+	}{
+		{"missing file", "upstreams:\n  - endpoint: https://a.example/v1\n    keys_file: nope.txt\n", "c.yaml:3: upstream 1: keys_file: keypool: keys file: open "},
+		{"empty file", "upstreams:\n  - endpoint: https://a.example/v1\n    keys_file: empty.txt\n", "c.yaml:3: upstream 1: keys_file holds no key"},
+		{"bad line", "upstreams:\n  - endpoint: https://a.example/v1\n    keys_file: bad.txt\n", "c.yaml:3: upstream 1: keys_file: keypool: keys line 2: one key per line expected"},
+		{"shared key", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: sk-shared-33333333\n  - endpoint: https://b.example/v1\n    keys_file: dup.txt\n",
+			"c.yaml:4: upstream 2: key " + string(keypool.NewKey("sk-shared-33333333").ID()) + " is listed in upstream 1 too"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := config.Parse([]byte(tc.in), "c.yaml", dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = cfg.Upstreams()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "sk-") {
+				t.Errorf("error shows a key: %v", err)
+			}
+		})
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, want string
+	}{
+		{"unknown field", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: k1\n  - sk: k2\n    endpiont: https://b.example/v1\n",
+			`c.yaml:5: unknown field "endpiont" in upstream 2 (did you mean "endpoint"?)`},
+		{"unknown top field", "listen: :8080\ntimeuot: 3\n", `c.yaml:2: unknown field "timeuot" (did you mean "timeout"?)`},
+		{"unknown checker field", "checker:\n  rates: 3\n", `c.yaml:2: unknown field "rates" in checker`},
+		{"empty endpoint", "upstreams:\n  - sk: k1\n", "c.yaml:2: upstream 1: endpoint is empty"},
+		{"bad endpoint", "upstreams:\n  - sk: k1\n    endpoint: api.openai.com/v1\n", "c.yaml:3: upstream 1: endpoint must be an http:// or https:// URL with a host"},
+		{"ftp endpoint", "upstreams:\n  - sk: k1\n    endpoint: ftp://x/v1\n", "c.yaml:3: upstream 1: endpoint must be an http://"},
+		{"no key", "upstreams:\n  - endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: no key; give sk, keys or keys_file"},
+		{"empty sk", "upstreams:\n  - endpoint: https://a.example/v1\n    sk:\n", "c.yaml:3: upstream 1: no key"},
+		{"empty keys after sk", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: \" , \"\n    keys: []\n", "c.yaml:4: upstream 1: no key"},
+		{"key with space", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: \"ab cd\"\n", "c.yaml:3: upstream 1: sk: keypool: key 1 has white space"},
+		{"keys entry with space", "upstreams:\n  - endpoint: https://a.example/v1\n    keys:\n      - k1\n      - \"ab cd\"\n", "c.yaml:5: upstream 1: keys: entry 2 has white space"},
+		{"keys not a list", "upstreams:\n  - endpoint: https://a.example/v1\n    keys: k1\n", "c.yaml:3: upstream 1: keys must be a list"},
+		{"bad duration", "timeout: soon\n", "c.yaml:1: timeout must be seconds, such as 120, or a duration"},
+		{"negative duration", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    stream_timeout: -5\n", "c.yaml:4: upstream 1: stream_timeout must not be negative"},
+		{"negative Go duration", "stream_timeout: -1m\n", "c.yaml:1: stream_timeout must not be negative"},
+		{"huge duration", "timeout: 1e30\n", "c.yaml:1: timeout is too long"},
+		{"negative rate", "checker:\n  rate: -1\n", "c.yaml:2: checker: rate must be a number"},
+		{"negative concurrency", "checker:\n  concurrency: -3\n", "c.yaml:2: checker: concurrency must be a whole number, 0 or more"},
+		{"bad recheck", "checker:\n  recheck: sometimes\n", "c.yaml:2: checker: recheck must be seconds"},
+		{"bad bool", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    noauth: maybe\n", "c.yaml:4: upstream 1: noauth must be true or false"},
+		{"dbtype", "dbtype: mysql\n", "c.yaml:1: dbtype must be sqlite, postgres or none"},
+		{"listen", "listen: 8080\n", "c.yaml:1: listen must be host:port"},
+		{"listen and address", "listen: :1\naddress: :2\n", "c.yaml:2: listen and address are the same setting"},
+		{"bad yaml", "upstreams:\n  - sk: k\n   endpoint: x\n", "c.yaml:1: yaml: did not find expected '-' indicator"},
+		{"tab yaml", "upstreams:\n\t- sk: k\n", "c.yaml:2: yaml: "},
+		{"not a mapping", "- a\n- b\n", "c.yaml:1: the file must be a mapping"},
+		{"upstreams not a list", "upstreams: {sk: k}\n", "c.yaml:1: upstreams must be a list"},
+		{"upstream not a mapping", "upstreams:\n  - just-a-string\n", "c.yaml:2: upstream 1 must be a mapping"},
+		{"duplicate field", "timeout: 1\ntimeout: 2\n", `c.yaml:2: "timeout" is given twice (first at line 1)`},
+		{"replicate", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n  - sk: key_for_replicate\n    type: replicate\n    allow:\n      - mistralai/mixtral-8x7b-instruct-v0.1\n",
+			"c.yaml:5: upstream 2: type: replicate upstreams are not supported yet"},
+		{"azure", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    type: azure\n", "c.yaml:4: upstream 1: type: azure upstreams are not supported yet"},
+		{"unknown type", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    type: gemini\n", "c.yaml:4: upstream 1: type must be openai"},
+		{"asis", "upstreams:\n  - sk: asis\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: sk: asis (pass the client's own key on) is not supported yet"},
+		{"duplicate name", "upstreams:\n  - {sk: a, endpoint: 'https://a.example', name: x}\n  - {sk: b, endpoint: 'https://b.example', name: x}\n", "c.yaml:3: upstream 2: upstream 1 has the same name"},
+		{"keys_file with upstreams", "keys_file: k.txt\nupstreams:\n  - {sk: a, endpoint: 'https://a.example'}\n", "c.yaml:1: a top-level keys_file is for a config without upstreams"},
+		{"empty allow entry", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    allow: [\"\"]\n", "c.yaml:4: upstream 1: allow: entry 1 is empty"},
+		{"unset variable", "upstreams:\n  - sk: k\n    endpoint: https://${KP_TEST_UNSET_HOST}/v1\n", "c.yaml:3: upstream 1: endpoint: environment variable KP_TEST_UNSET_HOST is not set"},
+		{"unset variable in a secret, braces", "upstreams:\n  - sk: ${KP_TEST_UNSET_KEY}\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: sk: environment variable KP_TEST_UNSET_KEY is not set"},
+		{"unset variable in a secret, bare", "authorization: pa$KP_TEST_UNSET\n", "c.yaml:1: authorization refers to an environment variable that is not set"},
+		{"merge of a scalar", "upstreams:\n  - <<: x\n    sk: k\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: << must merge a mapping"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(tc.in), "c.yaml", "")
+			if err == nil {
+				t.Fatalf("no error, want %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error:\n%v\nwant it to contain:\n%s", err, tc.want)
+			}
+			var ce *config.Error
+			if !errors.As(err, &ce) || ce.File != "c.yaml" {
+				t.Errorf("not a *config.Error: %#v", err)
+			}
+		})
+	}
+}
+
+// TestParseReportsEveryProblem: a user fixes a file in one go.
+func TestParseReportsEveryProblem(t *testing.T) {
+	in := "timeout: x\nupstreams:\n  - sk: k\n  - endpoint: https://a.example\n"
+	_, err := config.Parse([]byte(in), "c.yaml", "")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"c.yaml:1: timeout", "c.yaml:3: upstream 1: endpoint is empty", "c.yaml:4: upstream 2: no key"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+}
+
+// TestErrorsHideSecrets: no key, token or secret-field value reaches an error,
+// whatever went wrong around it.
+func TestErrorsHideSecrets(t *testing.T) {
+	const key, tok = "sk-proj-SECRETsecret0123456789", "tok-SECRET-client-42"
+	for _, tc := range []struct {
+		name, in string
+	}{
+		{"key with a space", "upstreams:\n  - sk: \"" + key + " x\"\n    endpoint: https://a.example\n"},
+		{"key as a field name", "upstreams:\n  - " + key + ": 1\n    endpoint: https://a.example\n"},
+		{"key as a top field name", key + ": 1\n"},
+		{"key in the endpoint", "upstreams:\n  - sk: k\n    endpoint: " + key + "\n"},
+		{"key in a URL", "upstreams:\n  - sk: k\n    endpoint: \"https://user:" + key + "@/v1\"\n"},
+		{"key in the wrong place", "upstreams:\n  - sk: {" + key + ": 1}\n    endpoint: https://a.example\n"},
+		{"key as a duration", "timeout: " + key + "\n"},
+		{"key as a type", "upstreams:\n  - sk: k\n    endpoint: https://a.example\n    type: " + key + "\n"},
+		{"key as a dbtype", "dbtype: " + key + "\n"},
+		{"key as a bool", "upstreams:\n  - sk: k\n    endpoint: https://a.example\n    noauth: " + key + "\n"},
+		{"key in broken YAML", "upstreams:\n  - sk: \"" + key + "\n   endpoint: [\n"},
+		{"key as an anchor", "authorization: *" + key + "\n"},
+		{"key as a variable", "upstreams:\n  - sk: \"${" + key + "}\"\n    endpoint: https://a.example\n"},
+		{"key with a bare variable", "upstreams:\n  - sk: \"" + key + "$KP_TEST_UNSET\"\n    endpoint: https://a.example\n"},
+		{"token as a field name", "authorization: " + tok + "\n" + tok + ": 1\n"},
+		{"token with a bare variable", "authorization: " + tok + "$X_UNSET_42\n"},
+		{"token in a listen", "authorization: " + tok + "\nlisten: " + tok + "\n"},
+		{"admin token as a field", "admin_token: " + tok + "\nchecker:\n  " + tok + ": 1\n"},
+		{"token listed as a mapping", "authorization:\n  - {" + tok + ": 1}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse([]byte(tc.in), "c.yaml", "")
+			if err == nil {
+				t.Fatalf("no error for %q", tc.in)
+			}
+			if msg := err.Error(); strings.Contains(msg, "SECRET") {
+				t.Errorf("error shows a secret:\n%s", msg)
+			}
+		})
+	}
+}
+
+// TestPrintingHidesSecrets: a Config may be printed or logged whole.
+func TestPrintingHidesSecrets(t *testing.T) {
+	in := "authorization: tok-SECRET-1\nadmin_token: adm-SECRET-2\nupstreams:\n  - sk: sk-SECRET-3\n    endpoint: https://a.example\n    authorization: tok-SECRET-1\n"
+	cfg, err := config.Parse([]byte(in), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logged strings.Builder
+	slog.New(slog.NewJSONHandler(&logged, nil)).Info("config", "admin", cfg.AdminToken, "tokens", cfg.Authorization, "cfg", cfg)
+	for _, out := range []string{
+		fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg), fmt.Sprintf("%s", cfg.AdminToken),
+		fmt.Sprintf("%q %x", cfg.AdminToken, cfg.AdminToken), fmt.Sprint(cfg.Authorization), string(js), logged.String(),
+	} {
+		if strings.Contains(out, "SECRET") {
+			t.Errorf("a secret shows: %s", out)
+		}
+	}
+	if !cfg.AdminToken.Equal("adm-SECRET-2") || cfg.AdminToken.Equal("adm-SECRET-") {
+		t.Error("Equal is wrong")
+	}
+}
+
+func TestMergeKeys(t *testing.T) {
+	in := `
+upstreams:
+  - &base
+    endpoint: https://a.example/v1
+    sk: k1
+    timeout: 30
+    deny: [o1*]
+  - <<: *base
+    sk: k2
+    endpoint: https://b.example/v1
+`
+	cfg, err := config.Parse([]byte(in), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := cfg.Upstream[1]
+	if b.Endpoint != "https://b.example/v1" || b.Timeout != 30*time.Second || !slices.Equal(b.Deny, []string{"o1*"}) ||
+		!slices.Equal(ids(b.Keys), idsOf("k2")) {
+		t.Errorf("merged upstream = %+v", b)
+	}
+}
+
+func TestEmpty(t *testing.T) {
+	for _, in := range []string{"", "# nothing\n", "---\n", "~\n", "upstreams:\n"} {
+		cfg, err := config.Parse([]byte(in), "c.yaml", "")
+		if err != nil {
+			t.Errorf("%q: %v", in, err)
+			continue
+		}
+		ups, err := cfg.Upstreams()
+		if err != nil || len(ups) != 0 {
+			t.Errorf("%q: upstreams %v, %v", in, ups, err)
+		}
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	_, err := config.Load(filepath.Join(t.TempDir(), "none.yaml"))
+	if err == nil || !errors.Is(err, os.ErrNotExist) || !strings.HasPrefix(err.Error(), "config: ") {
+		t.Errorf("error = %v", err)
+	}
+}
+
+// TestKeySources: sk, keys and keys_file add up, in any order, and an empty
+// one next to a full one is fine.
+func TestKeySources(t *testing.T) {
+	for _, in := range []string{
+		"upstreams:\n  - endpoint: https://a.example/v1\n    keys: [k1]\n    sk: \"\"\n",
+		"upstreams:\n  - endpoint: https://a.example/v1\n    sk: k1\n    keys: []\n",
+		"upstreams:\n  - endpoint: https://a.example/v1\n    sk: k1,k1\n    keys: [k1]\n",
+	} {
+		cfg, err := config.Parse([]byte(in), "c.yaml", "")
+		if err != nil {
+			t.Errorf("%q: %v", in, err)
+			continue
+		}
+		if got := ids(cfg.Upstream[0].Keys); !slices.Equal(got, idsOf("k1")) {
+			t.Errorf("%q: keys %v", in, got)
+		}
+	}
+}

@@ -1,0 +1,350 @@
+package config
+
+import (
+	"math"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/keypool/keypool"
+)
+
+// This file is the schema: the fields of each section and what each accepts.
+
+var topFields = []string{"authorization", "timeout", "stream_timeout", "dbtype", "dbaddr",
+	"listen", "address", "admin_token", "keys_file", "checker", "upstreams"}
+
+func (p *parser) top(c *Config, m *yaml.Node) {
+	var keysFileLine int
+	var upstreams *yaml.Node
+	var listenField string
+	for _, f := range p.fields(m, "") {
+		switch f.name {
+		case "authorization":
+			c.Authorization = p.tokens(f)
+		case "timeout":
+			c.Timeout = p.duration(f)
+		case "stream_timeout":
+			c.StreamTimeout = p.duration(f)
+		case "dbtype":
+			if s, ok := p.scalar(f, false); ok {
+				switch s = strings.ToLower(strings.TrimSpace(s)); s {
+				case "", "sqlite", "postgres", "none":
+					c.DBType = s
+				default:
+					p.errorf(f.val.Line, "dbtype must be sqlite, postgres or none")
+				}
+			}
+		case "dbaddr":
+			c.DBAddr, _ = p.scalar(f, false)
+		case "listen", "address":
+			if listenField != "" {
+				p.errorf(f.key.Line, "listen and address are the same setting; give one")
+				continue
+			}
+			listenField = f.name
+			if s, ok := p.scalar(f, false); ok && s != "" {
+				if _, _, err := net.SplitHostPort(s); err != nil {
+					p.errorf(f.val.Line, "%s must be host:port, such as 127.0.0.1:8080 or :8080", f.name)
+				}
+				c.Listen = s
+			}
+		case "admin_token":
+			if s, ok := p.scalar(f, true); ok {
+				c.AdminToken = Secret(strings.TrimSpace(s))
+			}
+		case "keys_file":
+			if s, ok := p.scalar(f, false); ok && s != "" {
+				c.KeysFile = p.path(s)
+				keysFileLine = f.val.Line
+			}
+		case "checker":
+			p.checker(&c.Checker, f)
+		case "upstreams":
+			upstreams = f.val
+		default:
+			p.unknown(f, "", topFields)
+		}
+	}
+	if upstreams != nil {
+		p.upstreams(c, upstreams)
+	}
+	if c.KeysFile != "" {
+		if len(c.Upstream) > 0 {
+			p.errorf(keysFileLine, "a top-level keys_file is for a config without upstreams; give each upstream its own keys_file")
+		} else {
+			c.Upstream = []Upstream{{Endpoint: DefaultEndpoint, KeysFile: c.KeysFile, Line: keysFileLine,
+				label: "keys_file", keysFileLine: keysFileLine}}
+		}
+	}
+}
+
+var checkerFields = []string{"rate", "concurrency", "recheck", "wait_for_check"}
+
+func (p *parser) checker(c *Checker, f field) {
+	switch f.val.Kind {
+	case yaml.MappingNode:
+	case yaml.ScalarNode:
+		if f.val.Tag == "!!null" {
+			return
+		}
+		fallthrough
+	default:
+		p.errorf(f.val.Line, "checker must be a mapping of fields, such as \"rate: 5\"")
+		return
+	}
+	for _, f := range p.fields(f.val, "checker") {
+		switch f.name {
+		case "rate":
+			if s, ok := p.scalar(f, false); ok && s != "" {
+				r, err := strconv.ParseFloat(s, 64)
+				if err != nil || math.IsNaN(r) || math.IsInf(r, 0) || r < 0 {
+					p.errorf(f.val.Line, "%s must be a number of checks per second, 0 or more", f.label)
+					continue
+				}
+				c.Rate = r
+			}
+		case "concurrency":
+			c.Concurrency = p.count(f)
+		case "recheck":
+			s, ok := p.scalar(f, false)
+			if !ok {
+				continue
+			}
+			switch t := strings.ToLower(strings.TrimSpace(s)); t {
+			case "":
+			case "off", "false", "never", "no":
+				c.NoRecheck = true
+			default:
+				d, err := parseDuration(t)
+				switch {
+				case err != nil:
+					p.errorf(f.val.Line, "%s %v, or off", f.label, err)
+				case d == 0:
+					c.NoRecheck = true
+				default:
+					c.Recheck = d
+				}
+			}
+		case "wait_for_check":
+			c.WaitForCheck = p.boolean(f)
+		default:
+			p.unknown(f, "checker", checkerFields)
+		}
+	}
+}
+
+var upstreamFields = []string{"sk", "keys", "keys_file", "endpoint", "name", "timeout",
+	"stream_timeout", "allow", "deny", "authorization", "noauth", "type"}
+
+func (p *parser) upstreams(c *Config, n *yaml.Node) {
+	switch n.Kind {
+	case yaml.SequenceNode:
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return
+		}
+		fallthrough
+	default:
+		p.errorf(n.Line, "upstreams must be a list, each entry starting with \"- \"")
+		return
+	}
+	names := map[string]int{} // upstream number by name
+	for i, item := range n.Content {
+		item = deref(item)
+		where := "upstream " + strconv.Itoa(i+1)
+		if !p.spend(item.Line) {
+			return
+		}
+		if item.Kind != yaml.MappingNode {
+			p.errorf(item.Line, "%s must be a mapping of fields, such as \"endpoint:\"", where)
+			continue
+		}
+		u := p.upstream(item, where)
+		if u.Name != "" {
+			if first, dup := names[u.Name]; dup {
+				p.errorf(u.Line, "%s: upstream %d has the same name", where, first)
+			} else {
+				names[u.Name] = i + 1
+			}
+		}
+		c.Upstream = append(c.Upstream, u)
+	}
+}
+
+// upstream reads one entry of upstreams.
+func (p *parser) upstream(item *yaml.Node, where string) Upstream {
+	u := Upstream{Line: item.Line, label: where, Type: "openai"}
+	var keys []keypool.Key
+	keyLine := item.Line  // where a missing key is reported
+	haveKeys := false     // a key given, or a bad one reported
+	endpointSeen := false // an endpoint given, even a bad one
+	for _, f := range p.fields(item, where) {
+		switch f.name {
+		case "sk":
+			keyLine = f.val.Line
+			s, ok := p.scalar(f, true)
+			if !ok {
+				haveKeys = true
+				continue
+			}
+			ks, given := p.skKeys(f, s)
+			keys = append(keys, ks...)
+			haveKeys = haveKeys || given
+		case "keys":
+			keyLine = f.val.Line
+			ks, given := p.listKeys(f)
+			keys = append(keys, ks...)
+			haveKeys = haveKeys || given
+		case "keys_file":
+			if s, ok := p.scalar(f, false); ok && s != "" {
+				u.KeysFile = p.path(s)
+				u.keysFileLine = f.val.Line
+			}
+		case "endpoint":
+			u.Endpoint = p.endpoint(f)
+			endpointSeen = u.Endpoint != ""
+		case "name":
+			s, _ := p.scalar(f, false)
+			u.Name = strings.TrimSpace(s)
+		case "timeout":
+			u.Timeout = p.duration(f)
+		case "stream_timeout":
+			u.StreamTimeout = p.duration(f)
+		case "allow":
+			u.Allow = p.patterns(f)
+		case "deny":
+			u.Deny = p.patterns(f)
+		case "authorization":
+			u.Authorization = p.tokens(f)
+		case "noauth":
+			u.NoAuth = p.boolean(f)
+		case "type":
+			p.upstreamType(f)
+		default:
+			p.unknown(f, where, upstreamFields)
+		}
+	}
+	if !endpointSeen {
+		p.errorf(item.Line, "%s: endpoint is empty", where)
+	}
+	if !haveKeys && u.KeysFile == "" {
+		p.errorf(keyLine, "%s: no key; give sk, keys or keys_file", where)
+	}
+	u.Keys = dedupe(keys)
+	return u
+}
+
+// skKeys reads sk: one key, or several comma-separated. given is false when
+// it holds none (and no problem was reported).
+func (p *parser) skKeys(f field, s string) (keys []keypool.Key, given bool) {
+	if strings.TrimSpace(s) == "asis" {
+		p.errorf(f.val.Line, "%s: asis (pass the client's own key on) is not supported yet", f.label)
+		return nil, true
+	}
+	keys, err := keypool.ParseKeys(s)
+	if err != nil {
+		p.errorf(f.val.Line, "%s: %v", f.label, err)
+		return nil, true
+	}
+	return keys, len(keys) > 0
+}
+
+// listKeys reads keys: a list of keys, one per entry.
+func (p *parser) listKeys(f field) (keys []keypool.Key, given bool) {
+	items, lines, ok := p.list(f, true)
+	given = !ok
+	for j, s := range items {
+		ks, err := keypool.KeysFrom([]string{s})
+		if err != nil {
+			p.errorf(lines[j], "%s: entry %d has white space or a comma inside", f.label, j+1)
+			given = true
+			continue
+		}
+		keys = append(keys, ks...)
+		given = given || len(ks) > 0
+	}
+	return keys, given
+}
+
+// endpoint reads an upstream's URL; "" when missing. A bad one is reported
+// without its value: a URL may carry a token.
+func (p *parser) endpoint(f field) string {
+	s, ok := p.scalar(f, false)
+	if !ok {
+		return "-" // reported already
+	}
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return ""
+	}
+	if e, err := url.Parse(s); err != nil || (e.Scheme != "http" && e.Scheme != "https") || e.Host == "" {
+		p.errorf(f.val.Line, "%s must be an http:// or https:// URL with a host, such as https://api.openai.com/v1", f.label)
+	}
+	return s
+}
+
+// upstreamType checks type: openai, the only kind served yet.
+func (p *parser) upstreamType(f field) {
+	s, ok := p.scalar(f, false)
+	if !ok {
+		return
+	}
+	switch t := strings.ToLower(strings.TrimSpace(s)); t {
+	case "", "openai":
+	case "azure", "replicate":
+		p.errorf(f.val.Line, "%s: %s upstreams are not supported yet", f.label, t)
+	default:
+		p.errorf(f.val.Line, "%s must be openai (azure and replicate are not supported yet)", f.label)
+	}
+}
+
+// tokens reads client tokens: a comma-separated string, or a list.
+func (p *parser) tokens(f field) []Secret {
+	var raw []string
+	if f.val.Kind == yaml.SequenceNode {
+		items, _, ok := p.list(f, true)
+		if !ok {
+			return nil
+		}
+		raw = items
+	} else {
+		s, ok := p.scalar(f, true)
+		if !ok {
+			return nil
+		}
+		raw = strings.Split(s, ",")
+	}
+	var out []Secret
+	seen := map[string]bool{}
+	for _, t := range raw {
+		t = strings.TrimSpace(t)
+		if t == "" || seen[t] {
+			continue
+		}
+		seen[t] = true
+		out = append(out, Secret(t))
+	}
+	return out
+}
+
+// patterns reads allow or deny: a list of model names or globs.
+func (p *parser) patterns(f field) []string {
+	items, lines, ok := p.list(f, false)
+	if !ok {
+		return nil
+	}
+	var out []string
+	for i, s := range items {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			p.errorf(lines[i], "%s: entry %d is empty", f.label, i+1)
+			continue
+		}
+		out = append(out, s)
+	}
+	return out
+}
