@@ -438,3 +438,38 @@ func TestCheckUnreachableUpstream(t *testing.T) {
 		t.Fatal("the error shows the key")
 	}
 }
+
+// TestCheckFallbacks wraps the fake: an upstream without /v1/me (the key's
+// organizations come from /v1/organizations), and one whose probe answers
+// something unexpected (the key is let through).
+func TestCheckFallbacks(t *testing.T) {
+	fake := fakeopenai.New(fakeopenai.Config{},
+		fakeopenai.Key{Secret: "sk-older", Orgs: []fakeopenai.Org{{ID: "org-one", Default: true}, {ID: "org-two"}}},
+		fakeopenai.Key{Secret: "sk-odd"})
+	defer fake.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.URL.Path == "/v1/me":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			io.WriteString(w, `{"error":{"message":"Invalid URL (GET /v1/me)","type":"invalid_request_error","param":null,"code":null}}`)
+		case r.URL.Path == "/v1/chat/completions" && r.Header.Get("Authorization") == "Bearer sk-odd":
+			w.WriteHeader(http.StatusTeapot)
+		default:
+			fake.ServeHTTP(w, r)
+		}
+	}))
+	defer srv.Close()
+	tr, _ := keypool.New(keypool.WithUpstream(srv.URL+"/v1", "sk-older,sk-odd"))
+	c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := resultFor(t, results, "sk-older"); r.Organization != "org-one" || len(r.Clones) != 1 {
+		t.Fatalf("organizations from the fallback: %+v", r)
+	}
+	if r := resultFor(t, results, "sk-odd"); r.State != keypool.StateReady || !strings.Contains(r.Reason, "unexpected 418") {
+		t.Fatalf("unexpected probe answer: %+v", r)
+	}
+}
