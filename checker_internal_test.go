@@ -126,6 +126,11 @@ func TestModelFamilyTable(t *testing.T) {
 		"o30":                        "o30",
 		"my-local-llama":             "my-local-llama",
 		"mistral-large-2024-11-01":   "mistral-large",
+		"gpt-4-1106-preview":         "gpt-4",
+		"o3-mini-2025-01-31":         "o3-mini",
+		"/v1/audio/transcriptions":   "/v1/audio/transcriptions",
+		"":                           "",
+		"-0613":                      "-0613",
 	} {
 		if got := ModelFamily(in); got != want {
 			t.Errorf("ModelFamily(%q) = %q, want %q", in, got, want)

@@ -538,24 +538,6 @@ func takeKeyRelease(t *testing.T, p *Pool, model string) {
 	p.mu.Unlock()
 }
 
-func TestModelFamily(t *testing.T) {
-	for in, want := range map[string]string{
-		"gpt-4o":                   "gpt-4o",
-		"gpt-4o-2024-08-06":        "gpt-4o",
-		"gpt-4-0613":               "gpt-4",
-		"gpt-4-1106-preview":       "gpt-4",
-		"o3-mini-2025-01-31":       "o3-mini",
-		"text-embedding-3-small":   "embeddings",
-		"/v1/audio/transcriptions": "/v1/audio/transcriptions",
-		"":                         "",
-		"-0613":                    "-0613",
-	} {
-		if got := ModelFamily(in); got != want {
-			t.Errorf("ModelFamily(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // benchPool builds a pool of n keys for one model with half of them cooling
 // and the rest with varied headroom.
 func benchPool(b *testing.B, n int) *Pool {
