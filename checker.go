@@ -243,7 +243,7 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []Chec
 		inflight++
 		mu.Unlock()
 
-		err := c.limiter.Wait(ctx)
+		err := c.waitTurn(ctx)
 		if err == nil {
 			select {
 			case sem <- struct{}{}:
@@ -277,6 +277,26 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []Chec
 		}()
 	}
 	return c.p.inPoolOrder(order, results)
+}
+
+// waitTurn waits for the limiter's next slot or ctx's end. Unlike
+// Limiter.Wait it never fails early because the slot falls after ctx's
+// deadline: a key is either checked or the pass stops with ctx's error.
+func (c *Checker) waitTurn(ctx context.Context) error {
+	r := c.limiter.Reserve()
+	d := r.Delay()
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.Cancel()
+		return ctx.Err()
+	}
 }
 
 // scheduleRetry checks k again a while after a network error (go-retry: a
@@ -317,11 +337,13 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	var clones []*key
 
 	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
-		orgs, err := c.organizations(ctx, k)
+		orgs, known, err := c.organizations(ctx, k)
 		if err != nil {
 			return c.failed(res, k, err, start), nil
 		}
-		clones = c.p.setOrganizations(k, orgs, c.t.now())
+		if known {
+			clones = c.p.setOrganizations(k, orgs, c.t.now())
+		}
 		for _, cl := range clones {
 			res.Clones = append(res.Clones, cl.cred.id)
 		}
@@ -331,8 +353,8 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	if err != nil {
 		return c.failed(res, k, err, start), clones
 	}
-	if status != http.StatusOK {
-		models = nil // not listable: any model is tried
+	if status != http.StatusOK || len(models) == 0 {
+		models = nil // not listable (or listed nothing): any model is tried
 	}
 
 	state, reason, limits, err := c.probe(ctx, k)
@@ -375,26 +397,29 @@ type organization struct {
 // organizations lists k's organizations: /v1/me, else /v1/organizations.
 // Answers that mean "this key cannot list organizations" (401, 403,
 // no_organization, …) give none, quietly; only a network error is an error.
-func (c *Checker) organizations(ctx context.Context, k *key) ([]organization, error) {
+func (c *Checker) organizations(ctx context.Context, k *key) ([]organization, bool, error) {
 	status, _, body, err := c.call(ctx, k, http.MethodGet, "/me", nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if status == http.StatusOK {
 		if orgs, ok := parseMe(body); ok {
-			return orgs, nil
+			return orgs, true, nil
 		}
 	}
+	transient := status == http.StatusTooManyRequests || status >= 500
 	status, _, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if status == http.StatusOK {
 		if orgs, ok := parseOrganizations(body); ok {
-			return orgs, nil
+			return orgs, true, nil
 		}
 	}
-	return nil, nil
+	// A 5xx or 429 says nothing about the key: list again next check.
+	transient = transient || status == http.StatusTooManyRequests || status >= 500
+	return nil, !transient, nil
 }
 
 // parseMe reads /v1/me's organizations; ok is false if the body is not a

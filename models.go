@@ -13,6 +13,7 @@ var modelFamilies = []struct{ prefix, family string }{
 	{"gpt-4.1-mini", "gpt-4.1-mini"},
 	{"gpt-4.1-nano", "gpt-4.1-nano"},
 	{"gpt-4.1", "gpt-4.1"},
+	{"gpt-4.5", "gpt-4.5"},
 	{"gpt-4o-mini-tts", "tts"},
 	{"gpt-4o-mini-transcribe", "transcription"},
 	{"gpt-4o-transcribe", "transcription"},
@@ -39,6 +40,13 @@ var modelFamilies = []struct{ prefix, family string }{
 	{"davinci", "gpt-base"},
 }
 
+// previewFamilies are ids whose snapshot suffix hides their family: the
+// GPT-4 Turbo previews would strip to "gpt-4".
+var previewFamilies = map[string]string{
+	"gpt-4-1106-preview": "gpt-4-turbo", "gpt-4-0125-preview": "gpt-4-turbo",
+	"gpt-4-vision-preview": "gpt-4-turbo", "gpt-4-1106-vision-preview": "gpt-4-turbo",
+}
+
 // imageFamilies are the families a trial key never serves (the seed's rule:
 // free keys cannot generate images).
 var imageFamilies = map[string]bool{"gpt-image": true, "dall-e": true}
@@ -52,6 +60,9 @@ func ModelFamily(model string) string {
 	base := strings.TrimPrefix(model, "ft:")
 	if i := strings.IndexByte(base, ':'); i >= 0 && base != model {
 		base = base[:i]
+	}
+	if f, ok := previewFamilies[base]; ok {
+		return f
 	}
 	base = stripSnapshot(base)
 	best := ""

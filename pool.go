@@ -82,6 +82,7 @@ type Pool struct {
 	events    []StateEvent         // state changes to send once mu is released
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the keys that have the same one
+	noStream  map[string]bool      // models some key may not stream: their streams have a bucket of their own
 	cfg       poolConfig
 	observer  Observer
 	reqNumber uint64
@@ -136,10 +137,12 @@ type key struct {
 // bucket is one upstream's keys for one model: rate limits are per model, so
 // each model has its own heaps.
 type bucket struct {
+	name        string // its key in upstream.buckets
 	model       string
 	path        bool // a URL path stands in for the model: no model list applies
 	family      string
 	image       bool // an image family: never served by trial keys
+	stream      bool // streams of a model some key may not stream: those keys stay out
 	trialsFirst bool
 	entries     []*entry // by key index; nil when the key cannot serve the model
 	ready       readyHeap
@@ -177,7 +180,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 	if len(ups) == 0 {
 		return nil, errors.New("keypool: no upstream configured")
 	}
-	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now, modelSets: map[string]*modelSet{}}
+	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now, modelSets: map[string]*modelSet{}, noStream: map[string]bool{}}
 	for i, u := range ups {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
@@ -297,14 +300,11 @@ func newEntry(k *key, b *bucket) *entry {
 // in a family its model list has (when known), and no image model for a
 // trial key.
 func (k *key) canServe(b *bucket) bool {
-	if k.lacks[b.model] {
+	if k.lacks[b.model] || k.trial && b.image {
 		return false
 	}
 	if b.path {
 		return true
-	}
-	if k.trial && b.image {
-		return false
 	}
 	return k.families == nil || k.families[b.family] || k.models[b.model]
 }
@@ -312,7 +312,10 @@ func (k *key) canServe(b *bucket) bool {
 // usable reports whether k may take requests for b's model now (cooldowns
 // aside). Requires p.mu.
 func (p *Pool) usable(k *key, b *bucket) bool {
-	if !k.state.selectable() || p.cfg.checkedOnly && k.state == StateUnchecked {
+	if !k.state.selectable() || p.cfg.checkedOnly && k.checked.IsZero() {
+		return false
+	}
+	if b.stream && k.noStream[b.model] {
 		return false
 	}
 	return k.canServe(b)
@@ -322,7 +325,13 @@ func (p *Pool) usable(k *key, b *bucket) bool {
 // nil when the upstream holds its maximum of buckets and none is idle.
 // Requires p.mu.
 func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
-	if b := u.buckets[model]; b != nil {
+	return p.bucketNamed(u, model, model, false, now)
+}
+
+// bucketNamed returns the bucket called name for model (a stream bucket's
+// name differs from its model), creating it. Requires p.mu.
+func (p *Pool) bucketNamed(u *upstream, name, model string, stream bool, now time.Time) *bucket {
+	if b := u.buckets[name]; b != nil {
 		return b
 	}
 	if len(u.buckets) >= p.cfg.maxBuckets && !p.evictBucket(u) {
@@ -330,10 +339,12 @@ func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
 	}
 	family := ModelFamily(model)
 	b := &bucket{
+		name:        name,
 		model:       model,
+		stream:      stream,
 		path:        strings.HasPrefix(model, "/"),
 		family:      family,
-		image:       imageFamilies[family],
+		image:       imageFamilies[family] || strings.HasPrefix(model, "/v1/images/"),
 		trialsFirst: p.cfg.trialsFirst && family != "embeddings" && !isEmbeddingsModel(model),
 		entries:     make([]*entry, len(u.keys)),
 	}
@@ -342,7 +353,7 @@ func (p *Pool) bucketFor(u *upstream, model string, now time.Time) *bucket {
 		b.entries[i] = e
 		p.place(e, now)
 	}
-	u.buckets[model] = b
+	u.buckets[name] = b
 	return b
 }
 
@@ -360,7 +371,7 @@ func (p *Pool) evictBucket(u *upstream) bool {
 	if victim == nil {
 		return false
 	}
-	delete(u.buckets, victim.model)
+	delete(u.buckets, victim.name)
 	return true
 }
 
@@ -513,6 +524,8 @@ type pick struct {
 	tried  []*key // keys already tried for this request
 	avoid  uint64 // upstreams that failed this request: tried last
 	stream bool   // a streaming request: keys that may not stream the model are passed over
+
+	streamBucket string // the bucket of streams of a model some key may not stream; built once
 }
 
 func (r *pick) bucketName() string {
@@ -520,15 +533,6 @@ func (r *pick) bucketName() string {
 		return r.bucket
 	}
 	return r.model
-}
-
-// skip reports whether the pick passes over k: tried already, or not allowed
-// to stream the model.
-func (r *pick) skip(k *key) bool {
-	if r.stream && k.noStream[r.bucketName()] {
-		return true
-	}
-	return r.triedKey(k)
 }
 
 func (r *pick) triedKey(k *key) bool {
@@ -557,6 +561,12 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 			}
 			allowed = true
 			b := p.bucketFor(u, r.bucketName(), now)
+			if r.stream && p.noStream[r.bucketName()] {
+				if r.streamBucket == "" {
+					r.streamBucket = r.bucketName() + "\x00stream"
+				}
+				b = p.bucketNamed(u, r.streamBucket, r.bucketName(), true, now)
+			}
 			if b == nil {
 				noRoom = true
 				continue
@@ -592,22 +602,17 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 	return nil, busy, freeAt, reason
 }
 
-// best returns the best ready entry of b that r does not skip. It steps
-// over up to maxTried skipped entries at the top of the heap; past that (many
-// keys that may not stream a model, say) it scans the heap. Requires p.mu.
+// best returns the best ready entry of b not yet tried by r. A request has
+// tried fewer than maxTried keys, so stepping over that many at the top of
+// the heap always reaches the best untried one. Requires p.mu.
 func (p *Pool) best(b *bucket, r *pick) *entry {
 	var stash [maxTried]*entry
 	n := 0
 	var found *entry
-	overflow := false
-	for len(b.ready) > 0 {
+	for len(b.ready) > 0 && n < len(stash) {
 		e := b.ready[0].e
-		if !r.skip(e.k) {
+		if !r.triedKey(e.k) {
 			found = e
-			break
-		}
-		if n == len(stash) {
-			overflow = true
 			break
 		}
 		b.ready.remove(e)
@@ -616,13 +621,6 @@ func (p *Pool) best(b *bucket, r *pick) *entry {
 	}
 	for _, e := range stash[:n] {
 		b.ready.push(e, p.score(e))
-	}
-	if overflow {
-		for _, s := range b.ready {
-			if !r.skip(s.e.k) && (found == nil || s.score < p.score(found)) {
-				found = s.e
-			}
-		}
 	}
 	return found
 }
@@ -803,7 +801,10 @@ func (p *Pool) learn(e *entry, l *RateLimits, now time.Time) {
 	e.answered = true
 	if l.LimitRequests >= 0 {
 		e.limitReq = l.LimitRequests
-		if trial := l.Trial(); trial != e.k.trial {
+		// Limits are per model: a paid key's low limit for one model is no
+		// sign of a trial. Traffic may clear the flag; only an unchecked key
+		// takes it from traffic (the checker's probe decides otherwise).
+		if trial := l.Trial(); trial != e.k.trial && (!trial || e.k.checked.IsZero()) {
 			e.k.trial = trial
 			defer p.placeKey(e.k, now)
 		}
@@ -876,6 +877,8 @@ func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
 				k.noStream = map[string]bool{}
 			}
 			k.noStream[e.b.model] = true
+			p.noStream[e.b.model] = true
+			p.placeKey(k, now)
 		} else {
 			p.loseModel(k, e.b.model, now)
 		}

@@ -574,3 +574,30 @@ func BenchmarkSelect(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStreamPickManyUnverified: 10,000 keys, 90% of them in unverified
+// organizations that may not stream gpt-5. Streams of gpt-5 use a bucket of
+// their own without those keys, so a pick stays O(log n).
+func BenchmarkStreamPickManyUnverified(b *testing.B) {
+	p := testPool(b, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("unv", 10_000)})
+	p.mu.Lock()
+	p.bucketFor(p.ups[0], "gpt-5", t0)
+	for i, k := range p.keys {
+		if i%10 != 0 {
+			k.noStream = map[string]bool{"gpt-5": true}
+		}
+	}
+	p.noStream["gpt-5"] = true
+	p.mu.Unlock()
+	r := &pick{model: "gpt-5", stream: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		p.mu.Lock()
+		e, _, _, _ := p.take(r, t0)
+		if e == nil || e.k.noStream["gpt-5"] {
+			b.Fatal("picked a key that may not stream gpt-5")
+		}
+		p.release(e, t0)
+		p.mu.Unlock()
+	}
+}
