@@ -190,7 +190,8 @@ func (c *Checker) CheckAll(ctx context.Context) ([]CheckResult, error) {
 	return results, nil
 }
 
-// Run checks every key, then again every recheck interval, on Recheck, and a
+// Run checks every key, then again every recheck interval (over-quota and
+// revoked keys aside: Recheck gives those a new look), on Recheck, and a
 // while after a network error, until ctx ends; then it returns nil.
 func (c *Checker) Run(ctx context.Context) error {
 	c.pass(ctx, c.p.checkable(), true)
@@ -205,7 +206,7 @@ func (c *Checker) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick:
-			c.pass(ctx, c.p.checkable(), true)
+			c.pass(ctx, c.p.live(), true)
 		case <-c.recheck:
 			c.pass(ctx, c.p.checkable(), true)
 		case k := <-c.retryCh:
@@ -600,6 +601,20 @@ func setKeyHeaders(h http.Header, k *key) {
 	if k.cred.project != "" {
 		h["Openai-Project"] = []string{k.cred.project}
 	}
+}
+
+// live returns the keys a periodic recheck looks at: those that may take
+// requests. Over-quota and revoked keys wait for Recheck (the seed's rule).
+func (p *Pool) live() []*key {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*key, 0, len(p.keys))
+	for _, k := range p.keys {
+		if k.state.selectable() {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // checkable returns the keys a pass checks: all but disabled ones.

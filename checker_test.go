@@ -357,7 +357,8 @@ func TestCheckRun(t *testing.T) {
 			t.Fatalf("after the retry: %v", info.State)
 		}
 
-		fake.SetBehavior("sk-run-03", fakeopenai.OK) // the key was fixed
+		fake.SetBehavior("sk-run-03", fakeopenai.OK)      // the key was fixed
+		fake.SetBehavior("sk-run-05", fakeopenai.Revoked) // and another one revoked
 		c.Recheck()
 		time.Sleep(3 * time.Second)
 		synctest.Wait()
@@ -371,11 +372,14 @@ func TestCheckRun(t *testing.T) {
 		if afterRecheck != 20+1+20 {
 			t.Fatalf("%d checks after the recheck", afterRecheck)
 		}
-		time.Sleep(time.Hour) // the periodic recheck
+		if info, _ := tr.Pool().Key(keypool.NewKey("sk-run-05").ID(), time.Now()); info.State != keypool.StateRevoked {
+			t.Fatalf("key revoked since: %v", info.State)
+		}
+		time.Sleep(time.Hour) // the periodic recheck skips the revoked key
 		synctest.Wait()
 		mu.Lock()
-		if len(checks) != afterRecheck+20 {
-			t.Fatalf("%d checks after an hour", len(checks))
+		if len(checks) != afterRecheck+19 {
+			t.Fatalf("%d checks after an hour, want %d", len(checks), afterRecheck+19)
 		}
 		mu.Unlock()
 		cancel()
