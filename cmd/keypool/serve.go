@@ -1,0 +1,225 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/server"
+)
+
+// Defaults of serve.
+const (
+	defaultConfigFile = "config.yaml"
+	defaultListen     = "127.0.0.1:8080"
+	readHeaderTimeout = 10 * time.Second
+)
+
+func newServeCmd() *cobra.Command { return newServeCmdWith(nil) }
+
+// newServeCmdWith is newServeCmd that tells ready, when not nil, the address
+// it listens on once it accepts connections (tests listen on 127.0.0.1:0).
+func newServeCmdWith(ready func(net.Addr)) *cobra.Command {
+	var (
+		configFile, listen string
+		shutdownTimeout    time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve an OpenAI-compatible proxy over the pool of keys",
+		Long: `serve hosts the keypool transport behind an OpenAI-compatible proxy: every
+/v1/* request is sent with the best key of the pool and fails over to another
+key or upstream when one fails. Point any OpenAI client's base URL at
+http://ADDR/v1 and give it one of the config's client tokens as its API key.
+
+The config comes from --config FILE, else ./` + defaultConfigFile + ` when there is one; it is
+a superset of openai-api-route's config.yaml. With no config at all, the keys
+of OPENAI_KEY (comma-separated) serve the official API (or OPENAI_BASE_URL),
+open to any client that can reach the address.
+
+The address is --listen, else the config's listen, else ` + defaultListen + `.
+Logs go to stderr and show keys by ID only.`,
+		Example: `  OPENAI_KEY=sk-…,sk-… keypool serve
+  keypool serve --config config.yaml --listen 127.0.0.1:9000`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return errors.New("serve takes no arguments; give keys with OPENAI_KEY or --config")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if shutdownTimeout <= 0 {
+				return errors.New("--shutdown-timeout must be positive")
+			}
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			logger := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			cfg, err := serveConfig(configFile, logger)
+			if err != nil {
+				return err
+			}
+			switch {
+			case listen != "":
+			case cfg.Listen != "":
+				listen = cfg.Listen
+			default:
+				listen = defaultListen
+			}
+			return serve(ctx, cfg, listen, shutdownTimeout, logger, ready)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "config `file` (default ./"+defaultConfigFile+" when present)")
+	f.StringVar(&listen, "listen", "", "`address` to listen on (default the config's listen, else "+defaultListen+")")
+	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 30*time.Second, "time in-flight requests get to finish on shutdown")
+	return cmd
+}
+
+// serveConfig loads the config to serve: configFile, else ./config.yaml when
+// present, else one upstream made of OPENAI_KEY.
+func serveConfig(configFile string, logger *slog.Logger) (*config.Config, error) {
+	if configFile == "" {
+		if _, err := os.Stat(defaultConfigFile); err == nil {
+			configFile = defaultConfigFile
+		}
+	}
+	if configFile != "" {
+		cfg, err := config.Load(configFile)
+		if err != nil {
+			return nil, err
+		}
+		if len(cfg.Upstream) == 0 {
+			return nil, fmt.Errorf("%s: no upstreams, so no keys to serve with", configFile)
+		}
+		logger.Info("config loaded", "file", configFile, "upstreams", len(cfg.Upstream))
+		return cfg, nil
+	}
+	env := os.Getenv("OPENAI_KEY")
+	if env == "" {
+		return nil, errors.New("nothing to serve: pass --config FILE, put a " + defaultConfigFile + " here, or set OPENAI_KEY")
+	}
+	keys, err := keypool.ParseKeys(env)
+	if err != nil {
+		return nil, fmt.Errorf("OPENAI_KEY: %w", err)
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("OPENAI_KEY holds no key")
+	}
+	baseURL := os.Getenv("OPENAI_BASE_URL")
+	if baseURL == "" {
+		baseURL = officialBaseURL
+	}
+	logger.Info("no config file: serving OPENAI_KEY's keys", "upstream", baseURL, "keys", len(keys))
+	return &config.Config{Upstream: []config.Upstream{{Endpoint: baseURL, Keys: keys}}}, nil
+}
+
+// serve runs the proxy for cfg on listen until ctx ends, then shuts it down,
+// giving in-flight requests shutdownTimeout to finish.
+func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeout time.Duration,
+	logger *slog.Logger, ready func(net.Addr)) error {
+	topts, err := cfg.TransportOptions()
+	if err != nil {
+		return err
+	}
+	tr, err := keypool.New(append(topts, keypool.WithLogger(logger))...)
+	if err != nil {
+		return err
+	}
+	defer tr.CloseIdleConnections()
+	tokens, access := server.AccessFromConfig(cfg)
+	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger})
+	if err != nil {
+		return err
+	}
+	checker, err := keypool.NewChecker(tr, append(cfg.CheckerOptions(), keypool.WithCheckLogger(logger))...)
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	if openToAll(cfg) {
+		if !loopback(ln.Addr()) {
+			ln.Close()
+			return fmt.Errorf("refusing to serve on %s without client tokens: anyone who can reach it could use the keys; set authorization in the config, or listen on 127.0.0.1", ln.Addr())
+		}
+		logger.Warn("no client tokens configured: any local process may use the keys", "addr", ln.Addr().String())
+	}
+	logger.Info("listening", "addr", ln.Addr().String(), "keys", len(tr.Snapshot()))
+
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	checked := make(chan struct{})
+	go func() {
+		defer close(checked)
+		checker.Run(runCtx)
+	}()
+	hs := &http.Server{
+		Handler:           srv.Handler(),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	if ready != nil {
+		ready(ln.Addr())
+	}
+
+	select {
+	case err = <-served: // the listener failed
+	case <-ctx.Done():
+		logger.Info("shutting down", "timeout", shutdownTimeout.String())
+		// A fresh context: ctx is already done, and Shutdown must get time
+		// to let in-flight streams finish.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+		err = hs.Shutdown(sctx)
+		cancel()
+		if err != nil {
+			hs.Close()
+			err = fmt.Errorf("shutdown: %w", err)
+		} else {
+			err = <-served
+		}
+	}
+	stop()
+	<-checked
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// openToAll reports whether cfg leaves the proxy open to every client
+// without anyone having said so: no token anywhere and no noauth upstream.
+func openToAll(cfg *config.Config) bool {
+	if len(cfg.Authorization) > 0 {
+		return false
+	}
+	for _, u := range cfg.Upstream {
+		if u.NoAuth || len(u.Authorization) > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// loopback reports whether addr is a loopback address, reachable only from
+// this machine.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
+}

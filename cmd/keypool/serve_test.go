@@ -1,0 +1,292 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keypool/keypool/internal/fakeopenai"
+)
+
+// lockedBuffer is stderr shared by the server's goroutines and the test.
+// It can tell when a text has been written.
+type lockedBuffer struct {
+	mu       sync.Mutex
+	buf      bytes.Buffer
+	want     string
+	appeared chan struct{}
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	b.notify()
+	return n, err
+}
+
+// notify closes appeared once want is in the buffer; b.mu is held.
+func (b *lockedBuffer) notify() {
+	if b.appeared != nil && strings.Contains(b.buf.String(), b.want) {
+		close(b.appeared)
+		b.appeared = nil
+	}
+}
+
+// watch returns a channel closed once want has been written. One watch at a
+// time.
+func (b *lockedBuffer) watch(want string) <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	ch := make(chan struct{})
+	b.want, b.appeared = want, ch
+	b.notify()
+	return ch
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startServe runs `keypool serve args…` until the test ends or stop is
+// called, and returns its base URL and a stop that waits for it to return
+// and hands back its error.
+func startServe(t *testing.T, stderr io.Writer, args ...string) (string, func() error) {
+	t.Helper()
+	addrs := make(chan net.Addr, 1)
+	cmd := newServeCmdWith(func(a net.Addr) { addrs <- a })
+	cmd.SetArgs(args)
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(stderr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	var once sync.Once
+	var err error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() { stop() })
+	select {
+	case a := <-addrs:
+		return "http://" + a.String(), stop
+	case err := <-done:
+		t.Fatalf("serve ended before listening: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve never listened")
+	}
+	return "", nil
+}
+
+func post(t *testing.T, url, token, body string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+const chatRequest = `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}`
+
+func assertNoSecret(t *testing.T, log string, secrets ...string) {
+	t.Helper()
+	for _, s := range secrets {
+		if strings.Contains(log, s) {
+			t.Errorf("secret %q… in the log:\n%s", s[:6], log)
+		}
+	}
+}
+
+func TestServeOpenAIKey(t *testing.T) {
+	keyA, keyB := "sk-serve-aaaaaaaaaaaaaaaa", "sk-serve-bbbbbbbbbbbbbbbb"
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA}, fakeopenai.Key{Secret: keyB})
+	t.Chdir(t.TempDir()) // no ./config.yaml
+	t.Setenv("OPENAI_KEY", keyA+","+keyB)
+	t.Setenv("OPENAI_BASE_URL", url)
+	stderr := &lockedBuffer{}
+	base, stop := startServe(t, stderr, "--listen", "127.0.0.1:0")
+
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("healthz: %d", resp.StatusCode)
+	}
+	if code, body := post(t, base+"/v1/chat/completions", "", chatRequest); code != 200 {
+		t.Fatalf("chat: %d %s", code, body)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	log := stderr.String()
+	for _, want := range []string{"no config file", "upstream=" + url, "keys=2", "listening", "no client tokens", "stopped"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %q:\n%s", want, log)
+		}
+	}
+	assertNoSecret(t, log, keyA, keyB)
+}
+
+func TestServeConfig(t *testing.T) {
+	key, token := "sk-serve-cccccccccccccccc", "tok-serve-dddddddddddd"
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key})
+	noEnv(t)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	yaml := "authorization: \"" + token + "\"\nlisten: 127.0.0.1:0\nupstreams:\n  - sk: \"" + key + "\"\n    endpoint: " + url + "\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &lockedBuffer{}
+	base, stop := startServe(t, stderr, "--config", file)
+
+	if code, body := post(t, base+"/v1/chat/completions", "", chatRequest); code != 401 || !strings.Contains(body, "invalid_api_key") {
+		t.Fatalf("no token: %d %s", code, body)
+	}
+	if code, body := post(t, base+"/v1/chat/completions", token, chatRequest); code != 200 {
+		t.Fatalf("with token: %d %s", code, body)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	log := stderr.String()
+	if strings.Contains(log, "no client tokens") {
+		t.Errorf("warned of an open proxy with a token configured:\n%s", log)
+	}
+	assertNoSecret(t, log, key, token)
+}
+
+// TestServeDrainsOnShutdown checks that a request in flight when the
+// command's context ends still gets its answer.
+func TestServeDrainsOnShutdown(t *testing.T) {
+	key := "sk-serve-eeeeeeeeeeeeeeee"
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	up := newSlowUpstream(t, entered, release)
+	t.Chdir(t.TempDir())
+	t.Setenv("OPENAI_KEY", key)
+	t.Setenv("OPENAI_BASE_URL", up+"/v1")
+	stderr := &lockedBuffer{}
+	base, stop := startServe(t, stderr, "--listen", "127.0.0.1:0")
+
+	type result struct {
+		code int
+		body string
+	}
+	got := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(chatRequest))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- result{body: err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- result{resp.StatusCode, string(b)}
+	}()
+	<-entered
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	// Shutdown has begun once the log says so; then let the answer go.
+	waitFor(t, stderr, "shutting down")
+	close(release)
+	r := <-got
+	if r.code != 200 || !strings.Contains(r.body, "drained") {
+		t.Fatalf("in-flight request: %d %s", r.code, r.body)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	assertNoSecret(t, stderr.String(), key)
+}
+
+// newSlowUpstream answers generation requests only once release is closed,
+// signalling entered first; other requests (the checker's) get a 404.
+func newSlowUpstream(t *testing.T, entered chan<- struct{}, release <-chan struct{}) string {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/chat/completions", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(body), `"max_tokens":-1`) {
+			// The background checker's probe: refuse it at once, as OpenAI
+			// does, so that only the test's request holds the upstream.
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			io.WriteString(w, `{"error":{"message":"Invalid 'max_tokens'","type":"invalid_request_error","param":"max_tokens","code":"integer_below_min_value"}}`)
+			return
+		}
+		entered <- struct{}{}
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"drained"}}]}`)
+	})
+	srv := newLoopbackServer(t, mux)
+	return srv
+}
+
+func newLoopbackServer(t *testing.T, h http.Handler) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// waitFor waits until the log holds want: the server writes it before it
+// acts, so this waits for an event, not a duration.
+func waitFor(t *testing.T, log *lockedBuffer, want string) {
+	t.Helper()
+	select {
+	case <-log.watch(want):
+	case <-time.After(10 * time.Second):
+		t.Fatalf("log never said %q:\n%s", want, log.String())
+	}
+}
+
+func TestServeNothingToServe(t *testing.T) {
+	noEnv(t)
+	t.Chdir(t.TempDir())
+	stdout, stderr, code := cli(t, nil, "serve", "--listen", "127.0.0.1:0")
+	if code != 1 || !strings.Contains(stderr, "OPENAI_KEY") {
+		t.Fatalf("code %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestServeRefusesOpenProxyOffLoopback(t *testing.T) {
+	t.Setenv("OPENAI_KEY", "sk-open-1")
+	var out, errOut bytes.Buffer
+	code := run(context.Background(), []string{"serve", "--listen", "0.0.0.0:0"}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "without client tokens") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+	if strings.Contains(errOut.String(), "sk-open-1") {
+		t.Fatal("the key was printed")
+	}
+}

@@ -1,0 +1,225 @@
+// Package server is keypool's OpenAI-compatible proxy: an http.Handler that
+// checks a client's token, limits the request body and sends every /v1/*
+// request through a keypool.Transport, answering the errors it makes itself
+// as the OpenAI API does, so that SDKs in front of it understand them.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+)
+
+// DefaultMaxBody is the request body limit of an Options that sets none:
+// enough for audio uploads (OpenAI's own limit is 25 MB) with room for the
+// multipart framing.
+const DefaultMaxBody = 32 << 20
+
+// Options configures a Server. Only Transport is required.
+type Options struct {
+	// Transport sends every proxied request. Required.
+	Transport *keypool.Transport
+
+	// Tokens are the client tokens that may use every upstream (the
+	// config's top-level authorization).
+	Tokens []config.Secret
+	// Upstreams are the access rules of the upstreams, in the transport's
+	// order (the config's upstreams). They may be left empty when no
+	// upstream has rules of its own.
+	Upstreams []UpstreamAccess
+
+	// MaxBody bounds a request body in bytes; a larger one gets a 413.
+	// 0 means DefaultMaxBody; a negative value means no limit.
+	MaxBody int64
+
+	// Logger receives one line per failed request and the proxy's own
+	// errors; nil means silent. It never receives a token or a key.
+	Logger *slog.Logger
+
+	// Now is the clock that Retry-After is computed with; nil means
+	// time.Now. It must be the transport's clock.
+	Now func() time.Time
+}
+
+// UpstreamAccess is who may use one upstream.
+type UpstreamAccess struct {
+	// Name shows the upstream in logs.
+	Name string
+	// Tokens are the client tokens that may use this upstream besides the
+	// global ones (the upstream's authorization).
+	Tokens []config.Secret
+	// NoAuth opens the upstream to clients without a token.
+	NoAuth bool
+}
+
+// AccessFromConfig returns the client tokens and per-upstream access rules of
+// cfg, for Options.Tokens and Options.Upstreams.
+func AccessFromConfig(cfg *config.Config) ([]config.Secret, []UpstreamAccess) {
+	ups := make([]UpstreamAccess, len(cfg.Upstream))
+	for i, u := range cfg.Upstream {
+		ups[i] = UpstreamAccess{Name: u.Name, Tokens: u.Authorization, NoAuth: u.NoAuth}
+	}
+	return cfg.Authorization, ups
+}
+
+// Server is the proxy. Build it with New and serve its Handler. It is safe
+// for simultaneous use by multiple goroutines.
+//
+// Client authorization, for now, is by the proxy as a whole: a request is
+// accepted when it carries a global token or a token of some upstream, or
+// when any upstream is noauth; with no token configured anywhere every
+// request is accepted. Routing each token onto only the upstreams that allow
+// it is a later step (it needs a per-request upstream filter in the
+// transport).
+type Server struct {
+	transport *keypool.Transport
+	tokens    []config.Secret // every token accepted, global and per-upstream
+	open      bool            // accept requests without a valid token
+	maxBody   int64
+	log       *slog.Logger
+	now       func() time.Time
+	proxy     *httputil.ReverseProxy
+	handler   http.Handler
+}
+
+// New builds a Server from opts. It fails when opts has no Transport.
+func New(opts Options) (*Server, error) {
+	if opts.Transport == nil {
+		return nil, errors.New("server: Options.Transport is nil")
+	}
+	s := &Server{
+		transport: opts.Transport,
+		maxBody:   opts.MaxBody,
+		log:       opts.Logger,
+		now:       opts.Now,
+	}
+	if s.maxBody == 0 {
+		s.maxBody = DefaultMaxBody
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.tokens = append(s.tokens, opts.Tokens...)
+	noAuth := false
+	for _, u := range opts.Upstreams {
+		s.tokens = append(s.tokens, u.Tokens...)
+		noAuth = noAuth || u.NoAuth
+	}
+	s.open = noAuth || len(s.tokens) == 0
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite:   rewrite,
+		Transport: opts.Transport,
+		// FlushInterval 0: ReverseProxy flushes text/event-stream and
+		// responses of unknown length after every write on its own, and
+		// buffers the rest (JSON of known length) for fewer writes.
+		ErrorHandler: s.proxyError,
+		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/", s.serveAPI)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, apiError{
+			Message: fmt.Sprintf("Unknown request URL: %s %s.", r.Method, r.URL.Path),
+			Type:    "invalid_request_error", Code: "unknown_url",
+		})
+	})
+	s.handler = mux
+	return s, nil
+}
+
+// Handler returns the proxy's http.Handler: /v1/* (every method) through the
+// transport, and /healthz.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// upstreamHost is where the proxy points outgoing requests; the transport
+// moves each onto its key's upstream, so it is never dialled.
+const upstreamHost = "upstream.keypool.invalid"
+
+// rewrite prepares the outgoing request. The client's credentials must not
+// travel on: the transport sets the key's own Authorization, and the other
+// headers an SDK may carry a key in are dropped here. X-Forwarded-* is not
+// set, so clients' addresses stay with the proxy.
+func rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL.Scheme = "http"
+	pr.Out.URL.Host = upstreamHost
+	pr.Out.Host = ""
+	pr.Out.Header.Del("Authorization")
+	pr.Out.Header.Del("Api-Key")
+	pr.Out.Header.Del("Cookie")
+}
+
+func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	if !s.authorized(r) {
+		s.log.LogAttrs(r.Context(), slog.LevelInfo, "client refused",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("remote", r.RemoteAddr))
+		writeError(w, http.StatusUnauthorized, errInvalidToken)
+		return
+	}
+	if s.maxBody > 0 && r.Body != nil {
+		if r.ContentLength > s.maxBody {
+			writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+	}
+	s.proxy.ServeHTTP(w, r)
+}
+
+// authorized reports whether r may use the proxy. Every configured token is
+// compared, each in constant time, so neither the time taken nor which token
+// matched tells a client anything about the others.
+func (s *Server) authorized(r *http.Request) bool {
+	if s.open {
+		return true
+	}
+	token, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
+		return false
+	}
+	match := false
+	for _, t := range s.tokens {
+		if t.Equal(token) {
+			match = true
+		}
+	}
+	return match
+}
+
+// bearer returns the token of an "Authorization: Bearer <token>" value.
+func bearer(h string) (string, bool) {
+	const prefix = "bearer "
+	if len(h) <= len(prefix) || !equalFoldASCII(h[:len(prefix)], prefix) {
+		return "", false
+	}
+	return h[len(prefix):], true
+}
+
+func equalFoldASCII(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
