@@ -519,11 +519,12 @@ func (e *entry) estimate(now time.Time) int64 {
 
 // pick is one attempt's request for a key.
 type pick struct {
-	model  string // matched against Allow and Deny
-	bucket string // the rate-limit bucket: the model, or a path's route
-	tried  []*key // keys already tried for this request
-	avoid  uint64 // upstreams that failed this request: tried last
-	stream bool   // a streaming request: keys that may not stream the model are passed over
+	model  string   // matched against Allow and Deny
+	bucket string   // the rate-limit bucket: the model, or a path's route
+	tried  []*key   // keys already tried for this request
+	avoid  uint64   // upstreams that failed this request: tried last
+	stream bool     // a streaming request: keys that may not stream the model are passed over
+	only   []string // if not nil, the names of the only upstreams this request may use
 
 	streamBucket string // the bucket of streams of a model some key may not stream; built once
 }
@@ -556,7 +557,7 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 	for pass := 0; pass < 2; pass++ {
 		for _, u := range p.ups {
 			avoided := u.index < 64 && r.avoid&(1<<u.index) != 0
-			if avoided != (pass == 1) || !u.allows(r.model) {
+			if avoided != (pass == 1) || !u.allows(r.model) || r.only != nil && !slices.Contains(r.only, u.Name) {
 				continue
 			}
 			allowed = true
@@ -588,6 +589,8 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 		}
 	}
 	switch {
+	case !allowed && r.only != nil:
+		reason = "no upstream this client may use serves this model"
 	case !allowed:
 		reason = "no upstream serves this model"
 	case busy:

@@ -104,6 +104,16 @@ func defaultBase() http.RoundTripper {
 	return t
 }
 
+// UpstreamNames returns the names of the transport's upstreams, in priority
+// order, as events, snapshots and WithUpstreamsOnly know them.
+func (t *Transport) UpstreamNames() []string {
+	names := make([]string, len(t.pool.ups))
+	for i, u := range t.pool.ups {
+		names[i] = u.Name
+	}
+	return names
+}
+
 // Pool returns the transport's pool, for snapshots and operator actions.
 func (t *Transport) Pool() *Pool { return t.pool }
 
@@ -115,6 +125,18 @@ func (t *Transport) CloseIdleConnections() {
 	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}
+}
+
+type upstreamsOnlyKey struct{}
+
+// WithUpstreamsOnly returns a context under which a request may use only the
+// upstreams named (Upstream.Name); with no names it may use none. A proxy
+// uses it to keep each client token to the upstreams that allow it.
+func WithUpstreamsOnly(ctx context.Context, names ...string) context.Context {
+	if names == nil {
+		names = []string{}
+	}
+	return context.WithValue(ctx, upstreamsOnlyKey{}, names)
 }
 
 // ErrAttemptTimeout is the cause of an attempt that got no response headers
@@ -244,6 +266,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.model, r.stream, _ = scanRequest(body.buf)
 	}
 	r.pick.model, r.pick.stream = r.model, r.stream
+	if only, ok := req.Context().Value(upstreamsOnlyKey{}).([]string); ok {
+		r.pick.only = only
+	}
 	if r.model == "" {
 		r.model = req.URL.Path
 		r.pick.model, r.pick.bucket = r.model, routeOf(r.model)

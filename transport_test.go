@@ -843,3 +843,33 @@ func TestRouteOf(t *testing.T) {
 		}
 	}
 }
+
+func TestUpstreamsOnly(t *testing.T) {
+	fake, base := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: "sk-first"}, fakeopenai.Key{Secret: "sk-second"})
+	tr, err := keypool.New(keypool.WithUpstreams(
+		keypool.Upstream{Name: "first", BaseURL: base, Keys: []keypool.Key{keypool.NewKey("sk-first")}},
+		keypool.Upstream{Name: "second", BaseURL: base, Keys: []keypool.Key{keypool.NewKey("sk-second")}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(ctx context.Context) (*http.Response, error) {
+		req, _ := http.NewRequestWithContext(ctx, "POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+		resp, err := tr.RoundTrip(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	if _, err := send(keypool.WithUpstreamsOnly(context.Background(), "second")); err != nil {
+		t.Fatal(err)
+	}
+	if r := fake.Records(); len(r) != 1 || r[0].Key != "sk-second" {
+		t.Fatalf("records %+v", r)
+	}
+	_, err = send(keypool.WithUpstreamsOnly(context.Background()))
+	var nk *keypool.NoKeyError
+	if !errors.As(err, &nk) || nk.Reason != "no upstream this client may use serves this model" || len(fake.Records()) != 1 {
+		t.Fatalf("err = %v", err)
+	}
+}

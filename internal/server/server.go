@@ -52,7 +52,8 @@ type UpstreamAccess struct {
 	// Name shows the upstream in logs.
 	Name string
 	// Tokens are the client tokens that may use this upstream besides the
-	// global ones (the upstream's authorization).
+	// global ones (the upstream's authorization); they may use no other
+	// upstream, noauth ones aside.
 	Tokens []config.Secret
 	// NoAuth opens the upstream to clients without a token.
 	NoAuth bool
@@ -71,16 +72,18 @@ func AccessFromConfig(cfg *config.Config) ([]config.Secret, []UpstreamAccess) {
 // Server is the proxy. Build it with New and serve its Handler. It is safe
 // for simultaneous use by multiple goroutines.
 //
-// Client authorization, for now, is by the proxy as a whole: a request is
-// accepted when it carries a global token or a token of some upstream, or
-// when any upstream is noauth; with no token configured anywhere every
-// request is accepted. Routing each token onto only the upstreams that allow
-// it is a later step (it needs a per-request upstream filter in the
-// transport).
+// Client authorization: a global token may use every upstream; a token of an
+// upstream's own authorization may use that upstream (and noauth ones); a
+// request without a valid token may use noauth upstreams only. A request is
+// refused (401) when that leaves no upstream, and its attempts never reach
+// an upstream it may not use (keypool.WithUpstreamsOnly). With no token
+// configured anywhere every request may use every upstream.
 type Server struct {
 	transport *keypool.Transport
-	tokens    []config.Secret // every token accepted, global and per-upstream
-	open      bool            // accept requests without a valid token
+	global    []config.Secret  // the top-level tokens
+	access    []UpstreamAccess // one per transport upstream, in its order
+	names     []string         // the transport's upstream names
+	open      bool             // no token anywhere: every request may use every upstream
 	maxBody   int64
 	log       *slog.Logger
 	now       func() time.Time
@@ -108,13 +111,19 @@ func New(opts Options) (*Server, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.tokens = append(s.tokens, opts.Tokens...)
-	noAuth := false
-	for _, u := range opts.Upstreams {
-		s.tokens = append(s.tokens, u.Tokens...)
-		noAuth = noAuth || u.NoAuth
+	s.global = opts.Tokens
+	s.names = opts.Transport.UpstreamNames()
+	if len(opts.Upstreams) > len(s.names) {
+		return nil, fmt.Errorf("server: %d upstream access rules for %d upstreams", len(opts.Upstreams), len(s.names))
 	}
-	s.open = noAuth || len(s.tokens) == 0
+	s.access = make([]UpstreamAccess, len(s.names))
+	copy(s.access, opts.Upstreams)
+	s.open = len(s.global) == 0
+	for _, u := range s.access {
+		if len(u.Tokens) > 0 || u.NoAuth {
+			s.open = false
+		}
+	}
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
 		Transport: opts.Transport,
@@ -162,7 +171,8 @@ func rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
-	if !s.authorized(r) {
+	only, ok := s.authorize(r)
+	if !ok {
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "client refused",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("remote", r.RemoteAddr))
@@ -176,22 +186,45 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
 	}
+	if only != nil {
+		r = r.WithContext(keypool.WithUpstreamsOnly(r.Context(), only...))
+	}
 	s.proxy.ServeHTTP(w, r)
 }
 
-// authorized reports whether r may use the proxy. Every configured token is
-// compared, each in constant time, so neither the time taken nor which token
-// matched tells a client anything about the others.
-func (s *Server) authorized(r *http.Request) bool {
+// authorize returns the upstreams r may use: nil for all of them, and ok
+// false for none. Every configured token is compared, each in constant time,
+// so neither the time taken nor which token matched tells a client anything
+// about the others.
+func (s *Server) authorize(r *http.Request) (only []string, ok bool) {
 	if s.open {
-		return true
+		return nil, true
 	}
-	token, ok := bearer(r.Header.Get("Authorization"))
-	if !ok {
-		return false
+	token, hasToken := bearer(r.Header.Get("Authorization"))
+	global := hasToken && anyEqual(s.global, token)
+	all := true
+	for i, u := range s.access {
+		own := hasToken && anyEqual(u.Tokens, token)
+		if global || own || u.NoAuth {
+			only = append(only, s.names[i])
+		} else {
+			all = false
+		}
 	}
+	switch {
+	case len(only) == 0:
+		return nil, false
+	case all:
+		return nil, true
+	}
+	return only, true
+}
+
+// anyEqual compares token with every one of tokens in constant time each,
+// without stopping at a match.
+func anyEqual(tokens []config.Secret, token string) bool {
 	match := false
-	for _, t := range s.tokens {
+	for _, t := range tokens {
 		if t.Equal(token) {
 			match = true
 		}
