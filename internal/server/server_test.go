@@ -444,9 +444,8 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the request never reached the upstream")
 	}
-	if n := fake.InFlight(); n != 1 {
-		t.Fatalf("in flight upstream: %d, want 1", n)
-	}
+	// The fake holds the request for an hour (SlowHeaders): its handler
+	// returns only if the client's leaving cancels the upstream call.
 	cancel()
 	if err := <-errc; err == nil {
 		t.Fatal("the cancelled request got an answer")
