@@ -1,30 +1,38 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/server"
 )
 
 func newDemoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "demo",
-		Short: "Watch the transport fail over across a mixed pool, against a built-in fake API",
+		Short: "Watch the proxy fail over across a mixed pool, against a built-in fake API",
 		Long: `demo starts a fake OpenAI API on 127.0.0.1 with a mixed pool (revoked, over
-quota, trial, token-limited, flaky and paid keys), sends JSON and streaming
-requests through the keypool transport, and shows which key served each, every
-failover, and what the pool learned. It needs no key and no network, and exits
-by itself.`,
+quota, trial, token-limited, flaky and paid keys) and the keypool proxy in front
+of it, also on 127.0.0.1. It sends JSON and streaming chat requests over HTTP to
+the proxy, as an SDK would, first to a cold pool, then after the key checker has
+looked at every key; it shows which key served each request, every failover, and
+the pool's state as it learns. It needs no key and no network, prints key IDs
+only, and exits by itself.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout())
@@ -39,17 +47,40 @@ var demoKeys = []struct {
 }{
 	{"revoked", fakeopenai.Key{Secret: "sk-demo-revoked", Behavior: fakeopenai.Revoked}},
 	{"over-quota", fakeopenai.Key{Secret: "sk-demo-quota", Behavior: fakeopenai.OverQuota}},
+	{"flaky", fakeopenai.Key{Secret: "sk-demo-flaky", Behavior: fakeopenai.Flaky, FailFirst: 1, FailEvery: 3, FailStatus: 503, PerModel: true}},
 	{"trial", fakeopenai.Key{Secret: "sk-demo-trial", Trial: true, RPM: 3, PerModel: true}},
 	{"rate-limited", fakeopenai.Key{Secret: "sk-demo-small", TPM: 150, PerModel: true}},
-	{"flaky", fakeopenai.Key{Secret: "sk-demo-flaky", Behavior: fakeopenai.Flaky, FailFirst: 1, FailEvery: 3, FailStatus: 503, PerModel: true}},
 	{"paid", fakeopenai.Key{Secret: "sk-demo-paid", PerModel: true}},
 }
 
-// runDemo starts a fake OpenAI API on loopback, sends a mix of JSON and
-// streaming requests through the keypool transport, and shows which key
-// served each and what the pool learned. It needs no real key and exits by
-// itself.
-func runDemo(ctx context.Context, out io.Writer) error {
+const (
+	// demoToken is the client token of the demo proxy. It is never printed.
+	demoToken = "kp-demo-client-token"
+	// demoColdRequests are sent before the checker starts, so that traffic
+	// meets the revoked and over-quota keys the hard way.
+	demoColdRequests = 4
+	demoRequests     = 20
+)
+
+// syncWriter serializes writes: the transport's and the checker's observers
+// print from their own goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// runDemo starts a fake OpenAI API and the keypool proxy on loopback, sends a
+// mix of JSON and streaming requests to the proxy over HTTP, and shows which
+// key served each and what the pool learned, from traffic and from the
+// checker. It needs no real key and exits by itself.
+func runDemo(ctx context.Context, w io.Writer) (err error) {
+	out := &syncWriter{w: w}
 	var keys []fakeopenai.Key
 	names := map[keypool.KeyID]string{}
 	var secrets []string
@@ -58,58 +89,205 @@ func runDemo(ctx context.Context, out io.Writer) error {
 		names[keypool.NewKey(k.key.Secret).ID()] = k.name
 		secrets = append(secrets, k.key.Secret)
 	}
+	nameOf := func(id keypool.KeyID) string {
+		if n, ok := names[id]; ok {
+			return n
+		}
+		return string(id)
+	}
+
+	// The fake API, on 127.0.0.1 only.
 	fake := fakeopenai.New(fakeopenai.Config{}, keys...)
-	srv := httptest.NewServer(fake) // 127.0.0.1 only
-	defer srv.Close()
-	defer fake.Close()
-	fmt.Fprintf(out, "fake OpenAI API on %s with %d keys\n\n", srv.URL, len(keys))
+	upstream := httptest.NewServer(fake)
+	defer upstream.Close()
+	defer fake.Close() // runs first: releases any waiting handler
+	fmt.Fprintf(out, "fake OpenAI API on %s with %d keys\n", upstream.URL, len(keys))
 
 	t, err := keypool.New(
-		keypool.WithUpstream(srv.URL+"/v1", strings.Join(secrets, ",")),
+		keypool.WithUpstream(upstream.URL+"/v1", strings.Join(secrets, ",")),
 		keypool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
 		keypool.WithMaxWait(0),
 		keypool.WithObserver(keypool.ObserverFuncs{
 			OnAttempt: func(e keypool.AttemptEvent) {
 				if !e.Final {
-					fmt.Fprintf(out, "    attempt %d: %-12s %d %s -> failing over\n", e.Attempt, names[e.Key], e.Status, e.Outcome)
+					fmt.Fprintf(out, "    attempt %d: %-12s %d %s -> failing over\n", e.Attempt, nameOf(e.Key), e.Status, e.Outcome)
 				}
 			},
 			OnStateChange: func(e keypool.StateEvent) {
-				fmt.Fprintf(out, "    key %-12s %s -> %s (%s)\n", names[e.Key], e.From, e.To, e.Reason)
+				fmt.Fprintf(out, "    key %-12s %s -> %s (%s)\n", nameOf(e.Key), e.From, e.To, e.Reason)
 			},
 		}),
 	)
 	if err != nil {
 		return err
 	}
-	client := &http.Client{Transport: t}
-	for i := 1; i <= 20; i++ {
+	defer t.CloseIdleConnections()
+
+	// The proxy, in front of the transport, on 127.0.0.1 only.
+	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}})
+	if err != nil {
+		return err
+	}
+	proxy := httptest.NewUnstartedServer(srv.Handler())
+	proxy.Config.ReadHeaderTimeout = 5 * time.Second
+	proxy.Start()
+	defer proxy.Close()
+	fmt.Fprintf(out, "keypool proxy on %s (clients send a demo token)\n", proxy.URL)
+
+	client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+	defer client.CloseIdleConnections()
+	send := func(i int) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		stream := i%3 == 0
-		model := []string{"gpt-4o", "gpt-4o-mini", "o3"}[i%3]
-		body := fmt.Sprintf(`{"model":%q,"stream":%v,"stream_options":{"include_usage":%v},"max_tokens":40,"messages":[{"role":"user","content":"request %d"}]}`, model, stream, stream, i)
-		req, _ := http.NewRequestWithContext(ctx, "POST", "https://api.openai.com/v1/chat/completions", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		fmt.Fprintf(out, "request %2d %-11s stream=%-5v\n", i, model, stream)
-		resp, err := client.Do(req)
-		if err != nil {
-			fmt.Fprintf(out, "    failed: %v\n", err)
-			continue
+		return demoRequest(ctx, out, client, proxy.URL, fake, nameOf, i)
+	}
+
+	fmt.Fprintf(out, "\ncold pool: nothing is known about the keys yet\n")
+	for i := 1; i <= demoColdRequests; i++ {
+		if err := send(i); err != nil {
+			return err
 		}
-		n, _ := io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		served := "?"
-		if recs := fake.Records(); len(recs) > 0 {
-			served = names[keypool.NewKey(recs[len(recs)-1].Key).ID()]
+	}
+
+	// The checker, in the background and at a fast pace; the first pass is
+	// waited for, so that the table shows checked keys.
+	checked := make(chan keypool.CheckResult, 64)
+	checker, err := keypool.NewChecker(t,
+		keypool.WithCheckRate(100),
+		keypool.WithCheckConcurrency(len(keys)),
+		keypool.WithCheckObserver(func(r keypool.CheckResult) {
+			select {
+			case checked <- r:
+			default:
+			}
+		}),
+	)
+	if err != nil {
+		return err
+	}
+	checkCtx, stopChecker := context.WithCancel(ctx)
+	checkerDone := make(chan struct{})
+	go func() {
+		defer close(checkerDone)
+		checker.Run(checkCtx)
+	}()
+	var stopOnce sync.Once
+	shutdown := func() {
+		stopOnce.Do(func() {
+			stopChecker()
+			<-checkerDone
+			client.CloseIdleConnections()
+			proxy.Close()
+			fake.Close()
+			upstream.Close()
+		})
+	}
+	defer shutdown()
+	fmt.Fprintf(out, "\nchecker started: it spends no quota\n")
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for seen := 0; seen < len(t.Snapshot()); {
+		select {
+		case r := <-checked:
+			seen++
+			if r.Err != nil {
+				fmt.Fprintf(out, "    checked %-12s not reachable\n", nameOf(r.Key))
+				continue
+			}
+			fmt.Fprintf(out, "    checked %-12s %s trial=%v rpm=%s tpm=%s\n", nameOf(r.Key), r.State, r.Trial, limit(r.LimitRequests), limit(r.LimitTokens))
+		case <-deadline.C:
+			fmt.Fprintf(out, "    (the check is taking long; going on)\n")
+			seen = len(t.Snapshot())
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-		fmt.Fprintf(out, "    %s from %s (%d bytes)\n", resp.Status, served, n)
+	}
+
+	fmt.Fprintln(out, "\nafter the check:")
+	if err := demoTable(out, t, nameOf); err != nil {
+		return err
+	}
+
+	fmt.Fprintf(out, "\nwarm pool: traffic goes on\n")
+	for i := demoColdRequests + 1; i <= demoRequests; i++ {
+		if err := send(i); err != nil {
+			return err
+		}
 	}
 
 	fmt.Fprintln(out, "\nwhat the pool learned:")
+	if err := demoTable(out, t, nameOf); err != nil {
+		return err
+	}
+	shutdown()
+	fmt.Fprintln(out, "\ndone: checker, proxy and fake API stopped")
+	return nil
+}
+
+// demoRequest sends chat request i to the proxy as an SDK would, and shows the
+// answer and the key that served it, as the fake API recorded it.
+func demoRequest(ctx context.Context, out io.Writer, client *http.Client, proxyURL string, fake *fakeopenai.Server, nameOf func(keypool.KeyID) string, i int) error {
+	stream := i%3 == 0
+	model := []string{"gpt-4o", "gpt-4o-mini", "o3"}[i%3]
+	body := fmt.Sprintf(`{"model":%q,"stream":%v,"max_tokens":40,"messages":[{"role":"user","content":"request %d"}]}`, model, stream, i)
+	if stream {
+		body = fmt.Sprintf(`{"model":%q,"stream":true,"stream_options":{"include_usage":true},"max_tokens":40,"messages":[{"role":"user","content":"request %d"}]}`, model, i)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxyURL+"/v1/chat/completions", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+demoToken)
+	kind := "json"
+	if stream {
+		kind = "stream"
+	}
+	fmt.Fprintf(out, "request %2d %-11s %s\n", i, model, kind)
+	mark := len(fake.Records())
+	resp, err := client.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		fmt.Fprintf(out, "    failed: %v\n", err)
+		return nil
+	}
+	var size string
+	if stream && resp.StatusCode == http.StatusOK {
+		events := 0
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if bytes.HasPrefix(sc.Bytes(), []byte("data: ")) {
+				events++
+			}
+		}
+		size = strconv.Itoa(events) + " events"
+	} else {
+		n, _ := io.Copy(io.Discard, resp.Body)
+		size = strconv.FormatInt(n, 10) + " bytes"
+	}
+	resp.Body.Close()
+
+	served := "no key"
+	recs := fake.Records()
+	for j := len(recs) - 1; j >= mark && j < len(recs); j-- {
+		r := recs[j]
+		if r.Path == "/v1/chat/completions" && r.Model == model && r.Status == resp.StatusCode {
+			id := keypool.NewKey(r.Key).ID()
+			served = fmt.Sprintf("%s (%s)", nameOf(id), id)
+			break
+		}
+	}
+	fmt.Fprintf(out, "    %s from %s, %s\n", resp.Status, served, size)
+	return nil
+}
+
+// demoTable prints the pool's state, keys by demo name and ID.
+func demoTable(out io.Writer, t *keypool.Transport, nameOf func(keypool.KeyID) string) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "KEY\tID\tSTATE\tTRIAL\tREQUESTS\tREMAINING\tREASON")
+	fmt.Fprintln(tw, "KEY\tID\tORG\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREQUESTS\tREMAINING\tREASON")
 	for _, k := range t.Snapshot() {
 		var reqs int64
 		for _, u := range k.Usage {
@@ -121,7 +299,12 @@ func runDemo(ctx context.Context, out io.Writer) error {
 				remaining = fmt.Sprintf("%s:%d", l.Model, l.RemainingRequests)
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%s\t%s\n", names[k.ID], k.ID, k.State, k.Trial, reqs, remaining, k.Reason)
+		models := "-"
+		if len(k.Models) > 0 {
+			models = strconv.Itoa(len(k.Models))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\t%s\t%s\t%s\t%d\t%s\t%s\n", nameOf(k.ID), k.ID, orDash(k.Organization),
+			k.State, k.Trial, limit(k.LimitRequests), limit(k.LimitTokens), models, reqs, remaining, orDash(k.Reason))
 	}
 	return tw.Flush()
 }
