@@ -14,6 +14,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/metrics"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -45,6 +46,10 @@ The config comes from --config FILE, else ./` + defaultConfigFile + ` when there
 a superset of openai-api-route's config.yaml. With no config at all, the keys
 of OPENAI_KEY (comma-separated) serve the official API (or OPENAI_BASE_URL),
 open to any client that can reach the address.
+
+Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
+answer probes. The admin API (/admin/keys, see keypool keys) needs the
+config's admin_token, or without one answers on loopback only.
 
 The address is --listen, else the config's listen, else ` + defaultListen + `.
 Logs go to stderr and show keys by ID only.`,
@@ -132,7 +137,15 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	if err != nil {
 		return err
 	}
-	tr, err := keypool.New(append(topts, keypool.WithLogger(logger))...)
+	reg := metrics.NewRegistry()
+	var tr *keypool.Transport
+	// The snapshot is read at scrape time only, once tr is set below and
+	// the server (which starts the scrapes) is running.
+	m, err := metrics.New(reg, func() []keypool.KeyInfo { return tr.Snapshot() })
+	if err != nil {
+		return err
+	}
+	tr, err = keypool.New(append(topts, keypool.WithLogger(logger), keypool.WithObserver(m))...)
 	if err != nil {
 		return err
 	}
@@ -145,6 +158,10 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	checker, err := keypool.NewChecker(tr, append(cfg.CheckerOptions(), keypool.WithCheckLogger(logger))...)
 	if err != nil {
 		return err
+	}
+	admin := server.NewAdmin(server.AdminOptions{Transport: tr, Checker: checker, Token: cfg.AdminToken, Logger: logger})
+	if cfg.AdminToken == "" {
+		logger.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 
 	ln, err := net.Listen("tcp", listen)
@@ -168,7 +185,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		checker.Run(runCtx)
 	}()
 	hs := &http.Server{
-		Handler:           srv.Handler(),
+		Handler:           serveMux(srv.Handler(), admin, metrics.Handler(reg)),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
@@ -201,6 +218,19 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}
 	logger.Info("stopped")
 	return nil
+}
+
+// serveMux routes the metrics (at /metrics, and at /v1/metrics as
+// openai-api-route has them), the admin API and /readyz, and sends every
+// other request to the proxy.
+func serveMux(proxy, admin, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.Handle("/v1/metrics", metrics)
+	mux.Handle("/admin/", admin)
+	mux.Handle("/readyz", admin)
+	mux.Handle("/", proxy)
+	return mux
 }
 
 // openToAll reports whether cfg leaves the proxy open to every client

@@ -1,0 +1,258 @@
+package server
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+)
+
+// maxAdminBody bounds the body of an admin request: a disable reason.
+const maxAdminBody = 4 << 10
+
+// Rechecker asks for a pass of the key checker; *keypool.Checker is one.
+type Rechecker interface{ Recheck() }
+
+// AdminOptions configures the handler of NewAdmin. Only Transport is
+// required.
+type AdminOptions struct {
+	// Transport holds the pool the admin API shows and changes. Required.
+	Transport *keypool.Transport
+	// Checker is asked for a pass by POST /admin/keys/recheck; nil makes
+	// that route answer 503.
+	Checker Rechecker
+	// Token is the admin token (the config's admin_token). Empty means the
+	// admin API answers only requests from a loopback address.
+	Token config.Secret
+	// Logger receives one line per change made and per refused request;
+	// nil means silent. It never receives a token.
+	Logger *slog.Logger
+	// Now is the clock state changes are made at; nil means time.Now. It
+	// must be the transport's clock.
+	Now func() time.Time
+}
+
+// NewAdmin returns the admin API of a pool, for an operator and for probes:
+//
+//	GET  /admin/keys               every key's state, as a JSON array of keypool.KeyInfo (keys by ID only)
+//	POST /admin/keys/recheck       asks the checker for a pass over every key: 202
+//	POST /admin/keys/{id}/disable  takes a key out of selection; optional body {"reason":"…"}
+//	POST /admin/keys/{id}/enable   returns a disabled, revoked or over-quota key to selection
+//	GET  /readyz                   200 when at least one key is usable, else 503 with the reason
+//
+// Disable and enable answer the key's new state as a keypool.KeyInfo, or a
+// 404 for an unknown ID.
+//
+// The /admin/ routes need "Authorization: Bearer <token>" when opts.Token is
+// set (compared in constant time; 401 otherwise). Without a token they
+// answer only requests whose remote address is a loopback one, and refuse
+// every other with a 403: behind a reverse proxy on the same machine every
+// request looks local, so set a token there. /readyz is open to all, as
+// probes carry no token; it tells only counts of keys by state.
+//
+// A nil opts.Transport is a programmer's mistake: NewAdmin panics.
+func NewAdmin(opts AdminOptions) http.Handler {
+	if opts.Transport == nil {
+		panic("server: AdminOptions.Transport is nil")
+	}
+	a := &admin{pool: opts.Transport.Pool(), snapshot: opts.Transport.Snapshot,
+		checker: opts.Checker, token: opts.Token, log: opts.Logger, now: opts.Now}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/keys", a.guard(a.keys))
+	mux.HandleFunc("POST /admin/keys/recheck", a.guard(a.recheck))
+	mux.HandleFunc("POST /admin/keys/{id}/disable", a.guard(a.disable))
+	mux.HandleFunc("POST /admin/keys/{id}/enable", a.guard(a.enable))
+	mux.HandleFunc("/admin/", a.guard(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, apiError{
+			Message: "Unknown admin URL or method; the routes are GET /admin/keys, POST /admin/keys/recheck, POST /admin/keys/{id}/disable and /enable.",
+			Type:    "invalid_request_error", Code: "unknown_url",
+		})
+	}))
+	mux.HandleFunc("GET /readyz", a.readyz)
+	return mux
+}
+
+type admin struct {
+	pool     *keypool.Pool
+	snapshot func() []keypool.KeyInfo
+	checker  Rechecker
+	token    config.Secret
+	log      *slog.Logger
+	now      func() time.Time
+}
+
+// guard lets through the requests the admin API may answer: with a token,
+// those that carry it; without one, those from loopback.
+func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if a.token != "" {
+			token, ok := bearer(r.Header.Get("Authorization"))
+			if !ok || !a.token.Equal(token) {
+				a.refused(r, http.StatusUnauthorized)
+				writeError(w, http.StatusUnauthorized, apiError{
+					Message: "The admin API expects \"Authorization: Bearer <admin_token>\".",
+					Type:    "invalid_request_error", Code: "invalid_api_key",
+				})
+				return
+			}
+		} else if !fromLoopback(r) {
+			a.refused(r, http.StatusForbidden)
+			writeError(w, http.StatusForbidden, apiError{
+				Message: "The admin API has no admin_token set, so it answers on loopback only.",
+				Type:    "invalid_request_error", Code: "forbidden",
+			})
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (a *admin) refused(r *http.Request, status int) {
+	a.log.LogAttrs(r.Context(), slog.LevelWarn, "admin request refused",
+		slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.String("remote", r.RemoteAddr), slog.Int("status", status))
+}
+
+// fromLoopback reports whether r came from a loopback address.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+func (a *admin) keys(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, a.snapshot())
+}
+
+func (a *admin) recheck(w http.ResponseWriter, r *http.Request) {
+	if a.checker == nil {
+		writeError(w, http.StatusServiceUnavailable, apiError{
+			Message: "The proxy runs no key checker.", Type: "server_error", Code: "no_checker",
+		})
+		return
+	}
+	a.checker.Recheck()
+	a.log.LogAttrs(r.Context(), slog.LevelInfo, "recheck asked", slog.String("remote", r.RemoteAddr))
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "recheck scheduled"})
+}
+
+func (a *admin) disable(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAdminBody))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, apiError{
+			Message: fmt.Sprintf("Request body too large: at most %d bytes.", maxAdminBody),
+			Type:    "invalid_request_error", Code: "request_too_large",
+		})
+		return
+	}
+	if len(strings.TrimSpace(string(raw))) > 0 {
+		if err := json.Unmarshal(raw, &body); err != nil {
+			writeError(w, http.StatusBadRequest, apiError{
+				Message: `The body must be empty or {"reason":"…"}.`,
+				Type:    "invalid_request_error", Code: "invalid_json",
+			})
+			return
+		}
+	}
+	if body.Reason == "" {
+		body.Reason = "by the admin API"
+	}
+	a.change(w, r, "key disabled", func(id keypool.KeyID, now time.Time) error {
+		return a.pool.Disable(id, body.Reason, now)
+	})
+}
+
+func (a *admin) enable(w http.ResponseWriter, r *http.Request) {
+	a.change(w, r, "key enabled", a.pool.Enable)
+}
+
+// change applies op to the key of the request's {id} and answers its new
+// state, or 404 for a key the pool does not hold.
+func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op func(keypool.KeyID, time.Time) error) {
+	id := keypool.KeyID(r.PathValue("id"))
+	now := a.now()
+	_, known := a.pool.Key(id, now)
+	if known {
+		known = op(id, now) == nil // keys are never removed: an error means unknown
+	}
+	if !known {
+		writeError(w, http.StatusNotFound, apiError{
+			// The ID is not echoed: it may be a secret pasted by mistake.
+			Message: "No key with that ID in the pool; GET /admin/keys lists them.",
+			Type:    "invalid_request_error", Code: "key_not_found",
+		})
+		return
+	}
+	a.log.LogAttrs(r.Context(), slog.LevelInfo, msg, slog.String("key", string(id)), slog.String("remote", r.RemoteAddr))
+	info, _ := a.pool.Key(id, a.now())
+	writeJSON(w, http.StatusOK, info)
+}
+
+// readyz answers 200 when some key may be selected (unchecked, ready, or
+// cooling, which ends by itself), else 503 with the count of keys by state.
+func (a *admin) readyz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	byState := map[keypool.State]int{}
+	for _, k := range a.snapshot() {
+		switch k.State {
+		case keypool.StateUnchecked, keypool.StateReady, keypool.StateCooling:
+			fmt.Fprintln(w, "ok")
+			return
+		}
+		byState[k.State]++
+	}
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprintln(w, "not ready: "+unusableReason(byState))
+}
+
+// unusableReason says why no key is usable, as "no usable key: 2 revoked, 1 disabled".
+func unusableReason(byState map[keypool.State]int) string {
+	if len(byState) == 0 {
+		return "no key in the pool"
+	}
+	states := make([]keypool.State, 0, len(byState))
+	for s := range byState {
+		states = append(states, s)
+	}
+	slices.Sort(states)
+	parts := make([]string, len(states))
+	for i, s := range states {
+		parts[i] = fmt.Sprintf("%d %s", byState[s], s)
+	}
+	return "no usable key: " + strings.Join(parts, ", ")
+}
+
+// writeJSON writes v as a JSON answer with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, apiError{
+			Message: "The proxy could not encode its answer.", Type: "server_error", Code: "internal_error",
+		})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(append(body, '\n'))
+}
