@@ -195,6 +195,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		if u.Name == "" {
 			u.Name = base.Host
 		}
+		u.Name = uniqueName(u.Name, p.ups)
 		if u.Timeout <= 0 {
 			u.Timeout = DefaultTimeout
 		}
@@ -230,6 +231,23 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		return nil, errors.New("keypool: no key configured")
 	}
 	return p, nil
+}
+
+// uniqueName returns name, or name#2, #3 … when an earlier upstream has it:
+// names tell upstreams apart in events, metrics and WithUpstreamsOnly, and
+// several upstreams often share one host.
+func uniqueName(name string, ups []*upstream) string {
+	taken := func(n string) bool {
+		return slices.ContainsFunc(ups, func(u *upstream) bool { return u.Name == n })
+	}
+	if !taken(name) {
+		return name
+	}
+	for i := 2; ; i++ {
+		if n := fmt.Sprintf("%s#%d", name, i); !taken(n) {
+			return n
+		}
+	}
 }
 
 // allows applies the upstream's Allow and Deny lists to model.

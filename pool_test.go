@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -599,5 +600,19 @@ func BenchmarkStreamPickManyUnverified(b *testing.B) {
 		}
 		p.release(e, t0)
 		p.mu.Unlock()
+	}
+}
+
+func TestUpstreamNamesAreUnique(t *testing.T) {
+	p := testPool(t, nil,
+		Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("x", 1)},
+		Upstream{BaseURL: "https://a.test/v2", Keys: testKeys("y", 1)},
+		Upstream{Name: "a.test", BaseURL: "https://b.test/v1", Keys: testKeys("z", 1)})
+	var names []string
+	for _, u := range p.ups {
+		names = append(names, u.Name)
+	}
+	if want := []string{"a.test", "a.test#2", "a.test#3"}; !slices.Equal(names, want) {
+		t.Fatalf("names %v, want %v", names, want)
 	}
 }
