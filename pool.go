@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // Upstream is one API base URL and its keys. Upstreams are tried in the order
@@ -60,6 +61,18 @@ func (e *NoKeyError) Error() string {
 		s += "; the first key frees up at " + e.FreeAt.UTC().Format(time.RFC3339Nano)
 	}
 	return s
+}
+
+// clip cuts a client-supplied string for messages and logs, so a megabyte
+// of model name cannot become a megabyte of log.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // Is reports whether target is ErrNoKey.
@@ -701,7 +714,7 @@ func (p *Pool) acquireWait(ctx context.Context, r *pick, deadline time.Time, now
 			return e, nil
 		}
 		if !t.Before(deadline) || !busy && (freeAt.IsZero() || freeAt.After(deadline)) {
-			return nil, &NoKeyError{Model: r.model, Reason: reason, FreeAt: freeAt}
+			return nil, &NoKeyError{Model: clip(r.model, 128), Reason: reason, FreeAt: freeAt}
 		}
 		limit := deadline
 		if !freeAt.IsZero() && freeAt.Before(limit) {

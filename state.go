@@ -105,12 +105,14 @@ type AttemptEvent struct {
 	Attempt  int    // 1 for the first attempt
 	Key      KeyID
 	Upstream string
-	Model    string
-	Stream   bool
-	Status   int // 0 when no response arrived
-	Outcome  Outcome
-	Err      error // transport error, if any; never holds a secret
-	Start    time.Time
+	// Model is the request's JSON model, or for a request without one its
+	// route (/v1/files for /v1/files/file-abc/content).
+	Model   string
+	Stream  bool
+	Status  int // 0 when no response arrived
+	Outcome Outcome
+	Err     error // transport error, if any; never holds a secret
+	Start   time.Time
 	// TimeToHeaders is the time until response headers (and, for a stream,
 	// its first event) arrived.
 	TimeToHeaders time.Duration

@@ -139,6 +139,27 @@ func WithUpstreamsOnly(ctx context.Context, names ...string) context.Context {
 	return context.WithValue(ctx, upstreamsOnlyKey{}, names)
 }
 
+// ErrBadPath refuses a request whose path has "." or ".." segments (also
+// percent-encoded ones, once decoded): they would lead a pool key out of the
+// upstream's base path.
+var ErrBadPath = errors.New("keypool: request path has . or .. segments")
+
+// hasDotSegment reports whether a decoded URL path has a "." or ".." segment.
+func hasDotSegment(p string) bool {
+	for p != "" {
+		seg := p
+		if i := strings.IndexByte(p, '/'); i >= 0 {
+			seg, p = p[:i], p[i+1:]
+		} else {
+			p = ""
+		}
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
 // ErrAttemptTimeout is the cause of an attempt that got no response headers
 // (for a stream: no first event) within its upstream's timeout.
 var ErrAttemptTimeout = errors.New("keypool: upstream did not answer in time")
@@ -253,6 +274,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL == nil {
 		closeRequestBody(req)
 		return nil, errors.New("keypool: request has no URL")
+	}
+	if hasDotSegment(req.URL.Path) {
+		// /v1/%2e%2e/x would climb out of the upstream's base path with a
+		// pool key attached.
+		closeRequestBody(req)
+		return nil, ErrBadPath
 	}
 	// One allocation holds the request's state, its body, the answer being
 	// classified and the body wrapper handed back.
@@ -458,7 +485,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	t, k := r.t, e.k
 	start := t.now()
 	ev := AttemptEvent{Request: r.number, Attempt: n, Key: k.cred.id, Upstream: k.up.Name,
-		Model: r.model, Stream: r.stream, Start: start}
+		Model: r.pick.bucketName(), Stream: r.stream, Start: start}
 	a := &r.answer
 	*a = Answer{Clone: k.cred.org != "" && !k.cred.ServiceAccount(), Limits: noLimits}
 

@@ -873,3 +873,18 @@ func TestUpstreamsOnly(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestDotSegmentsRefused(t *testing.T) {
+	fake, tr, _ := setup(t, nil, fakeopenai.Key{Secret: "sk-dots"})
+	for _, p := range []string{"/v1/../x", "/v1/models/./gpt-4o", "/v1/a/.."} {
+		cb := &closeCounter{Reader: strings.NewReader("{}")}
+		req, _ := http.NewRequest("POST", "http://client.invalid/", cb)
+		req.URL.Path = p // as a server decodes %2e%2e
+		if _, err := tr.RoundTrip(req); !errors.Is(err, keypool.ErrBadPath) || cb.closed.Load() == 0 {
+			t.Errorf("%s: err %v, body closed %v", p, err, cb.closed.Load() != 0)
+		}
+	}
+	if len(fake.Records()) != 0 {
+		t.Fatalf("the upstream was sent %+v", fake.Records())
+	}
+}

@@ -151,7 +151,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}
 	defer tr.CloseIdleConnections()
 	tokens, access := server.AccessFromConfig(cfg)
-	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger})
+	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody})
 	if err != nil {
 		return err
 	}
@@ -186,6 +186,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}()
 	hs := &http.Server{
 		Handler:           serveMux(srv.Handler(), admin, metrics.Handler(reg)),
+		IdleTimeout:       2 * time.Minute,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}

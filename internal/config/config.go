@@ -79,6 +79,9 @@ type Config struct {
 	// DBType is "sqlite", "postgres", "none" or "" (not given); DBAddr is the
 	// SQLite file or the PostgreSQL DSN. Request records use them.
 	DBType, DBAddr string
+	// MaxBody bounds a client's request body in bytes (max_body: a number,
+	// or a size such as 64MiB); 0 means the proxy's default, 32 MiB.
+	MaxBody int64
 	// KeysFile is the top-level keys_file, resolved against the config's
 	// directory. It is allowed only without upstreams, and then makes
 	// Upstream one entry at DefaultEndpoint with this file.
@@ -258,6 +261,10 @@ func (c *Config) TransportOptions() ([]keypool.Option, error) {
 		return nil, err
 	}
 	opts := []keypool.Option{keypool.WithUpstreams(ups...)}
+	if c.MaxBody > 0 {
+		// A body the proxy accepts can always be replayed on failover.
+		opts = append(opts, keypool.WithMaxBodyBuffer(c.MaxBody))
+	}
 	if c.Checker.WaitForCheck {
 		opts = append(opts, keypool.WithCheckedKeysOnly())
 	}

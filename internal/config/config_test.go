@@ -495,3 +495,18 @@ func TestKeySources(t *testing.T) {
 		}
 	}
 }
+
+func TestMaxBody(t *testing.T) {
+	for in, want := range map[string]int64{"1048576": 1 << 20, "64MiB": 64 << 20, "2 GiB": 2 << 30, "500KB": 500e3, "": 0} {
+		cfg, err := config.Parse([]byte("max_body: "+in+"\nupstreams:\n  - sk: sk-x\n    endpoint: https://a.example/v1\n"), "c.yaml", ".")
+		if err != nil || cfg.MaxBody != want {
+			t.Errorf("max_body %q: %d, %v; want %d", in, cfg.MaxBody, err, want)
+		}
+	}
+	for _, bad := range []string{"-1", "lots", "1.5MiB", "99999999TB"} {
+		_, err := config.Parse([]byte("max_body: "+bad+"\nupstreams:\n  - sk: sk-x\n    endpoint: https://a.example/v1\n"), "c.yaml", ".")
+		if err == nil || !strings.Contains(err.Error(), "c.yaml:1: max_body must be a size") {
+			t.Errorf("max_body %q: %v", bad, err)
+		}
+	}
+}

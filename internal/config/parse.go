@@ -382,6 +382,33 @@ func parseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
+// size reads a byte count: a whole number, or one with a unit (KiB, MiB,
+// GiB, or KB, MB, GB as powers of ten).
+func (p *parser) size(f field) int64 {
+	s, ok := p.scalar(f, false)
+	s = strings.TrimSpace(s)
+	if !ok || s == "" {
+		return 0
+	}
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || n > (1<<40)/mult {
+		p.errorf(f.val.Line, "%s must be a size in bytes, such as 33554432 or 32MiB", f.label)
+		return 0
+	}
+	return n * mult
+}
+
 func (p *parser) count(f field) int {
 	s, ok := p.scalar(f, false)
 	if !ok || strings.TrimSpace(s) == "" {

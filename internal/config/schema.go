@@ -15,7 +15,7 @@ import (
 // This file is the schema: the fields of each section and what each accepts.
 
 var topFields = []string{"authorization", "timeout", "stream_timeout", "dbtype", "dbaddr",
-	"listen", "address", "admin_token", "keys_file", "checker", "upstreams"}
+	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body"}
 
 func (p *parser) top(c *Config, m *yaml.Node) {
 	var keysFileLine int
@@ -40,6 +40,8 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			}
 		case "dbaddr":
 			c.DBAddr, _ = p.scalar(f, false)
+		case "max_body":
+			c.MaxBody = p.size(f)
 		case "listen", "address":
 			if listenField != "" {
 				p.errorf(f.key.Line, "listen and address are the same setting; give one")

@@ -80,6 +80,12 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		// reads an answer, and it is not the upstream's fault.
 		log(slog.LevelDebug, "client went away", 499)
 		w.WriteHeader(http.StatusBadGateway)
+	case errors.Is(err, keypool.ErrBadPath):
+		log(slog.LevelInfo, "path refused", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, apiError{
+			Message: "Invalid URL: the path may not have . or .. segments.",
+			Type:    "invalid_request_error", Code: "invalid_url",
+		})
 	case errors.As(err, &noKey):
 		log(slog.LevelWarn, "no key available", s.noKey(w, noKey))
 	case errors.As(err, &exhausted):

@@ -130,8 +130,9 @@ func New(opts Options) (*Server, error) {
 		// FlushInterval 0: ReverseProxy flushes text/event-stream and
 		// responses of unknown length after every write on its own, and
 		// buffers the rest (JSON of known length) for fewer writes.
-		ErrorHandler: s.proxyError,
-		ErrorLog:     slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorHandler:   s.proxyError,
+		ModifyResponse: stripOperatorHeaders,
+		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/", s.serveAPI)
@@ -152,6 +153,16 @@ func New(opts Options) (*Server, error) {
 // Handler returns the proxy's http.Handler: /v1/* (every method) through the
 // transport, and /healthz.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// stripOperatorHeaders keeps what identifies the operator's account upstream
+// (its organization and project, cookies set for the key's session) from
+// the clients; status and body pass through as they are.
+func stripOperatorHeaders(resp *http.Response) error {
+	resp.Header.Del("Openai-Organization")
+	resp.Header.Del("Openai-Project")
+	resp.Header.Del("Set-Cookie")
+	return nil
+}
 
 // upstreamHost is where the proxy points outgoing requests; the transport
 // moves each onto its key's upstream, so it is never dialled.
