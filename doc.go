@@ -73,6 +73,12 @@
 // Transport.Snapshot shows every key by its ID (never its secret), and an
 // Observer (WithObserver) hears of every attempt and every state change.
 //
+// A Checker (NewChecker) learns what each key is before traffic finds out,
+// at no cost: its organizations (each extra one becomes a clone key of its
+// own), its models, and whether it is alive, a trial, revoked or over quota,
+// from a request OpenAI refuses before billing it. Run it in the background
+// (Checker.Run) or once (Checker.CheckAll).
+//
 // # Concurrency
 //
 // Transport and Pool are safe for simultaneous use by multiple goroutines.

@@ -1,6 +1,7 @@
 package keypool_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log"
@@ -164,4 +165,26 @@ func ExamplePolicyFunc() {
 	// Output:
 	// server_error client_error
 	// <nil>
+}
+
+func ExampleNewChecker() {
+	base, stop := exampleUpstream(
+		fakeopenai.Key{Secret: "sk-paid"},
+		fakeopenai.Key{Secret: "sk-trial", Trial: true},
+		fakeopenai.Key{Secret: "sk-gone", Behavior: fakeopenai.Revoked})
+	defer stop()
+	t, _ := keypool.New(keypool.WithUpstream(base, "sk-paid,sk-trial,sk-gone"))
+	c, _ := keypool.NewChecker(t, keypool.WithCheckRate(100))
+	// In a server: go c.Run(ctx), which rechecks hourly; here, one pass.
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range results {
+		fmt.Println(r.State, "trial:", r.Trial, "requests/min or /day:", r.LimitRequests)
+	}
+	// Output:
+	// ready trial: false requests/min or /day: 3000
+	// ready trial: true requests/min or /day: 200
+	// revoked trial: false requests/min or /day: -1
 }
