@@ -98,7 +98,6 @@ type Pool struct {
 	noStream  map[string]bool      // models some key may not stream: their streams have a bucket of their own
 	cfg       poolConfig
 	observer  Observer
-	reqNumber uint64
 }
 
 type poolConfig struct {

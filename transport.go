@@ -566,7 +566,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	if resp == nil {
 		cancel(nil)
 		ev.Duration = now.Sub(start)
-		t.emit(ev, a)
+		t.emit(ev)
 		return nil, a, outcome
 	}
 	if prefix != nil {
@@ -577,7 +577,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
 		ev.Final = !outcome.Retryable() && outcome != OutcomeCancelled
 		ev.Duration = now.Sub(start)
-		t.emit(ev, a)
+		t.emit(ev)
 		return resp, a, outcome
 	}
 	ev.Final = true
@@ -593,7 +593,7 @@ var noLimits = RateLimits{
 	RetryAfter: Unknown,
 }
 
-func (t *Transport) emit(ev AttemptEvent, a *Answer) {
+func (t *Transport) emit(ev AttemptEvent) {
 	if t.log != nil && !ev.Final {
 		t.log.LogAttrs(context.Background(), slog.LevelDebug, "keypool: failing over",
 			slog.String("key", string(ev.Key)), slog.String("upstream", ev.Upstream),
@@ -861,7 +861,7 @@ func (b *meteredBody) finish() {
 
 	b.ev.Duration = now.Sub(b.ev.Start)
 	b.ev.Usage = usage
-	t.emit(b.ev, nil)
+	t.emit(b.ev)
 }
 
 // redactURL shows a URL without user info or query, for error messages.

@@ -263,10 +263,3 @@ func (c *connCount) wait(ctx context.Context) error {
 		return fmt.Errorf("%d connections still open: %w", n, ctx.Err())
 	}
 }
-
-// open is the number of connections open now.
-func (c *connCount) open() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
-}

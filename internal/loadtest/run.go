@@ -123,11 +123,10 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 
 // sample collects one side's measurements; safe for simultaneous use.
 type sample struct {
-	mu         sync.Mutex // guards everything below
-	side       Side
-	latency    []time.Duration
-	ttfb       []time.Duration
-	firstError error
+	mu      sync.Mutex // guards everything below
+	side    Side
+	latency []time.Duration
+	ttfb    []time.Duration
 }
 
 func (s *sample) add(lat, ttfb time.Duration, stream bool, err error) {
