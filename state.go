@@ -122,6 +122,8 @@ type AttemptEvent struct {
 	// Final marks the attempt whose answer went back to the caller.
 	Final bool
 	Usage Usage
+
+	reqObs Observer // the request's own observer (WithRequestObserver)
 }
 
 // StateEvent describes one change of a key's state.

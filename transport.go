@@ -139,6 +139,16 @@ func WithUpstreamsOnly(ctx context.Context, names ...string) context.Context {
 	return context.WithValue(ctx, upstreamsOnlyKey{}, names)
 }
 
+type requestObserverKey struct{}
+
+// WithRequestObserver returns a context under which the attempts of a request
+// are also sent to obs, after the transport's own observers (WithObserver):
+// a proxy uses it to gather one request's attempts into one record. obs gets
+// the request's AttemptEvents only; its rules are Observer's.
+func WithRequestObserver(ctx context.Context, obs Observer) context.Context {
+	return context.WithValue(ctx, requestObserverKey{}, obs)
+}
+
 // ErrBadPath refuses a request whose path has "." or ".." segments (also
 // percent-encoded ones, once decoded): they would lead a pool key out of the
 // upstream's base path.
@@ -293,8 +303,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.model, r.stream, _ = scanRequest(body.buf)
 	}
 	r.pick.model, r.pick.stream = r.model, r.stream
-	if only, ok := req.Context().Value(upstreamsOnlyKey{}).([]string); ok {
+	ctx := req.Context()
+	if only, ok := ctx.Value(upstreamsOnlyKey{}).([]string); ok {
 		r.pick.only = only
+	}
+	if obs, ok := ctx.Value(requestObserverKey{}).(Observer); ok {
+		r.obs = obs
 	}
 	if r.model == "" {
 		r.model = req.URL.Path
@@ -331,6 +345,7 @@ type roundTrip struct {
 	rb       requestBody // body's storage
 	answer   Answer      // the current attempt's
 	metered  meteredBody // the body handed back on success
+	obs      Observer    // the request's own (WithRequestObserver), or nil
 }
 
 // lastAnswer keeps a failed attempt's answer, so that it can be handed back
@@ -485,7 +500,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	t, k := r.t, e.k
 	start := t.now()
 	ev := AttemptEvent{Request: r.number, Attempt: n, Key: k.cred.id, Upstream: k.up.Name,
-		Model: r.pick.bucketName(), Stream: r.stream, Start: start}
+		Model: r.pick.bucketName(), Stream: r.stream, Start: start, reqObs: r.obs}
 	a := &r.answer
 	*a = Answer{Clone: k.cred.org != "" && !k.cred.ServiceAccount(), Limits: noLimits}
 
@@ -602,6 +617,9 @@ func (t *Transport) emit(ev AttemptEvent) {
 	}
 	if t.observer != nil {
 		t.observer.Attempt(ev)
+	}
+	if ev.reqObs != nil {
+		ev.reqObs.Attempt(ev)
 	}
 }
 

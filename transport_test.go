@@ -888,3 +888,41 @@ func TestDotSegmentsRefused(t *testing.T) {
 		t.Fatalf("the upstream was sent %+v", fake.Records())
 	}
 }
+
+// TestRequestObserver: a request's own observer gets that request's attempts
+// (both, the final one with its usage once the body is read), and nothing of
+// another request.
+func TestRequestObserver(t *testing.T) {
+	_, tr, global := setup(t, nil, fakeopenai.Key{Secret: "sk-bad", Behavior: fakeopenai.Revoked}, fakeopenai.Key{Secret: "sk-ok"})
+	mine := &recorder{}
+	req, _ := http.NewRequestWithContext(keypool.WithRequestObserver(context.Background(), mine),
+		"POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine.mu.Lock()
+	before := len(mine.attempts)
+	mine.mu.Unlock()
+	if before != 1 {
+		t.Fatalf("%d attempts before the body was read, want the failed one only", before)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	post(t, tr, chatBody("gpt-4o", false)) // another request, without an observer of its own
+
+	mine.mu.Lock()
+	defer mine.mu.Unlock()
+	if len(mine.attempts) != 2 {
+		t.Fatalf("request observer got %d attempts, want 2", len(mine.attempts))
+	}
+	a1, a2 := mine.attempts[0], mine.attempts[1]
+	if a1.Outcome != keypool.OutcomeRevoked || a1.Final || !a2.Final || a2.Status != 200 || a2.Usage.InputTokens == 0 || a1.Request != a2.Request {
+		t.Fatalf("attempts %+v", mine.attempts)
+	}
+	global.mu.Lock()
+	defer global.mu.Unlock()
+	if len(global.attempts) != 3 {
+		t.Fatalf("transport observer got %d attempts, want 3", len(global.attempts))
+	}
+}
