@@ -7,8 +7,11 @@
 //	authorization: "tok1,tok2"  # client tokens, comma-separated (or a list)
 //	timeout: 120                # seconds, or a Go duration such as "2m"
 //	stream_timeout: 10
-//	dbtype: sqlite              # sqlite, postgres or none
-//	dbaddr: ./db.sqlite
+//	dbtype: sqlite              # request records: sqlite (the default), postgres or none
+//	dbaddr: ./db.sqlite         # the SQLite file, or PostgreSQL's DSN
+//	records: {bodies: false, body_limit: 64KiB, queue: 10000, batch: 256}
+//	notify:                     # see Notify
+//	  feishu: {webhook: "https://open.feishu.cn/open-apis/bot/v2/hook/…"}
 //	listen: 127.0.0.1:8080      # openai-api-route's "address" works too
 //	admin_token: "…"
 //	keys_file: keys.txt         # keys for the official API, in a file without upstreams
@@ -77,8 +80,13 @@ type Config struct {
 	// keypool.DefaultStreamTimeout).
 	Timeout, StreamTimeout time.Duration
 	// DBType is "sqlite", "postgres", "none" or "" (not given); DBAddr is the
-	// SQLite file or the PostgreSQL DSN. Request records use them.
-	DBType, DBAddr string
+	// SQLite file or the PostgreSQL DSN (a secret: a DSN may hold a
+	// password). Request records use them.
+	DBType string
+	DBAddr Secret
+	// Records and Notify are the records and notify sections.
+	Records Records
+	Notify  Notify
 	// MaxBody bounds a client's request body in bytes (max_body: a number,
 	// or a size such as 64MiB); 0 means the proxy's default, 32 MiB.
 	MaxBody int64

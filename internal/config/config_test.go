@@ -54,7 +54,7 @@ func TestOpenAIAPIRouteConfig(t *testing.T) {
 		t.Errorf("timeouts = %v, %v", cfg.Timeout, cfg.StreamTimeout)
 	}
 	if cfg.DBType != "sqlite" || cfg.DBAddr != "./db.sqlite" {
-		t.Errorf("db = %q %q", cfg.DBType, cfg.DBAddr)
+		t.Errorf("db = %q %q", cfg.DBType, string(cfg.DBAddr))
 	}
 	if len(cfg.Upstream) != 4 {
 		t.Fatalf("%d upstreams, want 4", len(cfg.Upstream))

@@ -17,7 +17,8 @@ import (
 )
 
 // secretFields hold secrets; their values must never reach an error.
-var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true}
+var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,
+	"dbaddr": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
 
 // keyShaped finds key-like text anywhere in an input, even one YAML cannot parse.
 var keyShaped = regexp.MustCompile(`sk-[A-Za-z0-9_-]{8,}`)
@@ -134,7 +135,10 @@ func problems(err error) []*config.Error {
 
 // inPlainField reports whether s is (part of) a field that is not secret.
 func inPlainField(c *config.Config, s string) bool {
-	plain := []string{c.Listen, c.DBType, c.DBAddr, c.KeysFile}
+	plain := []string{c.Listen, c.DBType, c.KeysFile}
+	if m := c.Notify.Matrix; m != nil {
+		plain = append(plain, m.Homeserver, m.Room)
+	}
 	for _, u := range c.Upstream {
 		plain = append(plain, u.Name, u.Type, u.Endpoint, u.KeysFile)
 		plain = append(plain, u.Allow...)

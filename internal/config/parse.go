@@ -118,7 +118,8 @@ func (p *parser) scrub(s string) string {
 }
 
 // secretFields are the fields that hold secrets.
-var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true}
+var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,
+	"dbaddr": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
 
 // collectSecrets remembers every value under a secret field, at any depth and
 // before any checks, so that no message can echo one, even from a field

@@ -15,7 +15,7 @@ import (
 // This file is the schema: the fields of each section and what each accepts.
 
 var topFields = []string{"authorization", "timeout", "stream_timeout", "dbtype", "dbaddr",
-	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body"}
+	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body", "records", "notify"}
 
 func (p *parser) top(c *Config, m *yaml.Node) {
 	var keysFileLine int
@@ -39,7 +39,8 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 				}
 			}
 		case "dbaddr":
-			c.DBAddr, _ = p.scalar(f, false)
+			s, _ := p.scalar(f, true)
+			c.DBAddr = Secret(s)
 		case "max_body":
 			c.MaxBody = p.size(f)
 		case "listen", "address":
@@ -65,6 +66,10 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			}
 		case "checker":
 			p.checker(&c.Checker, f)
+		case "records":
+			p.records(&c.Records, f)
+		case "notify":
+			p.notify(&c.Notify, f)
 		case "upstreams":
 			upstreams = f.val
 		default:
@@ -86,16 +91,23 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 
 var checkerFields = []string{"rate", "concurrency", "recheck", "wait_for_check"}
 
-func (p *parser) checker(c *Checker, f field) {
+// section reports whether f is a mapping to read; a null one is not, and
+// anything else is reported with example as what the section looks like.
+func (p *parser) section(f field, example string) bool {
 	switch f.val.Kind {
 	case yaml.MappingNode:
+		return true
 	case yaml.ScalarNode:
 		if f.val.Tag == "!!null" {
-			return
+			return false
 		}
-		fallthrough
-	default:
-		p.errorf(f.val.Line, "checker must be a mapping of fields, such as \"rate: 5\"")
+	}
+	p.errorf(f.val.Line, "%s must be a mapping of fields, such as %q", f.label, example)
+	return false
+}
+
+func (p *parser) checker(c *Checker, f field) {
+	if !p.section(f, "rate: 5") {
 		return
 	}
 	for _, f := range p.fields(f.val, "checker") {
