@@ -73,22 +73,28 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	)
 	switch {
 	case errors.As(err, &tooBig):
+		setError(w, "too_large")
 		log(slog.LevelInfo, "request body too large", http.StatusRequestEntityTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
 	case ctx.Err() != nil:
 		// The client went away (or the server is shutting down): nobody
 		// reads an answer, and it is not the upstream's fault.
+		setError(w, "cancelled")
 		log(slog.LevelDebug, "client went away", 499)
 		w.WriteHeader(http.StatusBadGateway)
 	case errors.Is(err, keypool.ErrBadPath):
+		setError(w, "bad_path")
 		log(slog.LevelInfo, "path refused", http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, apiError{
 			Message: "Invalid URL: the path may not have . or .. segments.",
 			Type:    "invalid_request_error", Code: "invalid_url",
 		})
 	case errors.As(err, &noKey):
+		setError(w, "no_key")
+		setModel(w, noKey.Model)
 		log(slog.LevelWarn, "no key available", s.noKey(w, noKey))
 	case errors.As(err, &exhausted):
+		setError(w, "upstream_unavailable")
 		log(slog.LevelWarn, "upstream unavailable", http.StatusBadGateway)
 		w.Header().Set("X-Should-Retry", "false")
 		writeError(w, http.StatusBadGateway, apiError{
@@ -96,6 +102,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			Type:    "server_error", Code: "upstream_unavailable",
 		})
 	default:
+		setError(w, "proxy_error")
 		log(slog.LevelError, "proxy error", http.StatusBadGateway)
 		writeError(w, http.StatusBadGateway, apiError{
 			Message: "The proxy could not forward the request.",

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/records"
 )
 
 // DefaultMaxBody is the request body limit of an Options that sets none:
@@ -45,6 +46,14 @@ type Options struct {
 	// Now is the clock that Retry-After is computed with; nil means
 	// time.Now. It must be the transport's clock.
 	Now func() time.Time
+
+	// Records, when set, gets one record per /v1/* request once its
+	// response is written (a records.Writer). Bodies keeps the request and
+	// response bodies in it, each cut at BodyLimit bytes (0 means
+	// DefaultBodyLimit). Headers are never kept.
+	Records   RecordSink
+	Bodies    bool
+	BodyLimit int64
 }
 
 // UpstreamAccess is who may use one upstream.
@@ -85,6 +94,8 @@ type Server struct {
 	names     []string         // the transport's upstream names
 	open      bool             // no token anywhere: every request may use every upstream
 	maxBody   int64
+	records   RecordSink // nil: records off
+	bodyLimit int64      // bytes of each body kept in a record; 0: none
 	log       *slog.Logger
 	now       func() time.Time
 	proxy     *httputil.ReverseProxy
@@ -101,6 +112,13 @@ func New(opts Options) (*Server, error) {
 		maxBody:   opts.MaxBody,
 		log:       opts.Logger,
 		now:       opts.Now,
+		records:   opts.Records,
+	}
+	if opts.Bodies && s.records != nil {
+		s.bodyLimit = opts.BodyLimit
+		if s.bodyLimit <= 0 {
+			s.bodyLimit = DefaultBodyLimit
+		}
 	}
 	if s.maxBody == 0 {
 		s.maxBody = DefaultMaxBody
@@ -182,8 +200,18 @@ func rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
-	only, ok := s.authorize(r)
+	if s.records != nil {
+		var rec *recording
+		rec, r = s.beginRecord(w, r)
+		defer rec.finish(r)
+		w = rec
+	}
+	only, token, ok := s.authorize(r)
+	if rec, isRec := w.(*recording); isRec && token != "" {
+		rec.pending.SetClient(records.ClientID(token))
+	}
 	if !ok {
+		setError(w, "unauthorized")
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "client refused",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("remote", r.RemoteAddr))
@@ -192,6 +220,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.maxBody > 0 && r.Body != nil {
 		if r.ContentLength > s.maxBody {
+			setError(w, "too_large")
 			writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
 			return
 		}
@@ -204,31 +233,36 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorize returns the upstreams r may use: nil for all of them, and ok
-// false for none. Every configured token is compared, each in constant time,
+// false for none; and the client's token when it is a configured one. Every configured token is compared, each in constant time,
 // so neither the time taken nor which token matched tells a client anything
 // about the others.
-func (s *Server) authorize(r *http.Request) (only []string, ok bool) {
+func (s *Server) authorize(r *http.Request) (only []string, valid string, ok bool) {
 	if s.open {
-		return nil, true
+		return nil, "", true
 	}
 	token, hasToken := bearer(r.Header.Get("Authorization"))
 	global := hasToken && anyEqual(s.global, token)
+	known := global
 	all := true
 	for i, u := range s.access {
 		own := hasToken && anyEqual(u.Tokens, token)
+		known = known || own
 		if global || own || u.NoAuth {
 			only = append(only, s.names[i])
 		} else {
 			all = false
 		}
 	}
+	if known {
+		valid = token
+	}
 	switch {
 	case len(only) == 0:
-		return nil, false
+		return nil, valid, false
 	case all:
-		return nil, true
+		return nil, valid, true
 	}
-	return only, true
+	return only, valid, true
 }
 
 // anyEqual compares token with every one of tokens in constant time each,

@@ -1,0 +1,103 @@
+package records
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/keypool/keypool"
+)
+
+// ClientID is the ID records and logs show for a client token: "ct_" and 16
+// hex digits of the token's SHA-256. The token cannot be had back from it.
+func ClientID(token string) string {
+	sum := sha256.Sum256([]byte("keypool client token\x00" + token))
+	return "ct_" + hex.EncodeToString(sum[:8])
+}
+
+// maxAttempts bounds the attempts one record keeps; the transport's own
+// limit is far lower, this only guards a custom one.
+const maxAttempts = 32
+
+// Pending gathers one request's record while the request runs: the proxy
+// makes one with Begin, hands it to the transport as the request's observer
+// (keypool.WithRequestObserver), and calls Finish once the response is
+// written. It is safe for simultaneous use by multiple goroutines.
+type Pending struct {
+	mu   sync.Mutex
+	rec  Record
+	last keypool.Outcome // the last attempt's
+}
+
+// Begin starts the record of a request that arrived at t.
+func Begin(t time.Time, client, ip, method, path string) *Pending {
+	return &Pending{rec: Record{Time: t, Client: client, IP: ip, Method: method, Path: path}}
+}
+
+// Attempt takes one attempt of the request (keypool.Observer).
+func (p *Pending) Attempt(e keypool.AttemptEvent) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := &p.rec
+	if len(r.Attempts) < maxAttempts {
+		r.Attempts = append(r.Attempts, Attempt{Key: string(e.Key), Upstream: e.Upstream, Outcome: e.Outcome.String(), Status: e.Status})
+	}
+	r.Model, r.Stream, r.Upstream, r.Key = e.Model, e.Stream, e.Upstream, string(e.Key)
+	p.last = e.Outcome
+	if e.Final {
+		r.InputTokens, r.OutputTokens = e.Usage.InputTokens, e.Usage.OutputTokens
+		r.CachedTokens, r.ReasoningTokens = e.Usage.CachedTokens, e.Usage.ReasoningTokens
+	}
+}
+
+// StateChange ignores key state changes (keypool.Observer).
+func (p *Pending) StateChange(keypool.StateEvent) {}
+
+// SetClient sets the client's ID (ClientID of its token).
+func (p *Pending) SetClient(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rec.Client = id
+}
+
+// SetModel sets the model of a request that made no attempt (the proxy may
+// know it from the request); an attempt's model takes precedence.
+func (p *Pending) SetModel(model string, stream bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.rec.Attempts) == 0 {
+		p.rec.Model, p.rec.Stream = model, stream
+	}
+}
+
+// Outcome is how the proxy ended a request, for Finish.
+type Outcome struct {
+	Status   int           // sent to the client; 0 if none was
+	TTFB     time.Duration // until the status line was sent
+	Duration time.Duration // until the response was written
+	// Error is the proxy's own error class ("unauthorized", "too_large",
+	// "no_key", "cancelled", "proxy_error"), or "" to take the last
+	// attempt's outcome when it failed.
+	Error                     string
+	RequestBody, ResponseBody string
+}
+
+// Finish completes the record.
+func (p *Pending) Finish(o Outcome) Record {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.rec
+	r.Attempts = append([]Attempt(nil), r.Attempts...)
+	r.Status, r.TTFB, r.Duration = o.Status, o.TTFB, o.Duration
+	r.RequestBody, r.ResponseBody = o.RequestBody, o.ResponseBody
+	r.Error = o.Error
+	if r.Error == "" && len(r.Attempts) > 0 && p.last != keypool.OutcomeSuccess {
+		r.Error = p.last.String()
+	}
+	if r.Error == "" && o.Status >= 400 {
+		r.Error = "status_" + strconv.Itoa(o.Status)
+	}
+	return r
+}

@@ -1,0 +1,135 @@
+package server_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/server"
+)
+
+// sink hands each record to the test as the server finishes it.
+type sink chan records.Record
+
+func (s sink) Add(r records.Record) bool {
+	select {
+	case s <- r:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s sink) next(t *testing.T) records.Record {
+	t.Helper()
+	select {
+	case r := <-s:
+		return r
+	case <-time.After(10 * time.Second):
+		t.Fatal("no record within 10 s")
+		return records.Record{}
+	}
+}
+
+// noSecret fails when a secret shows anywhere in r.
+func noSecret(t *testing.T, r records.Record) {
+	t.Helper()
+	js, _ := json.Marshal(r)
+	for _, out := range []string{string(js), fmt.Sprintf("%+v", r)} {
+		for _, sec := range secrets {
+			if strings.Contains(out, sec) {
+				t.Fatalf("a secret is in a record: %s", out)
+			}
+		}
+	}
+}
+
+func TestRecords(t *testing.T) {
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{},
+		fakeopenai.Key{Secret: keyA, Behavior: fakeopenai.Revoked}, fakeopenai.Key{Secret: keyB})
+	recs := make(sink, 16)
+	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}, Records: recs, MaxBody: 1 << 10},
+		keypool.WithUpstream(url, keyA+","+keyB))
+
+	t.Run("failover then success", func(t *testing.T) {
+		resp, b := send(t, "POST", base+"/v1/chat/completions", clientToken, chatBody(false), "Content-Type", "application/json")
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d: %s", resp.StatusCode, b)
+		}
+		r := recs.next(t)
+		noSecret(t, r)
+		idA, idB := string(keypool.NewKey(keyA).ID()), string(keypool.NewKey(keyB).ID())
+		if r.Client != records.ClientID(clientToken) || r.IP != "127.0.0.1" || r.Method != "POST" || r.Path != "/v1/chat/completions" ||
+			r.Model != "gpt-4o-mini" || r.Stream || r.Key != idB || r.Status != 200 || r.Error != "" ||
+			r.InputTokens == 0 || r.OutputTokens == 0 || r.TTFB <= 0 || r.Duration < r.TTFB || r.RequestBody != "" || r.ResponseBody != "" {
+			t.Fatalf("record %+v", r)
+		}
+		want := []records.Attempt{{Key: idA, Upstream: r.Upstream, Outcome: "revoked", Status: 401}, {Key: idB, Upstream: r.Upstream, Outcome: "success", Status: 200}}
+		if fmt.Sprint(r.Attempts) != fmt.Sprint(want) {
+			t.Fatalf("attempts %+v, want %+v", r.Attempts, want)
+		}
+	})
+	t.Run("stream", func(t *testing.T) {
+		body := strings.NewReader(`{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}`)
+		resp, _ := send(t, "POST", base+"/v1/chat/completions", clientToken, body)
+		r := recs.next(t)
+		if resp.StatusCode != 200 || !r.Stream || r.Status != 200 || r.OutputTokens == 0 || len(r.Attempts) != 1 {
+			t.Fatalf("record %+v", r)
+		}
+	})
+	t.Run("wrong token", func(t *testing.T) {
+		send(t, "POST", base+"/v1/chat/completions", wrongToken, chatBody(false))
+		r := recs.next(t)
+		noSecret(t, r)
+		if r.Client != "" || r.Status != 401 || r.Error != "unauthorized" || len(r.Attempts) != 0 {
+			t.Fatalf("record %+v", r)
+		}
+	})
+	t.Run("too large", func(t *testing.T) {
+		send(t, "POST", base+"/v1/chat/completions", clientToken, strings.NewReader(strings.Repeat("x", 2<<10)))
+		r := recs.next(t)
+		if r.Status != 413 || r.Error != "too_large" || r.Client == "" {
+			t.Fatalf("record %+v", r)
+		}
+	})
+	t.Run("upstream error passed through", func(t *testing.T) {
+		send(t, "POST", base+"/v1/chat/completions", clientToken, strings.NewReader(`{"model":"gpt-4o-mini"`))
+		r := recs.next(t)
+		if r.Status != 400 || r.Error != "client_error" || len(r.Attempts) != 1 {
+			t.Fatalf("record %+v", r)
+		}
+	})
+}
+
+func TestRecordsNoKey(t *testing.T) {
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
+	recs := make(sink, 4)
+	tr, base := proxy(t, server.Options{Records: recs}, keypool.WithUpstream(url, keyA))
+	tr.Pool().Disable(keypool.NewKey(keyA).ID(), "test", time.Now())
+	resp, _ := send(t, "POST", base+"/v1/chat/completions", "", chatBody(false))
+	r := recs.next(t)
+	if resp.StatusCode != 503 || r.Status != 503 || r.Error != "no_key" || r.Model != "gpt-4o-mini" || len(r.Attempts) != 0 || r.Client != "" {
+		t.Fatalf("record %+v", r)
+	}
+}
+
+func TestRecordsBodies(t *testing.T) {
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
+	recs := make(sink, 4)
+	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}, Records: recs, Bodies: true, BodyLimit: 40},
+		keypool.WithUpstream(url, keyA))
+	resp, b := send(t, "POST", base+"/v1/chat/completions", clientToken, chatBody(false), "Api-Key", clientToken)
+	r := recs.next(t)
+	noSecret(t, r)
+	req, _ := io.ReadAll(chatBody(false))
+	if resp.StatusCode != 200 || r.RequestBody != string(req[:40]) || r.ResponseBody != string(b[:40]) {
+		t.Fatalf("bodies %q / %q", r.RequestBody, r.ResponseBody)
+	}
+}
