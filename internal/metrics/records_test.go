@@ -1,0 +1,39 @@
+package metrics_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/keypool/keypool/internal/metrics"
+	"github.com/keypool/keypool/internal/records"
+)
+
+func TestRecordsSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	stats := records.WriterStats{Queued: 3, Written: 10, Dropped: 7, Errors: 2}
+	if err := metrics.RegisterRecords(reg, func() records.WriterStats { return stats }); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP keypool_records_dropped_total Request records lost: the queue was full (the store is slow or down), or the store was out of reach at shutdown. Requests are never held up for records.
+# TYPE keypool_records_dropped_total counter
+keypool_records_dropped_total 7
+# HELP keypool_records_queued Request records waiting for the store.
+# TYPE keypool_records_queued gauge
+keypool_records_queued 3
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keypool_records_dropped_total", "keypool_records_queued"); err != nil {
+		t.Fatal(err)
+	}
+	stats.Dropped = 9 // read at scrape time
+	want = strings.Replace(want, "keypool_records_dropped_total 7", "keypool_records_dropped_total 9", 1)
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keypool_records_dropped_total", "keypool_records_queued"); err != nil {
+		t.Fatal(err)
+	}
+	if err := metrics.RegisterRecords(reg, func() records.WriterStats { return stats }); err == nil {
+		t.Fatal("registering twice: no error")
+	}
+}
