@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/keypool/keypool/internal/metrics"
+	"github.com/keypool/keypool/internal/notify"
 	"github.com/keypool/keypool/internal/records"
 )
 
@@ -35,5 +36,29 @@ keypool_records_queued 3
 	}
 	if err := metrics.RegisterRecords(reg, func() records.WriterStats { return stats }); err == nil {
 		t.Fatal("registering twice: no error")
+	}
+}
+
+func TestNotifySeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	stats := notify.Stats{Sent: map[string]int64{"feishu": 4}, Failed: map[string]int64{"feishu": 1}, Deduplicated: 6, RateLimited: 2}
+	if err := metrics.RegisterNotify(reg, func() notify.Stats { return stats }); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP keypool_notifications_failed_total Notifications a notifier refused or did not answer in time.
+# TYPE keypool_notifications_failed_total counter
+keypool_notifications_failed_total{notifier="feishu"} 1
+# HELP keypool_notifications_held_total Events not sent: a duplicate within the dedup window, over the rate limit, or the queue full.
+# TYPE keypool_notifications_held_total counter
+keypool_notifications_held_total{reason="duplicate"} 6
+keypool_notifications_held_total{reason="queue_full"} 0
+keypool_notifications_held_total{reason="rate_limited"} 2
+# HELP keypool_notifications_sent_total Notifications a notifier (matrix, feishu, webhook) took.
+# TYPE keypool_notifications_sent_total counter
+keypool_notifications_sent_total{notifier="feishu"} 4
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want)); err != nil {
+		t.Fatal(err)
 	}
 }
