@@ -148,5 +148,9 @@ const (
 	TypeNone     = "none"
 )
 
+// DefaultSQLiteFile is the SQLite file of a config that names none, as in
+// openai-api-route.
+const DefaultSQLiteFile = "./db.sqlite"
+
 // ErrNone is what Open returns for dbtype none: records are off.
 var ErrNone = errors.New("records: dbtype is none")

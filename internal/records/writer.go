@@ -16,6 +16,10 @@ type WriterOptions struct {
 	Queue int
 	// Batch bounds the records of one insert (default 256).
 	Batch int
+	// Linger is how long a batch that is not full waits for more records
+	// before it is inserted (default 100ms; negative: not at all). Fewer,
+	// fuller transactions leave more CPU to the requests.
+	Linger time.Duration
 	// RetryMin and RetryMax bound the wait between tries of a batch the
 	// store refused (defaults 100ms and 10s, doubling). A batch is kept and
 	// tried again until it is written or the Writer closes; meanwhile new
@@ -69,6 +73,9 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	}
 	if opt.Batch <= 0 {
 		opt.Batch = 256
+	}
+	if opt.Linger == 0 {
+		opt.Linger = 100 * time.Millisecond
 	}
 	if opt.RetryMin <= 0 {
 		opt.RetryMin = 100 * time.Millisecond
@@ -161,7 +168,7 @@ func (w *Writer) run() {
 	for {
 		select {
 		case r := <-w.queue:
-			batch = w.fill(append(batch[:0], r))
+			batch = w.linger(w.fill(append(batch[:0], r)))
 			w.write(batch)
 		case <-w.closing:
 			w.flush(batch[:0])
@@ -194,6 +201,26 @@ func (w *Writer) fill(batch []Record) []Record {
 		case r := <-w.queue:
 			batch = append(batch, r)
 		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// linger waits up to Linger for more records while batch is not full.
+func (w *Writer) linger(batch []Record) []Record {
+	if len(batch) == cap(batch) || w.opt.Linger < 0 {
+		return batch
+	}
+	t := time.NewTimer(w.opt.Linger)
+	defer t.Stop()
+	for len(batch) < cap(batch) {
+		select {
+		case r := <-w.queue:
+			batch = w.fill(append(batch, r))
+		case <-t.C:
+			return batch
+		case <-w.closing:
 			return batch
 		}
 	}

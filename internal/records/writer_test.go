@@ -102,7 +102,7 @@ func TestWriterDropsWhenFull(t *testing.T) {
 		var logs strings.Builder
 		var mu sync.Mutex
 		st := &memStore{block: make(chan struct{})}
-		w := NewWriter(st, WriterOptions{Queue: 10, Batch: 5, LogEvery: time.Second,
+		w := NewWriter(st, WriterOptions{Queue: 10, Batch: 5, Linger: -1, LogEvery: time.Second,
 			Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
 		w.Add(rec(0))
 		synctest.Wait() // the writer holds record 0, stuck in Insert
@@ -181,5 +181,27 @@ func TestWriterCloseGivesUp(t *testing.T) {
 		if s := w.Stats(); s.Dropped != 7 || s.Written != 0 {
 			t.Fatalf("stats %+v", s)
 		}
+	})
+}
+
+// TestWriterLingers: records that trickle in within Linger share one insert.
+func TestWriterLingers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &memStore{}
+		w := NewWriter(st, WriterOptions{Linger: 100 * time.Millisecond})
+		for i := range 3 {
+			w.Add(rec(i))
+			time.Sleep(30 * time.Millisecond) // fake time
+		}
+		synctest.Wait()
+		if st.count() != 0 {
+			t.Fatal("inserted before the linger ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+		synctest.Wait()
+		if st.count() != 3 || len(st.batches) != 1 {
+			t.Fatalf("batches %v, want one of 3", st.batches)
+		}
+		w.Close(context.Background())
 	})
 }

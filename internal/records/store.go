@@ -1,0 +1,574 @@
+package records
+
+import (
+	"cmp"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+// Open returns the Store that typ and addr name, as the config's dbtype and
+// dbaddr do:
+//
+//   - "sqlite" (or ""): addr is a file path ("" means "./db.sqlite", the
+//     default of openai-api-route) or ":memory:", a database that lives as
+//     long as the Store and is seen by it alone;
+//   - "postgres": addr is a DSN, as a URL ("postgres://user:pass@host/db")
+//     or as key=value pairs ("host=… user=… password=… dbname=…");
+//   - "none": Open returns nil and ErrNone.
+//
+// Open checks its arguments but does not reach the database: a proxy can
+// start while PostgreSQL is down. The first method call that reaches the
+// database creates or migrates the schema; until one does, every call fails
+// with an error saying why ("records: postgres: connect: …") and the next
+// call tries again. No error and no %v of the Store holds the DSN's password.
+func Open(typ, addr string) (Store, error) {
+	var (
+		s   *store
+		err error
+	)
+	switch typ {
+	case TypeSQLite, "":
+		s, err = openSQLite(addr)
+	case TypePostgres:
+		s, err = openPostgres(addr)
+	case TypeNone:
+		return nil, ErrNone
+	default:
+		return nil, fmt.Errorf("records: unknown dbtype %q (want %s, %s or %s)", typ, TypeSQLite, TypePostgres, TypeNone)
+	}
+	if err != nil {
+		return nil, err // not a Store holding a nil *store
+	}
+	return s, nil
+}
+
+// Limits of Recent: Limit 0 means defaultLimit; more than maxLimit is cut
+// to maxLimit.
+const (
+	defaultLimit = 100
+	maxLimit     = 10000
+)
+
+// dialect is all that differs between SQLite and PostgreSQL. The SQL in
+// this file is written once, with ? placeholders, in what both speak.
+type dialect struct {
+	// name is the dbtype, as error messages name it.
+	name string
+	// idType and timeType are the column types of the row ID and of the
+	// arrival time.
+	idType, timeType string
+	// lockSQL, if not empty, runs first in the migration's transaction to
+	// keep other processes out until it commits.
+	lockSQL string
+	// numbered placeholders: $1, $2… instead of ?.
+	numbered bool
+	// rowsPerInsert is how many rows one INSERT statement carries.
+	rowsPerInsert int
+	// timeArg turns a UTC time, already cut to microseconds, into what the
+	// time column takes.
+	timeArg func(time.Time) any
+	// window is an SQL expression for the start of the UTC hour or day
+	// ("hour" or "day") the time column falls in; it scans into a scanTime.
+	window func(unit string) string
+	// text turns a string into one the text columns take.
+	text func(string) string
+	// redact removes secrets from an error; it is the last thing every
+	// error of a store goes through.
+	redact func(error) error
+}
+
+// bind rewrites the ? placeholders of query for d. No query of this
+// package has a ? anywhere else.
+func (d *dialect) bind(query string) string {
+	if !d.numbered {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteByte('$')
+			b.WriteString(strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// columns are the columns of keypool_requests but id, in the order Insert
+// writes and Recent reads them.
+var columns = []string{
+	"time", "client", "ip", "method", "path", "model", "stream", "upstream", "key_id",
+	"attempts", "status", "ttfb_us", "duration_us",
+	"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+	"error", "request_body", "response_body",
+}
+
+var columnList = strings.Join(columns, ", ")
+
+// migrations[i] brings the schema from version i to i+1. Append new ones;
+// never change one that has shipped.
+var migrations = []func(d *dialect) []string{
+	func(d *dialect) []string {
+		return []string{
+			`CREATE TABLE IF NOT EXISTS keypool_requests (
+	id ` + d.idType + `,
+	time ` + d.timeType + ` NOT NULL,
+	client TEXT NOT NULL DEFAULT '',
+	ip TEXT NOT NULL DEFAULT '',
+	method TEXT NOT NULL DEFAULT '',
+	path TEXT NOT NULL DEFAULT '',
+	model TEXT NOT NULL DEFAULT '',
+	stream BOOLEAN NOT NULL DEFAULT FALSE,
+	upstream TEXT NOT NULL DEFAULT '',
+	key_id TEXT NOT NULL DEFAULT '',
+	attempts TEXT NOT NULL DEFAULT '[]',
+	status INTEGER NOT NULL DEFAULT 0,
+	ttfb_us BIGINT NOT NULL DEFAULT 0,
+	duration_us BIGINT NOT NULL DEFAULT 0,
+	input_tokens BIGINT NOT NULL DEFAULT 0,
+	output_tokens BIGINT NOT NULL DEFAULT 0,
+	cached_tokens BIGINT NOT NULL DEFAULT 0,
+	reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+	error TEXT NOT NULL DEFAULT '',
+	request_body TEXT NOT NULL DEFAULT '',
+	response_body TEXT NOT NULL DEFAULT ''
+)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_time ON keypool_requests (time)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_key_time ON keypool_requests (key_id, time)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_model_time ON keypool_requests (model, time)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_client_time ON keypool_requests (client, time)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_status_time ON keypool_requests (status, time)`,
+			`CREATE INDEX IF NOT EXISTS keypool_requests_upstream_time ON keypool_requests (upstream, time)`,
+		}
+	},
+}
+
+// store is the Store of both dialects.
+type store struct {
+	db   *sql.DB
+	d    *dialect
+	desc string // for String: where the store is, without secrets
+
+	// migrating is a lock that a waiting caller can give up on: the
+	// schema is migrated by one caller at a time, and migrated is set
+	// once that succeeded.
+	migrating chan struct{}
+	migrated  atomic.Bool
+
+	insertFull string // the INSERT of d.rowsPerInsert rows
+}
+
+func newStore(db *sql.DB, d *dialect, desc string) *store {
+	return &store{
+		db:         db,
+		d:          d,
+		desc:       desc,
+		migrating:  make(chan struct{}, 1),
+		insertFull: d.bind(insertSQL(d.rowsPerInsert)),
+	}
+}
+
+// String describes the store without its secrets, so that %v of it is safe.
+func (s *store) String() string { return "records." + s.d.name + "(" + s.desc + ")" }
+
+// GoString makes %#v safe too.
+func (s *store) GoString() string { return s.String() }
+
+// fail turns err of op into the store's error: named, wrapped, redacted.
+func (s *store) fail(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return s.d.redact(fmt.Errorf("records: %s: %s: %w", s.d.name, op, err))
+}
+
+// ready reaches the database and migrates the schema, unless that was done
+// already. A caller whose ctx ends while another one migrates gives up.
+func (s *store) ready(ctx context.Context) error {
+	if s.migrated.Load() {
+		return nil
+	}
+	select {
+	case s.migrating <- struct{}{}:
+	case <-ctx.Done():
+		return s.fail("connect", ctx.Err())
+	}
+	defer func() { <-s.migrating }()
+	if s.migrated.Load() {
+		return nil
+	}
+	if err := s.db.PingContext(ctx); err != nil {
+		return s.fail("connect", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		return s.fail("migrate", err)
+	}
+	s.migrated.Store(true)
+	return nil
+}
+
+// migrate brings the schema to the newest version in one transaction, which
+// keeps out other processes migrating the same database (the dialect's lock
+// or SQLite's BEGIN IMMEDIATE). Running it again does nothing.
+func (s *store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if s.d.lockSQL != "" {
+		if _, err := tx.ExecContext(ctx, s.d.lockSQL); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS keypool_schema (version INTEGER PRIMARY KEY)`); err != nil {
+		return err
+	}
+	var version int
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM keypool_schema`).Scan(&version); err != nil {
+		return err
+	}
+	// A newer schema than this binary knows is left as it is: migrations
+	// only add, so an older keypool can still write.
+	for v := version; v < len(migrations); v++ {
+		for _, stmt := range migrations[v](s.d) {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				return fmt.Errorf("to version %d: %w", v+1, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, s.d.bind(`INSERT INTO keypool_schema (version) VALUES (?)`), v+1); err != nil {
+			return err
+		}
+	}
+	return tx.Commit()
+}
+
+// Insert stores recs in one transaction, d.rowsPerInsert rows per
+// statement. Inserting no records does nothing, not even reach the
+// database. It does not set the records' IDs.
+func (s *store) Insert(ctx context.Context, recs []Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
+	return s.fail("insert", s.insert(ctx, recs))
+}
+
+func (s *store) insert(ctx context.Context, recs []Record) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	per := s.d.rowsPerInsert
+	var full *sql.Stmt // prepared once, for all full statements
+	args := make([]any, 0, min(len(recs), per)*len(columns))
+	for len(recs) > 0 {
+		n := min(len(recs), per)
+		args = args[:0]
+		for i := range recs[:n] {
+			if args, err = s.appendValues(args, &recs[i]); err != nil {
+				return err
+			}
+		}
+		if n < per {
+			_, err = tx.ExecContext(ctx, s.d.bind(insertSQL(n)), args...)
+		} else {
+			if full == nil {
+				if full, err = tx.PrepareContext(ctx, s.insertFull); err != nil {
+					return err
+				}
+				defer full.Close()
+			}
+			_, err = full.ExecContext(ctx, args...)
+		}
+		if err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	return tx.Commit()
+}
+
+// insertSQL is an INSERT of n rows, with ? placeholders.
+func insertSQL(n int) string {
+	row := "(" + strings.Repeat("?, ", len(columns)-1) + "?)"
+	var b strings.Builder
+	b.WriteString("INSERT INTO keypool_requests (" + columnList + ") VALUES ")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(row)
+	}
+	return b.String()
+}
+
+// appendValues appends the column values of r, in the order of columns.
+func (s *store) appendValues(args []any, r *Record) ([]any, error) {
+	attempts := []byte("[]")
+	if len(r.Attempts) > 0 {
+		var err error
+		if attempts, err = json.Marshal(r.Attempts); err != nil {
+			return nil, err
+		}
+	}
+	t := s.d.text
+	return append(args,
+		s.d.timeArg(r.Time.UTC().Truncate(time.Microsecond)),
+		t(r.Client), t(r.IP), t(r.Method), t(r.Path), t(r.Model), r.Stream,
+		t(r.Upstream), t(r.Key), t(string(attempts)), r.Status,
+		r.TTFB.Microseconds(), r.Duration.Microseconds(),
+		r.InputTokens, r.OutputTokens, r.CachedTokens, r.ReasoningTokens,
+		t(r.Error), t(r.RequestBody), t(r.ResponseBody),
+	), nil
+}
+
+// where is the WHERE clause of q's filters (empty for none), and its
+// arguments.
+func (s *store) where(q Query) (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, arg any) {
+		conds = append(conds, cond)
+		args = append(args, arg)
+	}
+	if !q.Since.IsZero() {
+		add("time >= ?", s.d.timeArg(q.Since.UTC().Truncate(time.Microsecond)))
+	}
+	if !q.Until.IsZero() {
+		add("time < ?", s.d.timeArg(q.Until.UTC().Truncate(time.Microsecond)))
+	}
+	for _, f := range []struct{ column, value string }{
+		{"key_id", q.Key}, {"model", q.Model}, {"client", q.Client}, {"upstream", q.Upstream},
+	} {
+		if f.value != "" {
+			add(f.column+" = ?", s.d.text(f.value))
+		}
+	}
+	if q.Status != 0 {
+		add("status = ?", q.Status)
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// limit is the number of rows Recent returns for q.Limit.
+func limit(n int) int {
+	switch {
+	case n <= 0:
+		return defaultLimit
+	case n > maxLimit:
+		return maxLimit
+	}
+	return n
+}
+
+func (s *store) Recent(ctx context.Context, q Query) ([]Record, error) {
+	if err := s.ready(ctx); err != nil {
+		return nil, err
+	}
+	recs, err := s.recent(ctx, q)
+	return recs, s.fail("recent", err)
+}
+
+func (s *store) recent(ctx context.Context, q Query) ([]Record, error) {
+	where, args := s.where(q)
+	args = append(args, limit(q.Limit))
+	rows, err := s.db.QueryContext(ctx, s.d.bind(
+		"SELECT id, "+columnList+" FROM keypool_requests"+where+" ORDER BY time DESC, id DESC LIMIT ?"), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var recs []Record
+	for rows.Next() {
+		var (
+			r                  Record
+			t                  scanTime
+			attempts           string
+			ttfbUS, durationUS int64
+		)
+		if err := rows.Scan(&r.ID, &t, &r.Client, &r.IP, &r.Method, &r.Path, &r.Model, &r.Stream,
+			&r.Upstream, &r.Key, &attempts, &r.Status, &ttfbUS, &durationUS,
+			&r.InputTokens, &r.OutputTokens, &r.CachedTokens, &r.ReasoningTokens,
+			&r.Error, &r.RequestBody, &r.ResponseBody); err != nil {
+			return nil, err
+		}
+		r.Time = time.Time(t)
+		r.TTFB = time.Duration(ttfbUS) * time.Microsecond
+		r.Duration = time.Duration(durationUS) * time.Microsecond
+		if err := json.Unmarshal([]byte(attempts), &r.Attempts); err != nil {
+			return nil, fmt.Errorf("record %d: attempts: %w", r.ID, err)
+		}
+		if len(r.Attempts) == 0 {
+			r.Attempts = nil
+		}
+		recs = append(recs, r)
+	}
+	return recs, rows.Err()
+}
+
+// groupColumn is the SQL expression Aggregate groups by; from this fixed
+// switch only, never from input.
+func (s *store) groupColumn(by GroupBy) (string, bool) {
+	switch by {
+	case ByKey:
+		return "key_id", true
+	case ByModel:
+		return "model", true
+	case ByStatus:
+		return "status", true
+	case ByClient:
+		return "client", true
+	case ByUpstream:
+		return "upstream", true
+	case ByError:
+		return "error", true
+	case ByHour:
+		return s.d.window("hour"), true
+	case ByDay:
+		return s.d.window("day"), true
+	}
+	return "", false
+}
+
+func (s *store) Aggregate(ctx context.Context, q Query, by GroupBy) ([]Group, error) {
+	column, ok := s.groupColumn(by)
+	if !ok {
+		return nil, fmt.Errorf("records: cannot group by %q", by)
+	}
+	if err := s.ready(ctx); err != nil {
+		return nil, err
+	}
+	groups, err := s.aggregate(ctx, q, by, column)
+	return groups, s.fail("aggregate", err)
+}
+
+func (s *store) aggregate(ctx context.Context, q Query, by GroupBy, column string) ([]Group, error) {
+	where, args := s.where(q)
+	// SUM of BIGINT is NUMERIC in PostgreSQL: cast it back.
+	rows, err := s.db.QueryContext(ctx, s.d.bind(`SELECT `+column+`, COUNT(*),
+	CAST(SUM(CASE WHEN error <> '' THEN 1 ELSE 0 END) AS BIGINT),
+	CAST(SUM(input_tokens) AS BIGINT), CAST(SUM(output_tokens) AS BIGINT),
+	CAST(SUM(cached_tokens) AS BIGINT), CAST(SUM(reasoning_tokens) AS BIGINT),
+	CAST(SUM(duration_us) AS BIGINT), CAST(SUM(ttfb_us) AS BIGINT)
+FROM keypool_requests`+where+` GROUP BY 1`), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var groups []Group
+	for rows.Next() {
+		var (
+			g                  Group
+			text               string
+			number             int64
+			window             scanTime
+			durationUS, ttfbUS int64
+			value              any = &text
+		)
+		switch by {
+		case ByStatus:
+			value = &number
+		case ByHour, ByDay:
+			value = &window
+		}
+		if err := rows.Scan(value, &g.Requests, &g.Errors,
+			&g.InputTokens, &g.OutputTokens, &g.CachedTokens, &g.ReasoningTokens,
+			&durationUS, &ttfbUS); err != nil {
+			return nil, err
+		}
+		switch by {
+		case ByStatus:
+			g.Group = strconv.FormatInt(number, 10)
+		case ByHour, ByDay:
+			g.Group = time.Time(window).Format(time.RFC3339)
+		default:
+			g.Group = text
+		}
+		g.AvgDuration = time.Duration(durationUS/g.Requests) * time.Microsecond
+		g.AvgTTFB = time.Duration(ttfbUS/g.Requests) * time.Microsecond
+		groups = append(groups, g)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	sortGroups(groups, by)
+	return groups, nil
+}
+
+// sortGroups puts time windows newest first, and other groups largest
+// first, then by value (statuses as numbers). Sorting here, not in SQL,
+// keeps the order free of the database's collation.
+func sortGroups(groups []Group, by GroupBy) {
+	slices.SortFunc(groups, func(a, b Group) int {
+		switch by {
+		case ByHour, ByDay:
+			// RFC 3339 in UTC sorts as the time does.
+			return strings.Compare(b.Group, a.Group)
+		}
+		if c := cmp.Compare(b.Requests, a.Requests); c != 0 {
+			return c
+		}
+		if by == ByStatus {
+			x, _ := strconv.Atoi(a.Group)
+			y, _ := strconv.Atoi(b.Group)
+			return cmp.Compare(x, y)
+		}
+		return strings.Compare(a.Group, b.Group)
+	})
+}
+
+func (s *store) Ping(ctx context.Context) error {
+	if err := s.ready(ctx); err != nil {
+		return err
+	}
+	return s.fail("ping", s.db.PingContext(ctx))
+}
+
+func (s *store) Close() error {
+	return s.fail("close", s.db.Close())
+}
+
+// scanTime scans the time column of either dialect (or a window of it):
+// SQLite's integer microseconds or PostgreSQL's timestamp, as UTC.
+type scanTime time.Time
+
+func (t *scanTime) Scan(src any) error {
+	switch v := src.(type) {
+	case int64:
+		*t = scanTime(time.UnixMicro(v).UTC())
+	case time.Time:
+		*t = scanTime(v.UTC())
+	default:
+		return fmt.Errorf("time column holds %T", src)
+	}
+	return nil
+}
+
+// redactedError is an error whose text went through a redactor. It keeps
+// errors.Is (context.Canceled, sql.ErrConnDone…) but has no Unwrap, so the
+// driver's error and whatever secrets it holds cannot be reached through it.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string        { return e.msg }
+func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }
