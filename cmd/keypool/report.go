@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -115,12 +114,6 @@ func newCheckRow(r keypool.CheckResult) checkRow {
 		row.Error = r.Err.Error()
 	}
 	return row
-}
-
-func writeJSON(w io.Writer, rows []checkRow) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(rows)
 }
 
 func writeTable(w io.Writer, rows []checkRow) error {

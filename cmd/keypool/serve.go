@@ -15,6 +15,8 @@ import (
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/metrics"
+	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/records"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -32,6 +34,7 @@ func newServeCmd() *cobra.Command { return newServeCmdWith(nil) }
 func newServeCmdWith(ready func(net.Addr)) *cobra.Command {
 	var (
 		configFile, listen string
+		dbType, dbAddr     string
 		shutdownTimeout    time.Duration
 	)
 	cmd := &cobra.Command{
@@ -46,6 +49,11 @@ The config comes from --config FILE, else ./` + defaultConfigFile + ` when there
 a superset of openai-api-route's config.yaml. With no config at all, the keys
 of OPENAI_KEY (comma-separated) serve the official API (or OPENAI_BASE_URL),
 open to any client that can reach the address.
+
+One record per request goes to SQLite (./db.sqlite unless the config's dbtype
+and dbaddr, or --dbtype and --dbaddr, say otherwise; dbtype none turns records
+off); see keypool records. Records never hold up a request: when the store is
+slow or down they queue, and beyond the queue they are dropped and counted.
 
 Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
 answer probes. The admin API (/admin/keys, see keypool keys) needs the
@@ -74,6 +82,12 @@ Logs go to stderr and show keys by ID only.`,
 			if err != nil {
 				return err
 			}
+			if dbType != "" {
+				cfg.DBType = dbType
+			}
+			if dbAddr != "" {
+				cfg.DBAddr = config.Secret(dbAddr)
+			}
 			switch {
 			case listen != "":
 			case cfg.Listen != "":
@@ -87,6 +101,8 @@ Logs go to stderr and show keys by ID only.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "config `file` (default ./"+defaultConfigFile+" when present)")
 	f.StringVar(&listen, "listen", "", "`address` to listen on (default the config's listen, else "+defaultListen+")")
+	f.StringVar(&dbType, "dbtype", "", "request records: sqlite, postgres or none (default the config's, else sqlite)")
+	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
 	f.DurationVar(&shutdownTimeout, "shutdown-timeout", 30*time.Second, "time in-flight requests get to finish on shutdown")
 	return cmd
 }
@@ -137,6 +153,19 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	if err != nil {
 		return err
 	}
+	// Listen first: a serve that may not start leaves nothing behind (no
+	// records file, no checks).
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	defer ln.Close() // on the early returns; Serve closes it too
+	if openToAll(cfg) {
+		if !loopback(ln.Addr()) {
+			return fmt.Errorf("refusing to serve on %s without client tokens: anyone who can reach it could use the keys; set authorization in the config, or listen on 127.0.0.1", ln.Addr())
+		}
+		logger.Warn("no client tokens configured: any local process may use the keys", "addr", ln.Addr().String())
+	}
 	reg := metrics.NewRegistry()
 	var tr *keypool.Transport
 	// The snapshot is read at scrape time only, once tr is set below and
@@ -145,13 +174,40 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	if err != nil {
 		return err
 	}
-	tr, err = keypool.New(append(topts, keypool.WithLogger(logger), keypool.WithObserver(m))...)
+	observers := []keypool.Option{keypool.WithLogger(logger), keypool.WithObserver(m)}
+	var notifier *notify.Notifier
+	if nc, ok := notifyConfig(cfg.Notify, logger); ok {
+		if notifier, err = notify.New(nc); err != nil {
+			return err
+		}
+		if err := metrics.RegisterNotify(reg, notifier.Stats); err != nil {
+			return err
+		}
+		observers = append(observers, keypool.WithObserver(notifier))
+		logger.Info("notifications", "to", notifier.String())
+	}
+	tr, err = keypool.New(append(topts, observers...)...)
 	if err != nil {
 		return err
 	}
 	defer tr.CloseIdleConnections()
+	if notifier != nil {
+		notifier.Seed(tr.Snapshot())
+	}
+	recs, err := startRecords(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer recs.close(logger, shutdownTimeout)
 	tokens, access := server.AccessFromConfig(cfg)
-	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody})
+	sopts := server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody}
+	if recs != nil {
+		sopts.Records, sopts.Bodies, sopts.BodyLimit = recs.writer, cfg.Records.Bodies, cfg.Records.BodyLimit
+		if err := metrics.RegisterRecords(reg, recs.writer.Stats); err != nil {
+			return err
+		}
+	}
+	srv, err := server.New(sopts)
 	if err != nil {
 		return err
 	}
@@ -164,17 +220,6 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		logger.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	if openToAll(cfg) {
-		if !loopback(ln.Addr()) {
-			ln.Close()
-			return fmt.Errorf("refusing to serve on %s without client tokens: anyone who can reach it could use the keys; set authorization in the config, or listen on 127.0.0.1", ln.Addr())
-		}
-		logger.Warn("no client tokens configured: any local process may use the keys", "addr", ln.Addr().String())
-	}
 	logger.Info("listening", "addr", ln.Addr().String(), "keys", len(tr.Snapshot()))
 
 	runCtx, stop := context.WithCancel(ctx)
@@ -183,6 +228,14 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	go func() {
 		defer close(checked)
 		checker.Run(runCtx)
+	}()
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		if notifier != nil {
+			// After runCtx ends it delivers what is queued, briefly.
+			notifier.Run(runCtx)
+		}
 	}()
 	hs := &http.Server{
 		Handler:           serveMux(srv.Handler(), admin, metrics.Handler(reg)),
@@ -214,6 +267,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}
 	stop()
 	<-checked
+	<-notified
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
@@ -253,4 +307,54 @@ func openToAll(cfg *config.Config) bool {
 func loopback(addr net.Addr) bool {
 	tcp, ok := addr.(*net.TCPAddr)
 	return ok && tcp.IP.IsLoopback()
+}
+
+// recordsRun is the records store of a running serve and its writer.
+type recordsRun struct {
+	store  records.Store
+	writer *records.Writer
+}
+
+// startRecords opens the store cfg names and starts its writer; nil when
+// records are off. A store out of reach is not an error: the writer tries
+// it until it answers, while requests go on.
+func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*recordsRun, error) {
+	addr := string(cfg.DBAddr)
+	if cfg.DBType == "" || cfg.DBType == records.TypeSQLite {
+		if addr == "" {
+			addr = records.DefaultSQLiteFile
+		}
+	}
+	store, err := records.Open(cfg.DBType, addr)
+	if errors.Is(err, records.ErrNone) {
+		logger.Info("request records off (dbtype none)")
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := store.Ping(pctx); err != nil {
+		logger.Warn("records store out of reach; records queue until it answers", "store", fmt.Sprint(store), "err", err.Error())
+	} else {
+		logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
+	}
+	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, Batch: cfg.Records.Batch, Logger: logger})
+	return &recordsRun{store: store, writer: w}, nil
+}
+
+// close writes what is queued, giving the store up to timeout, and closes it.
+func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration) {
+	if r == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := r.writer.Close(ctx); err != nil {
+		logger.Warn("records", "err", err.Error())
+	}
+	s := r.writer.Stats()
+	logger.Info("records flushed", "written", s.Written, "dropped", s.Dropped)
+	r.store.Close()
 }

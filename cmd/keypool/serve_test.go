@@ -3,17 +3,23 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/records"
 )
 
 // lockedBuffer is stderr shared by the server's goroutines and the test.
@@ -65,6 +71,10 @@ func startServe(t *testing.T, stderr io.Writer, args ...string) (string, func() 
 	t.Helper()
 	addrs := make(chan net.Addr, 1)
 	cmd := newServeCmdWith(func(a net.Addr) { addrs <- a })
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--db") }) {
+		// Records go to a file of the test's, not ./db.sqlite.
+		args = append(args, "--dbaddr", filepath.Join(t.TempDir(), "db.sqlite"))
+	}
 	cmd.SetArgs(args)
 	cmd.SetOut(io.Discard)
 	cmd.SetErr(stderr)
@@ -289,4 +299,111 @@ func TestServeRefusesOpenProxyOffLoopback(t *testing.T) {
 	if strings.Contains(errOut.String(), "sk-open-1") {
 		t.Fatal("the key was printed")
 	}
+}
+
+// TestServeRecords: serve writes one record per request to SQLite, flushed at
+// shutdown, and keypool records reads them back, by ID only.
+func TestServeRecords(t *testing.T) {
+	key, token := "sk-serve-ffffffffffffffff", "tok-serve-gggggggggggg"
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key})
+	noEnv(t)
+	dir := t.TempDir()
+	db := filepath.Join(dir, "records.sqlite")
+	file := filepath.Join(dir, "config.yaml")
+	yaml := "authorization: \"" + token + "\"\nlisten: 127.0.0.1:0\ndbtype: sqlite\ndbaddr: " + db +
+		"\nupstreams:\n  - sk: \"" + key + "\"\n    endpoint: " + url + "\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &lockedBuffer{}
+	base, stop := startServe(t, stderr, "--config", file, "--dbtype", "sqlite") // the config's file
+	for range 3 {
+		if code, body := post(t, base+"/v1/chat/completions", token, chatRequest); code != 200 {
+			t.Fatalf("chat: %d %s", code, body)
+		}
+	}
+	post(t, base+"/v1/chat/completions", "tok-wrong-hhhhhhhhhhhh", chatRequest)
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	if log := stderr.String(); !strings.Contains(log, "records flushed") || !strings.Contains(log, "written=4") {
+		t.Fatalf("log:\n%s", log)
+	}
+
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"records", "--config", file, "--json"}, &out, &errOut); code != 0 {
+		t.Fatalf("records: exit %d: %s", code, errOut.String())
+	}
+	var recs []records.Record
+	if err := json.Unmarshal(out.Bytes(), &recs); err != nil {
+		t.Fatalf("%v: %s", err, out.String())
+	}
+	if len(recs) != 4 || recs[0].Status != 401 || recs[0].Error != "unauthorized" || recs[1].Client != records.ClientID(token) ||
+		recs[1].Key != string(keypool.NewKey(key).ID()) || recs[1].Model != "gpt-4o-mini" || recs[1].OutputTokens == 0 {
+		t.Fatalf("records %s", out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"records", "--dbaddr", db, "--by", "status"}, &out, &errOut); code != 0 {
+		t.Fatalf("records --by: exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "STATUS") || !regexp.MustCompile(`(?m)^200\s+3\s+0\s`).MatchString(out.String()) ||
+		!regexp.MustCompile(`(?m)^401\s+1\s+1\s`).MatchString(out.String()) {
+		t.Fatalf("aggregate:\n%s", out.String())
+	}
+	assertNoSecret(t, stderr.String()+out.String()+errOut.String(), key, token, "tok-wrong-hhhhhhhhhhhh")
+
+	// A file that is not there is an error, not an empty store.
+	out.Reset()
+	errOut.Reset()
+	if code := run(context.Background(), []string{"records", "--dbaddr", filepath.Join(dir, "nope.sqlite")}, &out, &errOut); code == 0 ||
+		!strings.Contains(errOut.String(), "no records at") {
+		t.Fatalf("missing file: exit %d, %s", code, errOut.String())
+	}
+}
+
+// TestServeNotifies: a key the checker finds revoked reaches the webhook of
+// the config, by ID, and with the only key gone, the upstream is down.
+func TestServeNotifies(t *testing.T) {
+	key, hookToken := "sk-serve-iiiiiiiiiiiiiiii", "hook-secret-jjjjjjjjjj"
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key, Behavior: fakeopenai.Revoked})
+	noEnv(t)
+	got := make(chan map[string]any, 8)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		if r.Header.Get("X-Token") != hookToken || json.NewDecoder(r.Body).Decode(&ev) != nil {
+			w.WriteHeader(400)
+			return
+		}
+		got <- ev
+	}))
+	defer hook.Close()
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	yaml := "listen: 127.0.0.1:0\ndbtype: none\nnotify:\n  webhook:\n    url: " + hook.URL + "/hook\n    headers: {X-Token: " + hookToken + "}\n" +
+		"upstreams:\n  - name: main\n    sk: \"" + key + "\"\n    endpoint: " + url + "\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stderr := &lockedBuffer{}
+	_, stop := startServe(t, stderr, "--config", file, "--dbtype", "none")
+	kinds := map[string]map[string]any{}
+	for len(kinds) < 2 {
+		select {
+		case ev := <-got:
+			kinds[ev["event"].(string)] = ev
+		case <-time.After(10 * time.Second):
+			t.Fatalf("webhook got %v; log:\n%s", kinds, stderr.String())
+		}
+	}
+	if ev := kinds["key_revoked"]; ev == nil || ev["key"] != string(keypool.NewKey(key).ID()) || ev["upstream"] != "main" {
+		t.Fatalf("events %v", kinds)
+	}
+	if kinds["upstream_down"] == nil {
+		t.Fatalf("events %v", kinds)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	js, _ := json.Marshal(kinds)
+	assertNoSecret(t, stderr.String()+string(js), key, hookToken)
 }

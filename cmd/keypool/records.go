@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/records"
+)
+
+// recordsFlags are the flags of keypool records.
+type recordsFlags struct {
+	configFile, dbType, dbAddr string
+	since, until               string
+	by                         string
+	limit                      int
+	query                      records.Query
+	json                       bool
+	timeout                    time.Duration
+}
+
+func newRecordsCmd() *cobra.Command {
+	var f recordsFlags
+	cmd := &cobra.Command{
+		Use:   "records",
+		Short: "Show recent request records, or aggregates of them, from the records store",
+		Long: `records reads the request records keypool serve keeps (one per client request)
+from the store the config names (dbtype and dbaddr: SQLite by default, at
+./db.sqlite, or PostgreSQL), and prints the newest ones, or with --by the
+requests, errors, tokens and latencies grouped by key, model, status,
+client, upstream, error or time window (hour, day).
+
+Records show keys and client tokens by their IDs (kp_…, ct_…), never the
+secrets. --since and --until take a duration back from now (90m, 24h, 7d)
+or an RFC 3339 time.`,
+		Example: `  keypool records --since 1h
+  keypool records --by key --since 24h
+  keypool records --by hour --model gpt-4o --json
+  keypool records --dbtype postgres --dbaddr "$DSN" --status 429`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runRecords(cmd.Context(), cmd.OutOrStdout(), &f)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.configFile, "config", "", "config `file` naming the store (default ./"+defaultConfigFile+" when present)")
+	fl.StringVar(&f.dbType, "dbtype", "", "store type: sqlite or postgres (default the config's, else sqlite)")
+	fl.StringVar(&f.dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN (default the config's, else ./db.sqlite)")
+	fl.StringVar(&f.since, "since", "24h", "records from this long ago (a duration such as 90m or 7d) or this RFC 3339 time; \"\" for all")
+	fl.StringVar(&f.until, "until", "", "records before this long ago, or this RFC 3339 time")
+	fl.StringVar(&f.by, "by", "", "aggregate by: "+groupNames())
+	fl.IntVar(&f.limit, "limit", 20, "records to show, newest first (at most 10000)")
+	fl.StringVar(&f.query.Key, "key", "", "only this key `ID` (kp_…)")
+	fl.StringVar(&f.query.Model, "model", "", "only this model")
+	fl.StringVar(&f.query.Client, "client", "", "only this client token `ID` (ct_…)")
+	fl.StringVar(&f.query.Upstream, "upstream", "", "only this upstream")
+	fl.IntVar(&f.query.Status, "status", 0, "only this status")
+	fl.BoolVar(&f.json, "json", false, "print JSON instead of a table")
+	fl.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up on the store after this long")
+	return cmd
+}
+
+func groupNames() string {
+	names := make([]string, len(records.GroupBys))
+	for i, g := range records.GroupBys {
+		names[i] = string(g)
+	}
+	return strings.Join(names, ", ")
+}
+
+func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if f.limit < 1 || f.limit > 10000 {
+		return errors.New("--limit must be between 1 and 10000")
+	}
+	var by records.GroupBy
+	if f.by != "" {
+		g, err := records.ParseGroupBy(f.by)
+		if err != nil {
+			return err
+		}
+		by = g
+	}
+	now := time.Now()
+	var err error
+	if f.query.Since, err = pointInTime(f.since, now); err != nil {
+		return fmt.Errorf("--since: %w", err)
+	}
+	if f.query.Until, err = pointInTime(f.until, now); err != nil {
+		return fmt.Errorf("--until: %w", err)
+	}
+	f.query.Limit = f.limit
+	typ, addr, err := recordsStore(f)
+	if err != nil {
+		return err
+	}
+	store, err := records.Open(typ, addr)
+	if errors.Is(err, records.ErrNone) {
+		return errors.New("records are off: the config says dbtype none")
+	}
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	if by != "" {
+		groups, err := store.Aggregate(ctx, f.query, by)
+		if err != nil {
+			return err
+		}
+		if f.json {
+			return writeJSON(out, groups)
+		}
+		return groupsTable(out, by, groups)
+	}
+	recs, err := store.Recent(ctx, f.query)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return writeJSON(out, recs)
+	}
+	return recordsTable(out, recs)
+}
+
+// recordsStore returns the store the flags name: --dbtype and --dbaddr, else
+// the config's, else SQLite at ./db.sqlite. A SQLite file that is not there
+// is an error here (the store would make an empty one).
+func recordsStore(f *recordsFlags) (typ, addr string, err error) {
+	file := f.configFile
+	if file == "" {
+		if _, err := os.Stat(defaultConfigFile); err == nil {
+			file = defaultConfigFile
+		}
+	}
+	if file != "" && (f.dbType == "" || f.dbAddr == "") {
+		cfg, err := config.Load(file)
+		if err != nil {
+			return "", "", err
+		}
+		typ, addr = cfg.DBType, string(cfg.DBAddr)
+	}
+	if f.dbType != "" {
+		typ = f.dbType
+	}
+	if f.dbAddr != "" {
+		addr = f.dbAddr
+	}
+	if typ == "" {
+		typ = records.TypeSQLite
+	}
+	if typ == records.TypeSQLite {
+		if addr == "" {
+			addr = records.DefaultSQLiteFile
+		}
+		if addr != ":memory:" {
+			if _, err := os.Stat(addr); err != nil {
+				return "", "", fmt.Errorf("no records at %s (keypool serve writes them there; pick another file with --dbaddr or --config): %w", addr, errors.Unwrap(err))
+			}
+		}
+	}
+	return typ, addr, nil
+}
+
+// pointInTime reads "" (none), a duration back from now (with d for days),
+// or an RFC 3339 time.
+func pointInTime(s string, now time.Time) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t, nil
+	}
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		if n, err := strconv.Atoi(days); err == nil && n >= 0 {
+			return now.AddDate(0, 0, -n), nil
+		}
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return time.Time{}, fmt.Errorf("%q is neither a duration back from now (90m, 24h, 7d) nor an RFC 3339 time", s)
+	}
+	return now.Add(-d), nil
+}
+
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func recordsTable(out io.Writer, recs []records.Record) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TIME\tCLIENT\tREQUEST\tMODEL\tUPSTREAM\tKEY\tSTATUS\tTRIES\tTTFB\tDURATION\tIN\tOUT\tERROR")
+	for _, r := range recs {
+		model := r.Model
+		if r.Stream {
+			model += " (stream)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\t%s\n",
+			r.Time.Local().Format("2006-01-02 15:04:05"), dash(r.Client), r.Method, r.Path, dash(model), dash(r.Upstream),
+			dash(r.Key), r.Status, len(r.Attempts), short(r.TTFB), short(r.Duration), r.InputTokens, r.OutputTokens, dash(r.Error))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(recs) == 0 {
+		_, err := fmt.Fprintln(out, "(no records match)")
+		return err
+	}
+	return nil
+}
+
+func groupsTable(out io.Writer, by records.GroupBy, groups []records.Group) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "%s\tREQUESTS\tERRORS\tIN\tOUT\tCACHED\tREASONING\tAVG TTFB\tAVG DURATION\n", strings.ToUpper(string(by)))
+	for _, g := range groups {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", dash(g.Group), g.Requests, g.Errors,
+			g.InputTokens, g.OutputTokens, g.CachedTokens, g.ReasoningTokens, short(g.AvgTTFB), short(g.AvgDuration))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(groups) == 0 {
+		_, err := fmt.Fprintln(out, "(no records match)")
+		return err
+	}
+	return nil
+}
+
+// short rounds a duration for a table: milliseconds below a minute.
+func short(d time.Duration) string {
+	if d < time.Minute {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/server"
+)
+
+// slowStore is a store that takes delay over every insert: a database under
+// load, or far away.
+type slowStore struct {
+	records.Store
+	delay time.Duration
+}
+
+func (s slowStore) Insert(ctx context.Context, recs []records.Record) error {
+	t := time.NewTimer(s.delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.Store.Insert(ctx, recs)
+}
+
+// BenchmarkProxyRecords sends JSON chat completions through keypool's proxy
+// with records off, with records in SQLite, and with records in a store
+// that takes a second over every batch and so falls behind (dropped/op reports
+// the records it dropped; requests must not slow down).
+func BenchmarkProxyRecords(b *testing.B) {
+	r, err := newRig(256)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.close()
+	dir := b.TempDir()
+	for _, tc := range []struct {
+		name  string
+		store func() (records.Store, error)
+	}{
+		{"off", nil},
+		{"sqlite", func() (records.Store, error) {
+			return records.Open(records.TypeSQLite, filepath.Join(dir, "bench.sqlite"))
+		}},
+		{"overloaded", func() (records.Store, error) {
+			s, err := records.Open(records.TypeSQLite, filepath.Join(dir, "slow.sqlite"))
+			return slowStore{s, time.Second}, err
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			opts := server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}}
+			var w *records.Writer
+			if tc.store != nil {
+				st, err := tc.store()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+				w = records.NewWriter(st, records.WriterOptions{Queue: 1000})
+				opts.Records = w
+			}
+			srv, err := server.New(opts)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ls, err := listen(srv.Handler())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ls.srv.Close()
+			client := &http.Client{Transport: newHTTPTransport(256)}
+			defer client.CloseIdleConnections()
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				buf := make([]byte, 32<<10)
+				for pb.Next() {
+					if _, _, err := do(context.Background(), client, ls.url, false, buf); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			if w != nil {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				w.Close(ctx)
+				cancel()
+				s := w.Stats()
+				b.ReportMetric(float64(s.Dropped)/float64(b.N), "dropped/op")
+				b.ReportMetric(float64(s.Written)/float64(b.N), "written/op")
+			}
+		})
+	}
+}
