@@ -29,11 +29,21 @@ type Pending struct {
 	mu   sync.Mutex
 	rec  Record
 	last keypool.Outcome // the last attempt's
+	buf  [2]Attempt      // room for the attempts of most requests
 }
 
 // Begin starts the record of a request that arrived at t.
 func Begin(t time.Time, client, ip, method, path string) *Pending {
-	return &Pending{rec: Record{Time: t, Client: client, IP: ip, Method: method, Path: path}}
+	p := &Pending{}
+	p.Reset(t, client, ip, method, path)
+	return p
+}
+
+// Reset starts p anew, as Begin does, for a Pending held in a larger value.
+func (p *Pending) Reset(t time.Time, client, ip, method, path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rec, p.last = Record{Time: t, Client: client, IP: ip, Method: method, Path: path, Attempts: p.buf[:0]}, 0
 }
 
 // Attempt takes one attempt of the request (keypool.Observer).
@@ -84,12 +94,17 @@ type Outcome struct {
 	RequestBody, ResponseBody string
 }
 
-// Finish completes the record.
+// Finish completes the record. The record shares nothing with p, which may
+// be Reset for another request.
 func (p *Pending) Finish(o Outcome) Record {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := p.rec
-	r.Attempts = append([]Attempt(nil), r.Attempts...)
+	if len(r.Attempts) == 0 {
+		r.Attempts = nil
+	} else {
+		r.Attempts = append(make([]Attempt, 0, len(r.Attempts)), r.Attempts...)
+	}
 	r.Status, r.TTFB, r.Duration = o.Status, o.TTFB, o.Duration
 	r.RequestBody, r.ResponseBody = o.RequestBody, o.ResponseBody
 	r.Error = o.Error

@@ -27,7 +27,7 @@ var sqliteDialect = &dialect{
 	timeType: "INTEGER", // unix microseconds, UTC
 	// No round trips to save: one prepared row beats parsing and binding
 	// a statement of hundreds.
-	rowsPerInsert: 1,
+	rowsPerInsert: 16,
 	timeArg:       func(t time.Time) any { return t.UnixMicro() },
 	window: func(unit string) string {
 		// The floor, also before 1970, where % is negative.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -739,7 +740,7 @@ func benchmarkInsertBatch(b *testing.B, typ, addr string) {
 	defer st.Close()
 	recs := series(batch)
 	for i := range recs {
-		recs[i].RequestBody = strings.Repeat("x", 200)
+		recs[i].RequestBody = ""
 		recs[i].Attempts = []Attempt{{Key: "k_0123456789abcdef", Upstream: "openai", Outcome: "ok", Status: 200}}
 	}
 	ctx := context.Background()
@@ -788,4 +789,31 @@ func ExampleOpen() {
 	// Output:
 	// gpt-4o-mini 2 1 12 30
 	// gpt-4o 1 0 7 9
+}
+
+// TestAppendAttempts: the hand-written encoder writes what encoding/json
+// does, for every kind of string.
+func TestAppendAttempts(t *testing.T) {
+	for _, s := range []string{"", "kp_0123456789abcdef", `q"uo\te`, "ctl\x00\x1f\n", "<&>", "héllo ✓", "bad\xffutf8", "\u2028\u2029", "\U0001F600"} {
+		as := []Attempt{{Key: s, Upstream: s, Outcome: s, Status: 429}, {Key: "k", Status: -1}}
+		want, err := json.Marshal(as)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := appendAttempts(nil, as); string(got) != string(want) {
+			t.Errorf("%q:\n got %s\nwant %s", s, got, want)
+		}
+	}
+}
+
+func FuzzAppendAttempts(f *testing.F) {
+	f.Add("kp_1", "main", "success", 200)
+	f.Add("\xff\x00\"", "\u2028", "<>", -5)
+	f.Fuzz(func(t *testing.T, key, upstream, outcome string, status int) {
+		as := []Attempt{{Key: key, Upstream: upstream, Outcome: outcome, Status: status}}
+		want, _ := json.Marshal(as)
+		if got := appendAttempts(nil, as); string(got) != string(want) {
+			t.Fatalf("got %s\nwant %s", got, want)
+		}
+	})
 }

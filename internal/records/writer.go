@@ -51,8 +51,9 @@ type Writer struct {
 	log   *slog.Logger
 	queue chan Record
 
-	closing  chan struct{} // closed by Close: write what is queued, then stop
-	done     chan struct{} // closed when the goroutine has stopped
+	flushes  chan chan struct{} // Flush's requests
+	closing  chan struct{}      // closed by Close: write what is queued, then stop
+	done     chan struct{}      // closed when the goroutine has stopped
 	stopOnce sync.Once
 	closed   atomic.Bool
 	flushCtx context.Context // Close's context, for the last writes
@@ -89,6 +90,7 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	w := &Writer{
 		store: store, opt: opt, log: opt.Logger,
 		queue:   make(chan Record, opt.Queue),
+		flushes: make(chan chan struct{}),
 		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
@@ -168,12 +170,41 @@ func (w *Writer) run() {
 	for {
 		select {
 		case r := <-w.queue:
-			batch = w.linger(w.fill(append(batch[:0], r)))
+			var done chan struct{} // a Flush that came while lingering
+			batch, done = w.linger(w.fill(append(batch[:0], r)))
 			w.write(batch)
+			if done != nil {
+				w.writeQueued(batch)
+				close(done)
+			}
+		case done := <-w.flushes:
+			w.writeQueued(batch)
+			close(done)
 		case <-w.closing:
 			w.flush(batch[:0])
 			return
 		}
+	}
+}
+
+// Flush returns once the records queued before it was called are written
+// (or the Writer closed), or when ctx ends.
+func (w *Writer) Flush(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case w.flushes <- done:
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 
@@ -207,24 +238,33 @@ func (w *Writer) fill(batch []Record) []Record {
 	return batch
 }
 
-// linger waits up to Linger for more records while batch is not full.
-func (w *Writer) linger(batch []Record) []Record {
+// linger waits up to Linger for more records while batch is not full,
+// without taking them one by one (each would wake the writer), then adds
+// what came. A Flush ends the wait; linger returns it to be answered.
+func (w *Writer) linger(batch []Record) ([]Record, chan struct{}) {
 	if len(batch) == cap(batch) || w.opt.Linger < 0 {
-		return batch
+		return batch, nil
 	}
 	t := time.NewTimer(w.opt.Linger)
 	defer t.Stop()
-	for len(batch) < cap(batch) {
-		select {
-		case r := <-w.queue:
-			batch = w.fill(append(batch, r))
-		case <-t.C:
-			return batch
-		case <-w.closing:
-			return batch
-		}
+	var done chan struct{}
+	select {
+	case <-t.C:
+	case done = <-w.flushes:
+	case <-w.closing:
 	}
-	return batch
+	return w.fill(batch), done
+}
+
+// writeQueued writes what is queued now, batch by batch.
+func (w *Writer) writeQueued(batch []Record) {
+	for {
+		batch = w.fill(batch[:0])
+		if len(batch) == 0 {
+			return
+		}
+		w.write(batch)
+	}
 }
 
 // write inserts batch, trying again with a growing pause while the store

@@ -205,3 +205,25 @@ func TestWriterLingers(t *testing.T) {
 		w.Close(context.Background())
 	})
 }
+
+// TestWriterFlush: Flush returns once what was queued is written, without
+// waiting for the linger.
+func TestWriterFlush(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &memStore{}
+		w := NewWriter(st, WriterOptions{Linger: time.Hour})
+		w.Add(rec(0))
+		synctest.Wait() // the writer lingers with record 0
+		for i := 1; i < 5; i++ {
+			w.Add(rec(i))
+		}
+		start := time.Now()
+		if err := w.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if st.count() != 5 || time.Since(start) >= time.Hour {
+			t.Fatalf("%d written after %v", st.count(), time.Since(start))
+		}
+		w.Close(context.Background())
+	})
+}
