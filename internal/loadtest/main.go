@@ -4,6 +4,9 @@
 // for both, with the ratios keypool/bare. Everything listens on 127.0.0.1.
 //
 //	go run ./internal/loadtest -n 20000 -c 32 -stream-ratio 0.3
+//
+// With -records it compares keypool with request records in SQLite against
+// keypool with records off instead.
 package main
 
 import (
@@ -22,11 +25,24 @@ func main() {
 	flag.Float64Var(&cfg.StreamRatio, "stream-ratio", 0.3, "share of streaming requests (0…1)")
 	flag.DurationVar(&cfg.Duration, "duration", 2*time.Minute, "cap on the whole run (0 = none)")
 	flag.IntVar(&cfg.Rounds, "rounds", 4, "alternating rounds per proxy")
+	flag.BoolVar(&cfg.Records, "records", false, "compare keypool with request records in SQLite against keypool with records off")
 	flag.Parse()
+	if cfg.Records {
+		dir, err := os.MkdirTemp("", "keypool-loadtest-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		cfg.RecordsDir = dir
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if _, err := run(ctx, cfg, os.Stdout); err != nil {
+	_, err := run(ctx, cfg, os.Stdout)
+	if cfg.RecordsDir != "" {
+		os.RemoveAll(cfg.RecordsDir)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}

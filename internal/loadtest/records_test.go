@@ -88,6 +88,10 @@ func BenchmarkProxyRecords(b *testing.B) {
 					}
 				}
 			})
+			if w != nil {
+				// The records of the run are written on its time.
+				w.Flush(context.Background())
+			}
 			b.StopTimer()
 			if w != nil {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

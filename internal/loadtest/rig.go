@@ -15,6 +15,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/records"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -100,6 +101,33 @@ type rig struct {
 	transport               *keypool.Transport
 	bareTransport           *http.Transport
 	bareClient, kpClient    *http.Client
+
+	// A keypool proxy with records in SQLite, on the same transport, when
+	// startRecords was called.
+	recorded  *loopServer
+	recClient *http.Client
+	store     records.Store
+	writer    *records.Writer
+}
+
+// startRecords starts a second keypool proxy, on the same transport, that
+// writes request records to the SQLite file at path.
+func (r *rig) startRecords(path string) error {
+	st, err := records.Open(records.TypeSQLite, path)
+	if err != nil {
+		return err
+	}
+	r.store = st
+	r.writer = records.NewWriter(st, records.WriterOptions{})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}, Records: r.writer})
+	if err != nil {
+		return err
+	}
+	if r.recorded, err = listen(srv.Handler()); err != nil {
+		return err
+	}
+	r.recClient = &http.Client{Transport: newHTTPTransport(r.kpClient.Transport.(*http.Transport).MaxIdleConnsPerHost)}
+	return nil
 }
 
 // newRig starts the upstream and both proxies. conns is how many idle
@@ -175,15 +203,23 @@ func (r *rig) closeIdle(ctx context.Context) error {
 
 // close stops everything the rig started.
 func (r *rig) close() {
-	for _, c := range []*http.Client{r.bareClient, r.kpClient} {
+	for _, c := range []*http.Client{r.bareClient, r.kpClient, r.recClient} {
 		if c != nil {
 			c.CloseIdleConnections()
 		}
 	}
-	for _, s := range []*loopServer{r.bare, r.keypool, r.upstream} {
+	for _, s := range []*loopServer{r.bare, r.keypool, r.recorded, r.upstream} {
 		if s != nil {
 			s.srv.Close()
 		}
+	}
+	if r.writer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		r.writer.Close(ctx)
+		cancel()
+	}
+	if r.store != nil {
+		r.store.Close()
 	}
 	if r.bareTransport != nil {
 		r.bareTransport.CloseIdleConnections()

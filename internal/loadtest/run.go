@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
 	"time"
+
+	"github.com/keypool/keypool/internal/records"
 )
 
 // Config is one run of the harness.
@@ -21,6 +24,11 @@ type Config struct {
 	StreamRatio float64       // share of streaming requests, 0…1
 	Duration    time.Duration // cap on the whole run; 0 = none
 	Rounds      int           // each side's requests come in this many alternating rounds; 0 = 4
+	// Records compares keypool with request records in SQLite (a file in
+	// RecordsDir) against keypool with records off, instead of keypool
+	// against the bare proxy.
+	Records    bool
+	RecordsDir string
 }
 
 // Side is what one proxy did in a run.
@@ -37,9 +45,12 @@ type Side struct {
 	FirstError error
 }
 
-// Result is both sides of a run.
+// Result is both sides of a run: the baseline (Bare: the bare proxy, or
+// keypool with records off) and the proxy measured against it.
 type Result struct {
 	Bare, Keypool Side
+	// Records is what the records writer did (Records mode only).
+	Records records.WriterStats
 }
 
 // ThroughputRatio is keypool's throughput over the bare proxy's.
@@ -98,9 +109,20 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		{bare, r.bare.url, r.bareClient},
 		{kp, r.keypool.url, r.kpClient},
 	}
+	if cfg.Records {
+		if err := r.startRecords(filepath.Join(cfg.RecordsDir, "loadtest.sqlite")); err != nil {
+			return Result{}, err
+		}
+		bare.side.Name, kp.side.Name = "keypool, records off", "keypool, records in SQLite"
+		targets[0].url, targets[0].client = r.keypool.url, r.kpClient
+		targets[1].url, targets[1].client = r.recorded.url, r.recClient
+	}
 	warm := min(cfg.N/10, 500)
 	for _, tg := range targets {
 		drive(ctx, tg.client, tg.url, 0, warm, cfg, &sample{})
+	}
+	if cfg.Records {
+		r.writer.Flush(ctx)
 	}
 	per := (cfg.N + cfg.Rounds - 1) / cfg.Rounds
 	for round := 0; round < cfg.Rounds; round++ {
@@ -109,11 +131,25 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 			break
 		}
 		for k := range targets {
-			tg := targets[(k+round)%2] // alternate which side goes first
+			side := (k + round) % 2 // alternate which side goes first
+			tg := targets[side]
 			tg.s.side.Elapsed += drive(ctx, tg.client, tg.url, from, to, cfg, tg.s)
+			if cfg.Records && side == 1 {
+				// The records of this round are written on the records
+				// side's time, not during the other side's round.
+				start := time.Now()
+				r.writer.Flush(ctx)
+				tg.s.side.Elapsed += time.Since(start)
+			}
 		}
 	}
 	res := Result{Bare: bare.finish(), Keypool: kp.finish()}
+	if r.writer != nil {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		r.writer.Close(cctx)
+		cancel()
+		res.Records = r.writer.Stats()
+	}
 	report(out, cfg, res)
 	if err := ctx.Err(); err != nil && res.Bare.Requests+res.Keypool.Requests < 2*cfg.N {
 		fmt.Fprintf(out, "stopped by the duration cap (%v) before n was reached\n", cfg.Duration)
@@ -260,12 +296,15 @@ func report(out io.Writer, cfg Config, r Result) {
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%.0f\t%v\t%v\t%v\t%v\t\n", s.Name, s.Requests, s.Errors, s.Throughput,
 			us(s.P50), us(s.P99), us(s.TTFB50), us(s.TTFB99))
 	}
-	fmt.Fprintf(tw, "keypool/bare\t\t\t%.3fx\t%.3fx\t%.3fx\t%.3fx\t%.3fx\t\n", r.ThroughputRatio(),
+	fmt.Fprintf(tw, "ratio\t\t\t%.3fx\t%.3fx\t%.3fx\t%.3fx\t%.3fx\t\n", r.ThroughputRatio(),
 		ratio(float64(r.Keypool.P50), float64(r.Bare.P50)), ratio(float64(r.Keypool.P99), float64(r.Bare.P99)),
 		ratio(float64(r.Keypool.TTFB50), float64(r.Bare.TTFB50)), ratio(float64(r.Keypool.TTFB99), float64(r.Bare.TTFB99)))
-	fmt.Fprintf(tw, "keypool-bare\t\t\t\t%v\t%v\t%v\t%v\t\n", us(r.Keypool.P50-r.Bare.P50), us(r.Keypool.P99-r.Bare.P99),
+	fmt.Fprintf(tw, "difference\t\t\t\t%v\t%v\t%v\t%v\t\n", us(r.Keypool.P50-r.Bare.P50), us(r.Keypool.P99-r.Bare.P99),
 		us(r.Keypool.TTFB50-r.Bare.TTFB50), us(r.Keypool.TTFB99-r.Bare.TTFB99))
 	tw.Flush()
+	if cfg.Records {
+		fmt.Fprintf(out, "records: %d written, %d dropped, %d refused inserts\n", r.Records.Written, r.Records.Dropped, r.Records.Errors)
+	}
 	for _, s := range []Side{r.Bare, r.Keypool} {
 		if s.FirstError != nil {
 			fmt.Fprintf(out, "%s: first error: %v\n", s.Name, s.FirstError)

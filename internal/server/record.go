@@ -27,7 +27,7 @@ const DefaultBodyLimit = 64 << 10
 type recording struct {
 	http.ResponseWriter
 	s       *Server
-	pending *records.Pending
+	pending records.Pending
 	start   time.Time
 	status  int
 	ttfb    time.Duration
@@ -42,15 +42,15 @@ func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request) (*recording
 	if host, _, err := net.SplitHostPort(ip); err == nil {
 		ip = host
 	}
-	rec := &recording{ResponseWriter: w, s: s, start: start,
-		pending: records.Begin(start, "", ip, r.Method, r.URL.Path)}
+	rec := &recording{ResponseWriter: w, s: s, start: start}
+	rec.pending.Reset(start, "", ip, r.Method, r.URL.Path)
 	if s.bodyLimit > 0 {
 		rec.reqBody, rec.resBody = &capture{limit: s.bodyLimit}, &capture{limit: s.bodyLimit}
 		if r.Body != nil && r.Body != http.NoBody {
 			r.Body = &teeBody{ReadCloser: r.Body, c: rec.reqBody}
 		}
 	}
-	r = r.WithContext(keypool.WithRequestObserver(r.Context(), rec.pending))
+	r = r.WithContext(keypool.WithRequestObserver(r.Context(), &rec.pending))
 	return rec, r
 }
 
@@ -88,7 +88,11 @@ func (rec *recording) Flush() {
 	if rec.status == 0 {
 		rec.WriteHeader(http.StatusOK)
 	}
-	http.NewResponseController(rec.ResponseWriter).Flush()
+	if f, ok := rec.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	} else {
+		http.NewResponseController(rec.ResponseWriter).Flush()
+	}
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.

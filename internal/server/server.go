@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"sync"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -94,8 +95,9 @@ type Server struct {
 	names     []string         // the transport's upstream names
 	open      bool             // no token anywhere: every request may use every upstream
 	maxBody   int64
-	records   RecordSink // nil: records off
-	bodyLimit int64      // bytes of each body kept in a record; 0: none
+	records   RecordSink        // nil: records off
+	bodyLimit int64             // bytes of each body kept in a record; 0: none
+	clientIDs map[string]string // configured token → its records.ClientID, when recording
 	log       *slog.Logger
 	now       func() time.Time
 	proxy     *httputil.ReverseProxy
@@ -136,6 +138,17 @@ func New(opts Options) (*Server, error) {
 	}
 	s.access = make([]UpstreamAccess, len(s.names))
 	copy(s.access, opts.Upstreams)
+	if s.records != nil {
+		s.clientIDs = map[string]string{}
+		for _, t := range s.global {
+			s.clientIDs[string(t)] = records.ClientID(string(t))
+		}
+		for _, u := range s.access {
+			for _, t := range u.Tokens {
+				s.clientIDs[string(t)] = records.ClientID(string(t))
+			}
+		}
+	}
 	s.open = len(s.global) == 0
 	for _, u := range s.access {
 		if len(u.Tokens) > 0 || u.NoAuth {
@@ -149,6 +162,7 @@ func New(opts Options) (*Server, error) {
 		// responses of unknown length after every write on its own, and
 		// buffers the rest (JSON of known length) for fewer writes.
 		ErrorHandler:   s.proxyError,
+		BufferPool:     copyBuffers{},
 		ModifyResponse: stripOperatorHeaders,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
@@ -171,6 +185,19 @@ func New(opts Options) (*Server, error) {
 // Handler returns the proxy's http.Handler: /v1/* (every method) through the
 // transport, and /healthz.
 func (s *Server) Handler() http.Handler { return s.handler }
+
+// copyBuffers lends ReverseProxy the 32 KiB buffers it copies response
+// bodies with, instead of one new buffer per response.
+type copyBuffers struct{}
+
+var copyBufferPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+func (copyBuffers) Get() []byte { return copyBufferPool.Get().(*[32 << 10]byte)[:] }
+func (copyBuffers) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		copyBufferPool.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
+}
 
 // stripOperatorHeaders keeps what identifies the operator's account upstream
 // (its organization and project, cookies set for the key's session) from
@@ -208,7 +235,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	only, token, ok := s.authorize(r)
 	if rec, isRec := w.(*recording); isRec && token != "" {
-		rec.pending.SetClient(records.ClientID(token))
+		rec.pending.SetClient(s.clientIDs[token]) // a valid token: one of the map's
 	}
 	if !ok {
 		setError(w, "unauthorized")
