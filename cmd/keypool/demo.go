@@ -19,6 +19,7 @@ import (
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/records"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -123,8 +124,17 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	}
 	defer t.CloseIdleConnections()
 
+	// Request records, in an in-memory SQLite database.
+	store, err := records.Open(records.TypeSQLite, ":memory:")
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	writer := records.NewWriter(store, records.WriterOptions{})
+	defer writer.Close(context.WithoutCancel(ctx))
+
 	// The proxy, in front of the transport, on 127.0.0.1 only.
-	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}})
+	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}, Records: writer})
 	if err != nil {
 		return err
 	}
@@ -221,8 +231,30 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 		return err
 	}
 	shutdown()
+	fmt.Fprintln(out, "\nrequest records by key (keypool records --by key):")
+	if err := demoRecords(ctx, out, writer, store, nameOf); err != nil {
+		return err
+	}
 	fmt.Fprintln(out, "\ndone: checker, proxy and fake API stopped")
 	return nil
+}
+
+// demoRecords prints the records of the run grouped by the key that served
+// them, keys by demo name.
+func demoRecords(ctx context.Context, out io.Writer, w *records.Writer, store records.Store, nameOf func(keypool.KeyID) string) error {
+	if err := w.Flush(ctx); err != nil {
+		return err
+	}
+	groups, err := store.Aggregate(ctx, records.Query{}, records.ByKey)
+	if err != nil {
+		return err
+	}
+	for i, g := range groups {
+		if g.Group != "" {
+			groups[i].Group = nameOf(keypool.KeyID(g.Group))
+		}
+	}
+	return groupsTable(out, records.ByKey, groups)
 }
 
 // demoRequest sends chat request i to the proxy as an SDK would, and shows the
