@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"regexp"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -22,6 +24,20 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
+	}
+	// The records: every request of the demo, grouped by the key that
+	// served it (a request no key served has none).
+	_, recs, ok := strings.Cut(out, "request records by key")
+	if !ok {
+		t.Fatalf("no records table:\n%s", out)
+	}
+	total := 0
+	for _, m := range regexp.MustCompile(`(?m)^(\S+)\s+(\d+)\s+\d+\s`).FindAllStringSubmatch(recs, -1) {
+		n, _ := strconv.Atoi(m[2])
+		total += n
+	}
+	if total != demoRequests {
+		t.Errorf("records count %d requests, the demo sent %d:\n%s", total, demoRequests, recs)
 	}
 	// The state table has a row per key, by name and ID.
 	for _, k := range demoKeys {
