@@ -215,14 +215,7 @@ func recordsTable(out io.Writer, recs []records.Record) error {
 			r.Time.Local().Format("2006-01-02 15:04:05"), dash(r.Client), r.Method, r.Path, dash(model), dash(r.Upstream),
 			dash(r.Key), r.Status, len(r.Attempts), short(r.TTFB), short(r.Duration), r.InputTokens, r.OutputTokens, dash(r.Error))
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	if len(recs) == 0 {
-		_, err := fmt.Fprintln(out, "(no records match)")
-		return err
-	}
-	return nil
+	return endTable(out, tw, len(recs))
 }
 
 func groupsTable(out io.Writer, by records.GroupBy, groups []records.Group) error {
@@ -232,10 +225,15 @@ func groupsTable(out io.Writer, by records.GroupBy, groups []records.Group) erro
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", dash(g.Group), g.Requests, g.Errors,
 			g.InputTokens, g.OutputTokens, g.CachedTokens, g.ReasoningTokens, short(g.AvgTTFB), short(g.AvgDuration))
 	}
+	return endTable(out, tw, len(groups))
+}
+
+// endTable writes the table out, and says so when it has no rows.
+func endTable(out io.Writer, tw *tabwriter.Writer, rows int) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	if len(groups) == 0 {
+	if rows == 0 {
 		_, err := fmt.Fprintln(out, "(no records match)")
 		return err
 	}
