@@ -1,0 +1,82 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keypool/keypool/internal/records"
+)
+
+func TestPointInTime(t *testing.T) {
+	now := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+		bad  bool
+	}{
+		{"", time.Time{}, false},
+		{"90m", now.Add(-90 * time.Minute), false},
+		{"7d", now.AddDate(0, 0, -7), false},
+		{"2026-11-01T00:00:00Z", time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC), false},
+		{"-1h", time.Time{}, true},
+		{"-3d", time.Time{}, true},
+		{"yesterday", time.Time{}, true},
+	} {
+		got, err := pointInTime(tc.in, now)
+		if (err != nil) != tc.bad || !got.Equal(tc.want) {
+			t.Errorf("%q: %v, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestRecordsCommand(t *testing.T) {
+	noEnv(t)
+	db := filepath.Join(t.TempDir(), "r.sqlite")
+	st, err := records.Open(records.TypeSQLite, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var recs []records.Record
+	for i := range 5 {
+		recs = append(recs, records.Record{Time: now.Add(-time.Duration(i) * time.Hour), Method: "POST", Path: "/v1/chat/completions",
+			Model: "gpt-4o", Key: "kp_00000000000000a" + string(rune('0'+i%2)), Status: 200, InputTokens: 10, OutputTokens: 5})
+	}
+	if err := st.Insert(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	runOut := func(args ...string) (string, string, int) {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), append([]string{"records", "--dbaddr", db}, args...), &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	if out, _, code := runOut("--since", "150m"); code != 0 || strings.Count(out, "/v1/chat/completions") != 3 {
+		t.Errorf("--since 150m: exit %d\n%s", code, out)
+	}
+	if out, _, code := runOut("--since", "", "--limit", "2"); code != 0 || strings.Count(out, "gpt-4o") != 2 {
+		t.Errorf("--limit 2: exit %d\n%s", code, out)
+	}
+	if out, _, code := runOut("--since", "1d", "--by", "key"); code != 0 || !strings.Contains(out, "kp_00000000000000a0  3 ") || !strings.Contains(out, "kp_00000000000000a1  2 ") {
+		t.Errorf("--by key: exit %d\n%s", code, out)
+	}
+	if out, _, code := runOut("--model", "o3"); code != 0 || !strings.Contains(out, "(no records match)") {
+		t.Errorf("no match: exit %d\n%s", code, out)
+	}
+	for _, tc := range []struct{ args, want string }{
+		{"--by colour", `cannot group by "colour"`},
+		{"--limit 0", "--limit must be between 1 and 10000"},
+		{"--since soon", `--since: "soon" is neither`},
+		{"--dbtype none", "records are off"},
+		{"--dbtype mysql", "mysql"},
+	} {
+		if _, errOut, code := runOut(strings.Fields(tc.args)...); code == 0 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s: exit %d, %q", tc.args, code, errOut)
+		}
+	}
+}
