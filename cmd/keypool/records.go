@@ -154,6 +154,9 @@ func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 		typ, addr = cfg.DBType, string(cfg.DBAddr)
 	}
 	if f.dbType != "" {
+		if storeType(f.dbType) != storeType(typ) {
+			addr = "" // the config's address is for another type of store
+		}
 		typ = f.dbType
 	}
 	if f.dbAddr != "" {
@@ -168,11 +171,19 @@ func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 		}
 		if addr != ":memory:" {
 			if _, err := os.Stat(addr); err != nil {
-				return "", "", fmt.Errorf("no records at %s (keypool serve writes them there; pick another file with --dbaddr or --config): %w", addr, errors.Unwrap(err))
+				return "", "", fmt.Errorf("no records at %s (keypool serve writes them there; pick another file with --dbaddr or --config): %w", records.RedactAddr(addr), errors.Unwrap(err))
 			}
 		}
 	}
 	return typ, addr, nil
+}
+
+// storeType is typ with "" read as SQLite, the default.
+func storeType(typ string) string {
+	if typ == "" {
+		return records.TypeSQLite
+	}
+	return typ
 }
 
 // pointInTime reads "" (none), a duration back from now (with d for days),

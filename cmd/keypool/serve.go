@@ -83,6 +83,9 @@ Logs go to stderr and show keys by ID only.`,
 				return err
 			}
 			if dbType != "" {
+				if storeType(dbType) != storeType(cfg.DBType) {
+					cfg.DBAddr = "" // the config's address is for another type of store
+				}
 				cfg.DBType = dbType
 			}
 			if dbAddr != "" {

@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -147,6 +149,25 @@ const (
 	TypePostgres = "postgres"
 	TypeNone     = "none"
 )
+
+// RedactAddr returns addr fit to show: a URL's password, and the password of
+// a key=value DSN, replaced by "xxxxx". A plain file path comes back as it is.
+func RedactAddr(addr string) string {
+	if u, err := url.Parse(addr); err == nil && u.User != nil {
+		if _, has := u.User.Password(); has {
+			return u.Redacted()
+		}
+	}
+	if i := strings.Index(strings.ToLower(addr), "password="); i >= 0 {
+		rest := addr[i+len("password="):]
+		end := strings.IndexAny(rest, " &")
+		if end < 0 {
+			end = len(rest)
+		}
+		return addr[:i+len("password=")] + "xxxxx" + rest[end:]
+	}
+	return addr
+}
 
 // DefaultSQLiteFile is the SQLite file of a config that names none, as in
 // openai-api-route.

@@ -48,7 +48,7 @@ func openSQLite(path string) (*store, error) {
 	}
 	db, err := sql.Open("sqlite", path+sep+sqliteParams)
 	if err != nil {
-		return nil, fmt.Errorf("records: sqlite: open %s: %w", path, err)
+		return nil, fmt.Errorf("records: sqlite: open %s: %w", RedactAddr(path), err)
 	}
 	if isMemory(path) {
 		// Each connection would have a database of its own: keep one,
@@ -58,7 +58,7 @@ func openSQLite(path string) (*store, error) {
 		db.SetConnMaxLifetime(0)
 		db.SetConnMaxIdleTime(0)
 	}
-	return newStore(db, sqliteDialect, path), nil
+	return newStore(db, sqliteDialect, RedactAddr(path)), nil
 }
 
 // isMemory reports whether path names an in-memory database.

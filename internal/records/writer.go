@@ -56,6 +56,7 @@ type Writer struct {
 	done     chan struct{}      // closed when the goroutine has stopped
 	stopOnce sync.Once
 	closed   atomic.Bool
+	addMu    sync.RWMutex    // Add holds it to read closed and send; Close to set closed
 	flushCtx context.Context // Close's context, for the last writes
 	ctx      context.Context // every insert's; cancelled when Close gives up
 	cancel   context.CancelFunc
@@ -106,6 +107,10 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 // blocks: with the queue full, or the Writer closed, r is dropped and
 // counted.
 func (w *Writer) Add(r Record) bool {
+	// The read lock keeps Close from closing between the check and the
+	// send, so a record taken is one Close writes.
+	w.addMu.RLock()
+	defer w.addMu.RUnlock()
 	if w.closed.Load() {
 		w.dropped.Add(1)
 		return false
@@ -132,7 +137,9 @@ func (w *Writer) Close(ctx context.Context) error {
 		w.mu.Lock()
 		w.flushCtx = ctx
 		w.mu.Unlock()
+		w.addMu.Lock()
 		w.closed.Store(true)
+		w.addMu.Unlock()
 		close(w.closing)
 	})
 	select {

@@ -227,10 +227,22 @@ func rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	orig := w // MaxBytesReader tells the server's own writer to close the connection
 	if s.records != nil {
 		var rec *recording
 		rec, r = s.beginRecord(w, r)
-		defer rec.finish(r)
+		defer func() {
+			if p := recover(); p != nil {
+				// ReverseProxy cuts a response off (http.ErrAbortHandler)
+				// when the client or the upstream goes away mid-body.
+				if rec.errKind == "" {
+					rec.errKind = "aborted"
+				}
+				rec.finish(r)
+				panic(p)
+			}
+			rec.finish(r)
+		}()
 		w = rec
 	}
 	only, token, ok := s.authorize(r)
@@ -251,7 +263,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, s.maxBody)
+		r.Body = http.MaxBytesReader(orig, r.Body, s.maxBody)
 	}
 	if only != nil {
 		r = r.WithContext(keypool.WithUpstreamsOnly(r.Context(), only...))
