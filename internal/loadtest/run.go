@@ -49,8 +49,11 @@ type Side struct {
 // keypool with records off) and the proxy measured against it.
 type Result struct {
 	Bare, Keypool Side
-	// Records is what the records writer did (Records mode only).
+	// Records is what the records writer did (Records mode only), and
+	// Flushed the time the records side waited for it at the end of its
+	// rounds (counted in its elapsed time).
 	Records records.WriterStats
+	Flushed time.Duration
 }
 
 // ThroughputRatio is keypool's throughput over the bare proxy's.
@@ -124,6 +127,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if cfg.Records {
 		r.writer.Flush(ctx)
 	}
+	var flushed time.Duration // waiting for the records writer at the end of rounds
 	per := (cfg.N + cfg.Rounds - 1) / cfg.Rounds
 	for round := 0; round < cfg.Rounds; round++ {
 		from, to := round*per, min((round+1)*per, cfg.N)
@@ -140,6 +144,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 				start := time.Now()
 				r.writer.Flush(ctx)
 				tg.s.side.Elapsed += time.Since(start)
+				flushed += time.Since(start)
 			}
 		}
 	}
@@ -149,6 +154,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 		r.writer.Close(cctx)
 		cancel()
 		res.Records = r.writer.Stats()
+		res.Flushed = flushed
 	}
 	report(out, cfg, res)
 	if err := ctx.Err(); err != nil && res.Bare.Requests+res.Keypool.Requests < 2*cfg.N {
@@ -303,7 +309,8 @@ func report(out io.Writer, cfg Config, r Result) {
 		us(r.Keypool.TTFB50-r.Bare.TTFB50), us(r.Keypool.TTFB99-r.Bare.TTFB99))
 	tw.Flush()
 	if cfg.Records {
-		fmt.Fprintf(out, "records: %d written, %d dropped, %d refused inserts\n", r.Records.Written, r.Records.Dropped, r.Records.Errors)
+		fmt.Fprintf(out, "records: %d written, %d dropped, %d refused inserts; %v of the records side's time was waiting for the writer at the end of its rounds\n",
+			r.Records.Written, r.Records.Dropped, r.Records.Errors, r.Flushed.Round(time.Millisecond))
 	}
 	for _, s := range []Side{r.Bare, r.Keypool} {
 		if s.FirstError != nil {

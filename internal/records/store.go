@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -295,33 +296,68 @@ func (s *store) Insert(ctx context.Context, recs []Record) error {
 }
 
 func (s *store) insert(ctx context.Context, recs []Record) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+	// The driver's own connection: database/sql would convert every
+	// argument of every row again (a slice of them a statement), which the
+	// writer, inserting thousands of rows a second beside the proxy, cannot
+	// afford.
+	conn, err := s.db.Conn(ctx)
 	if err != nil {
 		return err
 	}
-	defer tx.Rollback()
+	defer conn.Close()
+	return conn.Raw(func(dc any) error { return s.insertRaw(ctx, dc, recs) })
+}
+
+// rawConn is what insertRaw needs of a driver's connection; both drivers
+// have it.
+type rawConn interface {
+	driver.ConnBeginTx
+	driver.ConnPrepareContext
+}
+
+func (s *store) insertRaw(ctx context.Context, dc any, recs []Record) (err error) {
+	c, ok := dc.(rawConn)
+	if !ok {
+		return fmt.Errorf("records: %s driver cannot begin or prepare with a context", s.d.name)
+	}
+	tx, err := c.BeginTx(ctx, driver.TxOptions{})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
 	per := s.d.rowsPerInsert
-	rows := 0          // since the last yield
-	var full *sql.Stmt // prepared once, for all full statements
-	args := make([]any, 0, min(len(recs), per)*len(columns))
+	rows := 0            // since the last yield
+	var full driver.Stmt // prepared once, for all full statements
+	defer func() {
+		if full != nil {
+			full.Close()
+		}
+	}()
+	vals := make([]any, 0, min(len(recs), per)*len(columns))
+	args := make([]driver.NamedValue, 0, cap(vals))
 	for len(recs) > 0 {
 		n := min(len(recs), per)
-		args = args[:0]
+		vals = vals[:0]
 		for i := range recs[:n] {
-			if args, err = s.appendValues(args, &recs[i]); err != nil {
-				return err
-			}
+			vals = s.appendValues(vals, &recs[i])
+		}
+		args = args[:0]
+		for i, v := range vals {
+			args = append(args, driver.NamedValue{Ordinal: i + 1, Value: v})
 		}
 		if n < per {
-			_, err = tx.ExecContext(ctx, s.d.bind(insertSQL(n)), args...)
+			err = execOnce(ctx, c, s.d.bind(insertSQL(n)), args)
 		} else {
 			if full == nil {
-				if full, err = tx.PrepareContext(ctx, s.insertFull); err != nil {
+				if full, err = c.PrepareContext(ctx, s.insertFull); err != nil {
 					return err
 				}
-				defer full.Close()
 			}
-			_, err = full.ExecContext(ctx, args...)
+			err = exec(ctx, full, args)
 		}
 		if err != nil {
 			return err
@@ -335,6 +371,25 @@ func (s *store) insert(ctx context.Context, recs []Record) error {
 		}
 	}
 	return tx.Commit()
+}
+
+// execOnce prepares query on c, runs it with args and closes it.
+func execOnce(ctx context.Context, c rawConn, query string, args []driver.NamedValue) error {
+	st, err := c.PrepareContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	return exec(ctx, st, args)
+}
+
+func exec(ctx context.Context, st driver.Stmt, args []driver.NamedValue) error {
+	se, ok := st.(driver.StmtExecContext)
+	if !ok {
+		return errors.New("records: the driver's statements cannot execute with a context")
+	}
+	_, err := se.ExecContext(ctx, args)
+	return err
 }
 
 // insertSQL is an INSERT of n rows, with ? placeholders.
@@ -352,7 +407,7 @@ func insertSQL(n int) string {
 }
 
 // appendValues appends the column values of r, in the order of columns.
-func (s *store) appendValues(args []any, r *Record) ([]any, error) {
+func (s *store) appendValues(args []any, r *Record) []any {
 	attempts := "[]"
 	if len(r.Attempts) > 0 {
 		attempts = string(appendAttempts(make([]byte, 0, 96*len(r.Attempts)), r.Attempts))
@@ -361,11 +416,11 @@ func (s *store) appendValues(args []any, r *Record) ([]any, error) {
 	return append(args,
 		s.d.timeArg(r.Time.UTC().Truncate(time.Microsecond)),
 		orNull(t(r.Client)), t(r.IP), t(r.Method), t(r.Path), t(r.Model), r.Stream,
-		t(r.Upstream), t(r.Key), t(attempts), r.Status,
+		t(r.Upstream), t(r.Key), t(attempts), int64(r.Status),
 		r.TTFB.Microseconds(), r.Duration.Microseconds(),
 		r.InputTokens, r.OutputTokens, r.CachedTokens, r.ReasoningTokens,
 		orNull(t(r.Error)), orNull(t(r.RequestBody)), orNull(t(r.ResponseBody)),
-	), nil
+	)
 }
 
 // appendAttempts appends the JSON of attempts to b, as encoding/json would
