@@ -110,8 +110,10 @@ func BenchmarkProxyRecords(b *testing.B) {
 					}
 				}
 			})
-			if w != nil {
-				// The records of the run are written on its time.
+			if w != nil && tc.name != "overloaded" {
+				// The records of the run are written on its time (the
+				// overloaded store would take seconds: its point is that
+				// requests do not wait for it).
 				w.Flush(context.Background())
 			}
 			b.StopTimer()
