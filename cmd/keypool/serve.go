@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -223,6 +224,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		logger.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 
+	logClientIDs(cfg, logger)
 	logger.Info("listening", "addr", ln.Addr().String(), "keys", len(tr.Snapshot()))
 
 	runCtx, stop := context.WithCancel(ctx)
@@ -360,4 +362,22 @@ func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration) {
 	s := r.writer.Stats()
 	logger.Info("records flushed", "written", s.Written, "dropped", s.Dropped)
 	r.store.Close()
+}
+
+// logClientIDs logs the ID that records and logs show for each client token
+// (never the token), and which upstreams it may use, so that an operator can
+// tell the clients of keypool records apart.
+func logClientIDs(cfg *config.Config, logger *slog.Logger) {
+	for _, t := range cfg.Authorization {
+		logger.Info("client token", "id", records.ClientID(string(t)), "upstreams", "all")
+	}
+	for i, u := range cfg.Upstream {
+		name := u.Name
+		if name == "" {
+			name = "upstream " + strconv.Itoa(i+1)
+		}
+		for _, t := range u.Authorization {
+			logger.Info("client token", "id", records.ClientID(string(t)), "upstreams", name)
+		}
+	}
 }

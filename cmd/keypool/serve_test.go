@@ -326,7 +326,8 @@ func TestServeRecords(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("serve: %v", err)
 	}
-	if log := stderr.String(); !strings.Contains(log, "records flushed") || !strings.Contains(log, "written=4") {
+	if log := stderr.String(); !strings.Contains(log, "records flushed") || !strings.Contains(log, "written=4") ||
+		!strings.Contains(log, `msg="client token" id=`+records.ClientID(token)+" upstreams=all") {
 		t.Fatalf("log:\n%s", log)
 	}
 
