@@ -57,7 +57,9 @@ type Config struct {
 	// DrainTimeout bounds the time Run keeps delivering queued messages after
 	// its context ends; 0 means DefaultDrainTimeout.
 	DrainTimeout time.Duration
-	// Client sends the messages; nil means a client with Timeout.
+	// Client sends the messages; nil means a client with Timeout. Redirects
+	// are not followed (a redirect is a failed send) unless Client has a
+	// CheckRedirect of its own.
 	Client *http.Client
 	// Logger gets a Warn record for each failed send; nil means silent.
 	Logger *slog.Logger
@@ -105,6 +107,13 @@ type ConfigError struct {
 
 func (e *ConfigError) Error() string { return "notify: " + e.Field + ": " + e.Problem }
 
+// Bounds of the settings that size memory: a failure window keeps the time
+// of each of FailureThreshold attempts, and the queue QueueSize messages.
+const (
+	maxFailureThreshold = 10000
+	maxQueueSize        = 1 << 20
+)
+
 func (c Config) validate() error {
 	if c.Matrix == nil && c.Feishu == nil && c.Webhook == nil {
 		return &ConfigError{"config", "no notifier configured (matrix, feishu or webhook)"}
@@ -117,7 +126,7 @@ func (c Config) validate() error {
 		if u.User != nil {
 			return &ConfigError{"matrix homeserver", "must not hold user info"}
 		}
-		if u.RawQuery != "" || u.Fragment != "" {
+		if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
 			return &ConfigError{"matrix homeserver", "must not have a query or fragment"}
 		}
 		switch {
@@ -161,9 +170,13 @@ func (c Config) validate() error {
 	for _, i := range []struct {
 		name string
 		v    int
-	}{{"burst", c.Burst}, {"failure threshold", c.FailureThreshold}, {"queue size", c.QueueSize}} {
-		if i.v < 0 {
+		max  int // beyond it, memory the value asks for is unreasonable
+	}{{"burst", c.Burst, 1 << 20}, {"failure threshold", c.FailureThreshold, maxFailureThreshold}, {"queue size", c.QueueSize, maxQueueSize}} {
+		switch {
+		case i.v < 0:
 			return &ConfigError{i.name, "is negative"}
+		case i.v > i.max:
+			return &ConfigError{i.name, "is over " + strconv.Itoa(i.max)}
 		}
 	}
 	return nil

@@ -107,8 +107,17 @@ func New(cfg Config) (*Notifier, error) {
 		lastSent:  map[dedupKey]time.Time{},
 		sweepAt:   64,
 	}
+	// No redirects, unless a given client says otherwise: Go's client
+	// passes custom headers (the webhook's secrets) on to whatever host a
+	// redirect names. A redirect is a failed send.
 	if n.client == nil {
 		n.client = &http.Client{Timeout: n.timeout}
+	} else {
+		c := *n.client
+		n.client = &c
+	}
+	if n.client.CheckRedirect == nil {
+		n.client.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
@@ -163,9 +172,9 @@ func (n *Notifier) Seed(keys []keypool.KeyInfo) {
 	if n == nil {
 		return
 	}
-	now := n.now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	now := n.now() // under the lock: events are dated in the order they are counted
 	var names []string
 	for _, k := range keys {
 		if !slices.Contains(names, k.Upstream) {
@@ -184,9 +193,9 @@ func (n *Notifier) StateChange(e keypool.StateEvent) {
 	if n == nil {
 		return
 	}
-	now := n.now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	now := n.now() // under the lock: events are dated in the order they are counted
 	u := n.upstream(e.Upstream)
 	prev, known := u.keys[e.Key]
 	if !known { // a key first seen here, such as an organization clone
@@ -211,9 +220,9 @@ func (n *Notifier) Attempt(e keypool.AttemptEvent) {
 	if n == nil || e.Outcome != keypool.OutcomeServerError {
 		return
 	}
-	now := n.now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	now := n.now() // under the lock: events are dated in the order they are counted
 	if !n.upstream(e.Upstream).fails.add(now, n.threshold, n.window) {
 		return
 	}
