@@ -345,7 +345,7 @@ func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 	} else {
 		logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
 	}
-	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, Batch: cfg.Records.Batch, Logger: logger})
+	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, Batch: cfg.Records.Batch, Keep: cfg.Records.Keep, Logger: logger})
 	return &recordsRun{store: store, writer: w}, nil
 }
 

@@ -9,7 +9,7 @@
 //	stream_timeout: 10
 //	dbtype: sqlite              # request records: sqlite (the default), postgres or none
 //	dbaddr: ./db.sqlite         # the SQLite file, or PostgreSQL's DSN
-//	records: {bodies: false, body_limit: 64KiB, queue: 10000, batch: 256}
+//	records: {bodies: false, body_limit: 64KiB, queue: 10000, batch: 256, keep: 0}
 //	notify:                     # see Notify
 //	  feishu: {webhook: "https://open.feishu.cn/open-apis/bot/v2/hook/…"}
 //	listen: 127.0.0.1:8080      # openai-api-route's "address" works too

@@ -16,11 +16,13 @@ import (
 //	  body_limit: 64KiB  # each body cut at this size
 //	  queue: 10000       # records waiting for the store; beyond, dropped
 //	  batch: 256         # records per insert
+//	  keep: 720h         # delete records older than this (0: keep all)
 type Records struct {
 	Bodies    bool
 	BodyLimit int64
 	Queue     int
 	Batch     int
+	Keep      time.Duration
 }
 
 // Notify is the notify section: where events worth a human go (a key revoked
@@ -71,7 +73,7 @@ type Webhook struct {
 	Headers map[string]Secret
 }
 
-var recordsFields = []string{"bodies", "body_limit", "queue", "batch"}
+var recordsFields = []string{"bodies", "body_limit", "queue", "batch", "keep"}
 
 func (p *parser) records(r *Records, f field) {
 	if !p.section(f, "bodies: false") {
@@ -87,6 +89,8 @@ func (p *parser) records(r *Records, f field) {
 			r.Queue = p.count(f)
 		case "batch":
 			r.Batch = p.count(f)
+		case "keep":
+			r.Keep = p.duration(f)
 		default:
 			p.unknown(f, "records", recordsFields)
 		}

@@ -18,6 +18,7 @@ records:
   body_limit: 8KiB
   queue: 500
   batch: 50
+  keep: 720h
 notify:
   matrix:
     homeserver: https://matrix.example.org
@@ -39,7 +40,7 @@ notify:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Records != (config.Records{Bodies: true, BodyLimit: 8 << 10, Queue: 500, Batch: 50}) {
+	if cfg.Records != (config.Records{Bodies: true, BodyLimit: 8 << 10, Queue: 500, Batch: 50, Keep: 720 * time.Hour}) {
 		t.Errorf("records = %+v", cfg.Records)
 	}
 	n := cfg.Notify

@@ -14,6 +14,7 @@ import (
 //	records_written_total   records stored
 //	records_dropped_total   records lost: the queue was full, or the store out of reach at shutdown
 //	records_errors_total    inserts the store refused (each is tried again)
+//	records_pruned_total    records deleted for being older than records.keep
 //	records_queued          records waiting for the store
 func RegisterRecords(reg prometheus.Registerer, stats func() records.WriterStats) error {
 	counter := func(name, help string, v func(records.WriterStats) uint64) prometheus.Collector {
@@ -27,6 +28,8 @@ func RegisterRecords(reg prometheus.Registerer, stats func() records.WriterStats
 			func(s records.WriterStats) uint64 { return s.Dropped }),
 		counter("records_errors_total", "Inserts of request records the store refused; each batch is tried again.",
 			func(s records.WriterStats) uint64 { return s.Errors }),
+		counter("records_pruned_total", "Request records deleted for being older than records.keep.",
+			func(s records.WriterStats) uint64 { return s.Pruned }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "records_queued",
 			Help: "Request records waiting for the store."},
 			func() float64 { return float64(stats().Queued) }),

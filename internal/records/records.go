@@ -138,6 +138,9 @@ type Store interface {
 	// Aggregate groups the records q selects, the largest groups first
 	// (time windows: the newest first).
 	Aggregate(ctx context.Context, q Query, by GroupBy) ([]Group, error)
+	// Prune deletes the records from before before, in chunks, and returns
+	// how many it deleted.
+	Prune(ctx context.Context, before time.Time) (int64, error)
 	// Ping reports whether the store can be reached.
 	Ping(ctx context.Context) error
 	Close() error

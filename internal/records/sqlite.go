@@ -23,8 +23,8 @@ var sqliteMicros = map[string]int64{
 
 var sqliteDialect = &dialect{
 	name:     TypeSQLite,
-	idType:   "INTEGER PRIMARY KEY AUTOINCREMENT",
-	timeType: "INTEGER", // unix microseconds, UTC
+	idType:   "INTEGER PRIMARY KEY", // the rowid: AUTOINCREMENT would update sqlite_sequence on every insert
+	timeType: "INTEGER",             // unix microseconds, UTC
 	// No round trips to save: one prepared row beats parsing and binding
 	// a statement of hundreds.
 	rowsPerInsert: 16,

@@ -685,6 +685,34 @@ func sortGroups(groups []Group, by GroupBy) {
 	})
 }
 
+// pruneChunk bounds the rows one DELETE of Prune takes, so that inserts are
+// not held up behind a long one.
+var pruneChunk = 5000 // a variable for the tests
+
+func (s *store) Prune(ctx context.Context, before time.Time) (int64, error) {
+	if err := s.ready(ctx); err != nil {
+		return 0, err
+	}
+	q := s.d.bind(`DELETE FROM keypool_requests WHERE id IN
+	(SELECT id FROM keypool_requests WHERE time < ? ORDER BY time LIMIT ` + strconv.Itoa(pruneChunk) + `)`)
+	t := s.d.timeArg(before.UTC().Truncate(time.Microsecond))
+	var total int64
+	for {
+		res, err := s.db.ExecContext(ctx, q, t)
+		if err != nil {
+			return total, s.fail("prune", err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return total, s.fail("prune", err)
+		}
+		total += n
+		if n < int64(pruneChunk) {
+			return total, nil
+		}
+	}
+}
+
 func (s *store) Ping(ctx context.Context) error {
 	if err := s.ready(ctx); err != nil {
 		return err

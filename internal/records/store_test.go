@@ -332,6 +332,24 @@ func testStore(t *testing.T, b backend) {
 		}
 	})
 
+	t.Run("prune", func(t *testing.T) {
+		defer func(n int) { pruneChunk = n }(pruneChunk)
+		pruneChunk = 100 // so that the prune takes several chunks
+		st := b.open(t, b.newAddr(t))
+		insert(t, st, series(1200)...)
+		n, err := st.Prune(t.Context(), at("2026-11-22T00:00:00Z").Add(1100*time.Second))
+		if err != nil || n != 1100 {
+			t.Fatalf("pruned %d (%v), want 1100", n, err)
+		}
+		got := recent(t, st, Query{Limit: maxLimit})
+		if len(got) != 100 || got[len(got)-1].Path != "/1100" {
+			t.Fatalf("%d records left, oldest %s", len(got), got[len(got)-1].Path)
+		}
+		if n, err := st.Prune(t.Context(), at("2026-11-22T00:00:00Z")); err != nil || n != 0 {
+			t.Fatalf("pruned %d (%v) of none older", n, err)
+		}
+	})
+
 	t.Run("aggregate", func(t *testing.T) {
 		st := b.open(t, b.newAddr(t))
 		insert(t, st, fixture()...)

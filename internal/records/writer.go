@@ -28,6 +28,9 @@ type WriterOptions struct {
 	// LogEvery is how often dropped records are logged, once per interval
 	// with their count (default 10s).
 	LogEvery time.Duration
+	// Keep, when positive, is how long records are kept: older ones are
+	// deleted at start and then every PruneEvery (default 1h).
+	Keep, PruneEvery time.Duration
 	// Logger receives the writer's warnings; nil means silent.
 	Logger *slog.Logger
 }
@@ -38,6 +41,7 @@ type WriterStats struct {
 	Written uint64 // records stored
 	Dropped uint64 // records lost: queue full, or left when Close gave up
 	Errors  uint64 // inserts the store refused
+	Pruned  uint64 // records deleted for being older than Keep
 }
 
 // Writer takes records from request goroutines without ever making them wait,
@@ -63,6 +67,7 @@ type Writer struct {
 	mu       sync.Mutex // guards flushCtx
 
 	written, dropped, errors atomic.Uint64
+	pruned                   atomic.Uint64
 	lost                     atomic.Uint64 // of dropped: those Close could not write
 	droppedLogged            uint64        // dropped count already logged; writer goroutine only
 	loggedAt                 time.Time     // when dropped records were last logged; writer goroutine only
@@ -87,6 +92,9 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	}
 	if opt.LogEvery <= 0 {
 		opt.LogEvery = 10 * time.Second
+	}
+	if opt.PruneEvery <= 0 {
+		opt.PruneEvery = time.Hour
 	}
 	w := &Writer{
 		store: store, opt: opt, log: opt.Logger,
@@ -126,7 +134,7 @@ func (w *Writer) Add(r Record) bool {
 
 // Stats returns the writer's counters.
 func (w *Writer) Stats() WriterStats {
-	return WriterStats{Queued: len(w.queue), Written: w.written.Load(), Dropped: w.dropped.Load(), Errors: w.errors.Load()}
+	return WriterStats{Queued: len(w.queue), Written: w.written.Load(), Dropped: w.dropped.Load(), Errors: w.errors.Load(), Pruned: w.pruned.Load()}
 }
 
 // Close stops taking records and writes those queued, trying the store until
@@ -216,19 +224,42 @@ func (w *Writer) Flush(ctx context.Context) error {
 }
 
 // watch logs dropped records once per LogEvery, on a goroutine of its own so
-// that a store that hangs does not keep it quiet; and once more at the end.
+// that a store that hangs does not keep it quiet, and once more at the end;
+// and with Keep set, prunes old records at start and every PruneEvery.
 func (w *Writer) watch(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	tick := time.NewTicker(w.opt.LogEvery)
 	defer tick.Stop()
+	var prune <-chan time.Time
+	if w.opt.Keep > 0 {
+		t := time.NewTicker(w.opt.PruneEvery)
+		defer t.Stop()
+		prune = t.C
+		w.prune()
+	}
 	for {
 		select {
 		case <-tick.C:
 			w.logDropped()
+		case <-prune:
+			w.prune()
 		case <-stop:
 			w.logDropped()
 			return
 		}
+	}
+}
+
+// prune deletes the records older than Keep.
+func (w *Writer) prune() {
+	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Minute)
+	defer cancel()
+	n, err := w.store.Prune(ctx, time.Now().Add(-w.opt.Keep))
+	w.pruned.Add(uint64(n))
+	if err != nil {
+		w.log.Warn("records: pruning old records failed; trying again later", slog.String("error", err.Error()))
+	} else if n > 0 {
+		w.log.Info("records: pruned old records", slog.Int64("deleted", n), slog.Duration("keep", w.opt.Keep))
 	}
 }
 

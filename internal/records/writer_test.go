@@ -54,6 +54,21 @@ func (m *memStore) Aggregate(context.Context, Query, GroupBy) ([]Group, error) {
 func (m *memStore) Ping(context.Context) error                                 { return nil }
 func (m *memStore) Close() error                                               { return nil }
 
+// Prune deletes the rows before before.
+func (m *memStore) Prune(_ context.Context, before time.Time) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	kept := m.rows[:0]
+	for _, r := range m.rows {
+		if !r.Time.Before(before) {
+			kept = append(kept, r)
+		}
+	}
+	n := int64(len(m.rows) - len(kept))
+	m.rows = kept
+	return n, nil
+}
+
 func rec(i int) Record { return Record{Path: fmt.Sprintf("/v1/r%d", i), Status: 200} }
 
 func TestWriterBatchesAndFlushes(t *testing.T) {
@@ -223,6 +238,26 @@ func TestWriterFlush(t *testing.T) {
 		}
 		if st.count() != 5 || time.Since(start) >= time.Hour {
 			t.Fatalf("%d written after %v", st.count(), time.Since(start))
+		}
+		w.Close(context.Background())
+	})
+}
+
+// TestWriterPrunes: with Keep, records older than it go at start and then
+// every PruneEvery.
+func TestWriterPrunes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		now := time.Now()
+		st := &memStore{rows: []Record{{Time: now.Add(-48 * time.Hour)}, {Time: now.Add(-2 * time.Hour)}}}
+		w := NewWriter(st, WriterOptions{Keep: 24 * time.Hour, PruneEvery: time.Hour})
+		synctest.Wait()
+		if st.count() != 1 || w.Stats().Pruned != 1 {
+			t.Fatalf("%d rows after the first prune, stats %+v", st.count(), w.Stats())
+		}
+		time.Sleep(23 * time.Hour) // fake time: the -2h row turns 25h old
+		synctest.Wait()
+		if st.count() != 0 || w.Stats().Pruned != 2 {
+			t.Fatalf("%d rows a day later, stats %+v", st.count(), w.Stats())
 		}
 		w.Close(context.Background())
 	})
