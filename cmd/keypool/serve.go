@@ -324,13 +324,7 @@ type recordsRun struct {
 // records are off. A store out of reach is not an error: the writer tries
 // it until it answers, while requests go on.
 func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*recordsRun, error) {
-	addr := string(cfg.DBAddr)
-	if cfg.DBType == "" || cfg.DBType == records.TypeSQLite {
-		if addr == "" {
-			addr = records.DefaultSQLiteFile
-		}
-	}
-	store, err := records.Open(cfg.DBType, addr)
+	store, err := records.Open(cfg.DBType, string(cfg.DBAddr)) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
 		logger.Info("request records off (dbtype none)")
 		return nil, nil

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keypool/keypool/internal/notify"
 )
 
 // Records is the records section: what request records keep. Where they go
@@ -209,7 +211,7 @@ func (p *parser) webhook(f field) *Webhook {
 			}
 			w.Headers = map[string]Secret{}
 			for _, h := range p.fields(g.val, "notify: webhook: headers") {
-				if !validHeaderName(h.name) {
+				if !notify.ValidHeaderName(h.name) {
 					p.errorf(h.key.Line, "%s: not a header name", g.label)
 					continue
 				}
@@ -245,19 +247,4 @@ func (p *parser) httpURL(f field, s string, secret bool) {
 		return
 	}
 	p.errorf(f.val.Line, "%s must be an http or https URL, not %q", f.label, s)
-}
-
-// validHeaderName reports whether s is an HTTP token (RFC 9110).
-func validHeaderName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
-			continue
-		}
-		return false
-	}
-	return true
 }

@@ -150,7 +150,7 @@ func (c Config) validate() error {
 			return err
 		}
 		for _, name := range slices.Sorted(mapKeys(w.Headers)) {
-			if !validHeaderName(name) {
+			if !ValidHeaderName(name) {
 				return &ConfigError{"webhook header " + strconv.Quote(clip(name, 64)), "is not a valid header name"}
 			}
 			if !validHeaderValue(w.Headers[name]) {
@@ -201,7 +201,9 @@ func checkURL(field, raw string) (*url.URL, error) {
 	return u, nil
 }
 
-func validHeaderName(s string) bool {
+// ValidHeaderName reports whether s is an HTTP header name: a token of
+// RFC 9110.
+func ValidHeaderName(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 )
 
@@ -153,23 +152,17 @@ const (
 	TypeNone     = "none"
 )
 
-// RedactAddr returns addr fit to show: a URL's password, and the password of
-// a key=value DSN, replaced by "xxxxx". A plain file path comes back as it is.
+// RedactAddr returns addr fit to show: every password a DSN may hold (as
+// dsnSecrets finds them, and a URL's userinfo password) is "xxxxx". A plain
+// file path comes back as it is.
 func RedactAddr(addr string) string {
+	secrets := dsnSecrets(addr)
 	if u, err := url.Parse(addr); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			return u.Redacted()
+		if pw, ok := u.User.Password(); ok {
+			secrets = append(secrets, pw)
 		}
 	}
-	if i := strings.Index(strings.ToLower(addr), "password="); i >= 0 {
-		rest := addr[i+len("password="):]
-		end := strings.IndexAny(rest, " &")
-		if end < 0 {
-			end = len(rest)
-		}
-		return addr[:i+len("password=")] + "xxxxx" + rest[end:]
-	}
-	return addr
+	return redact(errors.New(addr), secrets).Error()
 }
 
 // DefaultSQLiteFile is the SQLite file of a config that names none, as in

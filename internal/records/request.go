@@ -22,7 +22,7 @@ func ClientID(token string) string {
 const maxAttempts = 32
 
 // Pending gathers one request's record while the request runs: the proxy
-// makes one with Begin, hands it to the transport as the request's observer
+// starts one with Reset, hands it to the transport as the request's observer
 // (keypool.WithRequestObserver), and calls Finish once the response is
 // written. It is safe for simultaneous use by multiple goroutines.
 type Pending struct {
@@ -32,14 +32,8 @@ type Pending struct {
 	buf  [2]Attempt      // room for the attempts of most requests
 }
 
-// Begin starts the record of a request that arrived at t.
-func Begin(t time.Time, client, ip, method, path string) *Pending {
-	p := &Pending{}
-	p.Reset(t, client, ip, method, path)
-	return p
-}
-
-// Reset starts p anew, as Begin does, for a Pending held in a larger value.
+// Reset starts p as the record of a request that arrived at t. The zero
+// Pending is ready for Reset; a proxy keeps one in its per-request value.
 func (p *Pending) Reset(t time.Time, client, ip, method, path string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -835,3 +835,16 @@ func FuzzAppendAttempts(f *testing.F) {
 		}
 	})
 }
+
+func TestRedactAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"./db.sqlite": "./db.sqlite",
+		"postgres://kp:s3cret@db:5432/kp?sslmode=disable": "postgres://kp:xxxxx@db:5432/kp?sslmode=disable",
+		"host=db user=kp password=s3cret dbname=kp":       "host=db user=kp password=xxxxx dbname=kp",
+		"mysql://kp:s3cret@db/kp":                         "mysql://kp:xxxxx@db/kp",
+	} {
+		if got := RedactAddr(in); got != want {
+			t.Errorf("RedactAddr(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
