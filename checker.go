@@ -588,7 +588,14 @@ func (c *Checker) call(ctx context.Context, k *key, method, path string, body []
 // organization clone or a key given an organization or project, those headers
 // (never for service-account keys).
 func setKeyHeaders(h http.Header, k *key) {
-	h["Authorization"] = k.auth()
+	switch k.up.Auth {
+	case AuthCaller:
+		return // the caller's own credentials go as they are
+	case AuthNone:
+		delete(h, "Authorization")
+	default:
+		h["Authorization"] = k.auth()
+	}
 	delete(h, "Api-Key")
 	delete(h, "Openai-Organization")
 	delete(h, "Openai-Project")
@@ -604,26 +611,27 @@ func setKeyHeaders(h http.Header, k *key) {
 }
 
 // live returns the keys a periodic recheck looks at: those that may take
-// requests. Over-quota and revoked keys wait for Recheck (the seed's rule).
+// requests (stand-ins aside). Over-quota and revoked keys wait for Recheck (the seed's rule).
 func (p *Pool) live() []*key {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*key, 0, len(p.keys))
 	for _, k := range p.keys {
-		if k.state.selectable() {
+		if k.state.selectable() && !k.standIn() {
 			out = append(out, k)
 		}
 	}
 	return out
 }
 
-// checkable returns the keys a pass checks: all but disabled ones.
+// checkable returns the keys a pass checks: all but disabled ones and the
+// stand-ins of upstreams without keys.
 func (p *Pool) checkable() []*key {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := make([]*key, 0, len(p.keys))
 	for _, k := range p.keys {
-		if k.state != StateDisabled {
+		if k.state != StateDisabled && !k.standIn() {
 			out = append(out, k)
 		}
 	}

@@ -30,6 +30,7 @@ type config struct {
 	backoffBase time.Duration
 	backoffCap  time.Duration
 	maxBody     int64
+	order       UpstreamOrder
 	pool        poolConfig
 }
 
@@ -39,7 +40,7 @@ func defaultConfig() config {
 		now:         time.Now,
 		maxAttempts: 4,
 		maxWait:     20 * time.Second,
-		retryTime:   2 * time.Minute,
+		retryTime:   DefaultRetryTime,
 		backoffBase: 200 * time.Millisecond,
 		backoffCap:  5 * time.Second,
 		maxBody:     32 << 20,
@@ -76,6 +77,33 @@ func WithUpstream(baseURL, keys string) Option {
 func WithUpstreams(us ...Upstream) Option {
 	return optionFunc(func(c *config) error {
 		c.upstreams = append(c.upstreams, us...)
+		return nil
+	})
+}
+
+// UpstreamOrder is the order in which a request tries the upstreams.
+type UpstreamOrder uint8
+
+const (
+	// OrderPriority tries upstreams in the order they were given: a later
+	// one only when no key of an earlier one can take the request. The
+	// default (openai-api-route's lb_policy "order").
+	OrderPriority UpstreamOrder = iota
+	// OrderRandom shuffles the upstreams for each request, spreading
+	// requests over them; failover then goes through the rest in that
+	// shuffled order (openai-api-route's lb_policy "random"). Which key of
+	// an upstream is chosen stays the pool's choice.
+	OrderRandom
+)
+
+// WithUpstreamOrder sets the order in which a request tries the upstreams;
+// the default is OrderPriority.
+func WithUpstreamOrder(o UpstreamOrder) Option {
+	return optionFunc(func(c *config) error {
+		if o > OrderRandom {
+			return fmt.Errorf("keypool: unknown upstream order %d", o)
+		}
+		c.order = o
 		return nil
 	})
 }
@@ -140,8 +168,12 @@ func WithMaxWait(d time.Duration) Option {
 	})
 }
 
+// DefaultRetryTime is how long after its start a request may still begin a
+// new attempt, unless WithRetryTime says otherwise.
+const DefaultRetryTime = 2 * time.Minute
+
 // WithRetryTime bounds the time after which a request starts no new attempt;
-// the default is 2m. It does not cut an attempt short.
+// the default is DefaultRetryTime. It does not cut an attempt short.
 func WithRetryTime(d time.Duration) Option {
 	return optionFunc(func(c *config) error {
 		if d <= 0 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -36,6 +37,48 @@ type Upstream struct {
 	// StreamTimeout limits the time to the headers and first event of one
 	// streaming attempt; 0 means DefaultStreamTimeout.
 	StreamTimeout time.Duration
+	// Auth says what credentials the upstream's requests carry: AuthKeys
+	// (the zero value) sends each attempt with one of Keys; AuthNone and
+	// AuthCaller take no Keys.
+	Auth UpstreamAuth
+}
+
+// UpstreamAuth says what credentials an upstream's requests carry.
+type UpstreamAuth uint8
+
+const (
+	// AuthKeys sends each attempt with one of the upstream's Keys, which
+	// the pool learns about, rests and checks. The default.
+	AuthKeys UpstreamAuth = iota
+	// AuthNone sends requests without credentials, to an endpoint that needs
+	// no key (a local model server). The pool holds one stand-in key for
+	// the upstream: it is chosen like any key, learns rate limits and rests
+	// after repeated failures, but is never revoked, over quota or checked.
+	AuthNone
+	// AuthCaller passes the caller's own Authorization header on, so that
+	// clients bring their own key (openai-api-route's "sk: asis"). The
+	// upstream's stand-in key learns nothing, never rests, is never checked
+	// and has no limit on requests in flight: each caller's key is its own.
+	AuthCaller
+)
+
+var authNames = [...]string{AuthKeys: "keys", AuthNone: "none", AuthCaller: "caller"}
+
+// String returns "keys", "none" or "caller".
+func (a UpstreamAuth) String() string {
+	if int(a) < len(authNames) {
+		return authNames[a]
+	}
+	return "auth(" + strconv.Itoa(int(a)) + ")"
+}
+
+// MarshalText encodes the auth as its name.
+func (a UpstreamAuth) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
+// standInID names the stand-in key of an upstream without keys of its own:
+// a hash like a key's, over a text no secret can be.
+func standInID(auth UpstreamAuth, upstream string) KeyID {
+	return makeKeyID("\x00stand-in\x00"+auth.String(), upstream, "")
 }
 
 // Defaults of an Upstream's zero fields.
@@ -221,6 +264,14 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		}
 		up := &upstream{Upstream: u, index: i, base: base, buckets: map[string]*bucket{}}
 		up.Keys = nil // the pool's records hold them
+		switch {
+		case u.Auth > AuthCaller:
+			return nil, fmt.Errorf("keypool: upstream %s: unknown Auth %d", u.Name, u.Auth)
+		case u.Auth != AuthKeys && len(u.Keys) > 0:
+			return nil, fmt.Errorf("keypool: upstream %s: Auth %s takes no Keys", u.Name, u.Auth)
+		case u.Auth != AuthKeys:
+			p.addKeyLocked(up, Key{id: standInID(u.Auth, u.Name)}, now)
+		}
 		for _, c := range u.Keys {
 			if c.IsZero() {
 				return nil, fmt.Errorf("keypool: upstream %s: empty key", u.Name)
@@ -309,8 +360,13 @@ func globMatch(pattern, s string) bool {
 // addKeyLocked adds a key to upstream up, with an entry in every bucket it
 // has. Requires p.mu (or a pool not yet shared).
 func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
-	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org,
-		authz: []string{"Bearer " + c.secret()}}
+	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org}
+	if up.Auth == AuthKeys {
+		k.authz = []string{"Bearer " + c.secret()}
+	} else {
+		// A stand-in: nothing to check, so it is ready from the start.
+		k.state, k.reason = StateReady, "no key of its own ("+up.Auth.String()+")"
+	}
 	up.keys = append(up.keys, k)
 	p.keys = append(p.keys, k)
 	p.byID[c.id] = k
@@ -325,6 +381,9 @@ func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
 func newEntry(k *key, b *bucket) *entry {
 	return &entry{k: k, b: b, limitReq: Unknown, remReq: Unknown, limitTok: Unknown, remTok: Unknown, idx: -1}
 }
+
+// standIn reports whether k stands in for an upstream without keys.
+func (k *key) standIn() bool { return k.up.Auth != AuthKeys }
 
 // canServe reports whether k may be tried for b's model: not refused for it,
 // in a family its model list has (when known), and no image model for a
@@ -342,7 +401,7 @@ func (k *key) canServe(b *bucket) bool {
 // usable reports whether k may take requests for b's model now (cooldowns
 // aside). Requires p.mu.
 func (p *Pool) usable(k *key, b *bucket) bool {
-	if !k.state.selectable() || p.cfg.checkedOnly && k.checked.IsZero() {
+	if !k.state.selectable() || p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn() {
 		return false
 	}
 	if b.stream && k.noStream[b.model] {
@@ -423,6 +482,9 @@ func isEmbeddingsModel(model string) bool {
 // takes probeLimit requests at once, so no key is flooded before it has said
 // what its limits are; an upstream that states no limits is not limited.
 func (p *Pool) headroom(e *entry) int64 {
+	if e.k.up.Auth == AuthCaller {
+		return 1<<20 - e.inflight // every caller brings a key of its own
+	}
 	rem := e.remReq
 	if rem < 0 {
 		if e.answered {
@@ -555,6 +617,7 @@ type pick struct {
 	avoid  uint64   // upstreams that failed this request: tried last
 	stream bool     // a streaming request: keys that may not stream the model are passed over
 	only   []string // if not nil, the names of the only upstreams this request may use
+	order  []int    // if not nil, the order to try the upstreams in (indexes of Pool.ups)
 
 	streamBucket string // the bucket of streams of a model some key may not stream; built once
 }
@@ -585,7 +648,11 @@ const maxTried = 16
 func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Time, reason string) {
 	allowed, noRoom := false, false
 	for pass := 0; pass < 2; pass++ {
-		for _, u := range p.ups {
+		for i := range p.ups {
+			u := p.ups[i]
+			if r.order != nil {
+				u = p.ups[r.order[i]]
+			}
 			avoided := u.index < 64 && r.avoid&(1<<u.index) != 0
 			if avoided != (pass == 1) || !u.allows(r.model) || r.only != nil && !slices.Contains(r.only, u.Name) {
 				continue
@@ -837,7 +904,7 @@ func (p *Pool) learn(e *entry, l *RateLimits, now time.Time) {
 		// Limits are per model: a paid key's low limit for one model is no
 		// sign of a trial. Traffic may clear the flag; only an unchecked key
 		// takes it from traffic (the checker's probe decides otherwise).
-		if trial := l.Trial(); trial != e.k.trial && (!trial || e.k.checked.IsZero()) {
+		if trial := l.Trial(); trial != e.k.trial && (!trial || e.k.checked.IsZero()) && !e.k.standIn() {
 			e.k.trial = trial
 			defer p.placeKey(e.k, now)
 		}
@@ -881,6 +948,16 @@ func tokenWait(reset time.Duration) time.Duration {
 // ends the attempt's hold. Requires p.mu.
 func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
 	k := e.k
+	switch k.up.Auth {
+	case AuthCaller:
+		return // the answer is about the caller's key, not the pool's
+	case AuthNone:
+		// Always present: a refusal of the missing key rests the upstream
+		// like a failure, as a key cannot be revoked that was never sent.
+		if out == OutcomeRevoked || out == OutcomeOverQuota {
+			out = OutcomeServerError
+		}
+	}
 	if !a.Cancelled && a.Status != 0 && !e.answered {
 		e.answered = true
 		p.place(e, now)
@@ -1013,7 +1090,7 @@ func (p *Pool) Key(id KeyID, now time.Time) (KeyInfo, bool) {
 func (p *Pool) info(k *key, now time.Time) KeyInfo {
 	st, until := p.derivedState(k, now)
 	ki := KeyInfo{
-		ID: k.cred.id, Upstream: k.up.Name, Organization: k.org, Clone: k.clone,
+		ID: k.cred.id, Upstream: k.up.Name, Auth: k.up.Auth, Organization: k.org, Clone: k.clone,
 		State: st, Reason: k.reason, Since: k.since, CoolingUntil: until, Trial: k.trial,
 		InFlight: k.inflight, LastUsed: k.lastUsed, LastChecked: k.checked,
 		LimitRequests: k.probe.LimitRequests, LimitTokens: k.probe.LimitTokens,

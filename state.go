@@ -68,6 +68,9 @@ type ModelLimits struct {
 type KeyInfo struct {
 	ID       KeyID  `json:"id"`
 	Upstream string `json:"upstream"`
+	// Auth is the upstream's: a key of AuthNone or AuthCaller stands in for
+	// an upstream without keys of its own.
+	Auth UpstreamAuth `json:"auth,omitzero"`
 	// Organization is the one the key is sent with, or for a key sent with
 	// none, its default organization as the checker found it.
 	Organization string `json:"organization,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -52,6 +53,7 @@ type Transport struct {
 	backoffBase time.Duration
 	backoffCap  time.Duration
 	maxBody     int64
+	order       UpstreamOrder
 	requests    atomic.Uint64
 }
 
@@ -86,7 +88,7 @@ func New(opts ...Option) (*Transport, error) {
 	return &Transport{
 		pool: pool, base: base, policy: c.policy, observer: obs, log: c.logger, now: c.now,
 		maxAttempts: c.maxAttempts, maxWait: c.maxWait, retryTime: c.retryTime,
-		backoffBase: c.backoffBase, backoffCap: c.backoffCap, maxBody: c.maxBody,
+		backoffBase: c.backoffBase, backoffCap: c.backoffCap, maxBody: c.maxBody, order: c.order,
 	}, nil
 }
 
@@ -315,11 +317,23 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		r.pick.model, r.pick.bucket = r.model, routeOf(r.model)
 	}
 	r.pick.tried = r.triedBuf[:0]
+	if n := len(t.pool.ups); t.order == OrderRandom && n > 1 {
+		r.pick.order = shuffled(r.orderBuf[:0], n)
+	}
 	resp, err := r.run()
 	if err != nil && body != nil && !body.complete && !body.used {
 		body.orig.Close()
 	}
 	return resp, err
+}
+
+// shuffled returns 0…n-1 in random order, in buf when it has room.
+func shuffled(buf []int, n int) []int {
+	for i := range n {
+		buf = append(buf, i)
+	}
+	rand.Shuffle(n, func(i, j int) { buf[i], buf[j] = buf[j], buf[i] })
+	return buf
 }
 
 func closeRequestBody(req *http.Request) {
@@ -339,6 +353,7 @@ type roundTrip struct {
 	number   uint64
 	pick     pick
 	triedBuf [maxTried]*key
+	orderBuf [8]int // the upstreams' shuffled order, when there are few
 	backoff  retry.Backoff
 	last     *lastAnswer
 	lastErr  error
