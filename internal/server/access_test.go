@@ -14,8 +14,8 @@ import (
 )
 
 // TestPerUpstreamAccess keeps each client token on the upstreams that allow
-// it: global tokens everywhere, an upstream's own tokens there only, no
-// token on noauth upstreams only.
+// it: global tokens on upstreams without tokens of their own, an upstream's
+// own tokens there only, anyone on noauth upstreams.
 func TestPerUpstreamAccess(t *testing.T) {
 	fake, base := fakeopenai.NewTestServer(t, fakeopenai.Config{},
 		fakeopenai.Key{Secret: "sk-main"}, fakeopenai.Key{Secret: "sk-team"}, fakeopenai.Key{Secret: "sk-public"})
@@ -66,6 +66,21 @@ func TestPerUpstreamAccess(t *testing.T) {
 				t.Fatalf("status %d, records %+v", resp.StatusCode, recs)
 			}
 		})
+	}
+	// With main's key disabled a global token goes to the noauth upstream,
+	// never to team, which has tokens of its own.
+	tr.Pool().Disable(keypool.NewKey("sk-main").ID(), "test", tr.Snapshot()[0].Since)
+	fake.Reset()
+	req0, _ := http.NewRequest("POST", proxy.URL+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
+	req0.Header.Set("Authorization", "Bearer global-token")
+	resp0, err := http.DefaultClient.Do(req0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp0.Body)
+	resp0.Body.Close()
+	if recs := fake.Records(); resp0.StatusCode != 200 || len(recs) != 1 || recs[0].Key != "sk-public" {
+		t.Fatalf("global token with main disabled: status %d, records %+v", resp0.StatusCode, recs)
 	}
 	// With the noauth upstream's keys all revoked, a team token may still
 	// not fall back to main.

@@ -101,7 +101,7 @@ type admin struct {
 func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if a.token != "" {
-			token, ok := bearer(r.Header.Get("Authorization"))
+			token, ok := clientToken(r.Header.Get("Authorization"))
 			if !ok || !a.token.Equal(token) {
 				a.refused(r, http.StatusUnauthorized)
 				writeError(w, http.StatusUnauthorized, apiError{

@@ -30,6 +30,14 @@ var errInvalidToken = apiError{
 	Code:    "invalid_api_key",
 }
 
+// errNoUpstream refuses a valid client token that may use no upstream for
+// this request: every upstream has tokens of its own.
+var errNoUpstream = apiError{
+	Message: "This client token may not use any upstream of the proxy.",
+	Type:    "invalid_request_error",
+	Code:    "upstream_not_permitted",
+}
+
 // retryAfterMax is how far ahead a key may free up for the proxy to answer
 // 429 with Retry-After; later than that, waiting is not worth it and the
 // answer is 503. The SDKs honour Retry-After up to 60 s.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,8 +29,8 @@ type Options struct {
 	// Transport sends every proxied request. Required.
 	Transport *keypool.Transport
 
-	// Tokens are the client tokens that may use every upstream (the
-	// config's top-level authorization).
+	// Tokens are the client tokens that may use every upstream without
+	// tokens of its own (the config's top-level authorization).
 	Tokens []config.Secret
 	// Upstreams are the access rules of the upstreams, in the transport's
 	// order (the config's upstreams). They may be left empty when no
@@ -39,6 +40,12 @@ type Options struct {
 	// MaxBody bounds a request body in bytes; a larger one gets a 413.
 	// 0 means DefaultMaxBody; a negative value means no limit.
 	MaxBody int64
+
+	// CORS answers browsers' preflight requests to /v1/* and lets pages of
+	// any origin read the answers, as openai-api-route does. It is ignored
+	// when no client token is configured: any page a local browser opens
+	// could then spend the keys.
+	CORS bool
 
 	// Logger receives one line per failed request and the proxy's own
 	// errors; nil means silent. It never receives a token or a key.
@@ -57,15 +64,19 @@ type Options struct {
 	BodyLimit int64
 }
 
-// UpstreamAccess is who may use one upstream.
+// UpstreamAccess is who may use one upstream, by openai-api-route's rule: an
+// upstream with tokens of its own takes only those; one without takes the
+// global tokens; a noauth one takes anyone.
 type UpstreamAccess struct {
 	// Name shows the upstream in logs.
 	Name string
-	// Tokens are the client tokens that may use this upstream besides the
-	// global ones (the upstream's authorization); they may use no other
-	// upstream, noauth ones aside.
+	// Tokens are the upstream's own client tokens (its authorization): when
+	// there are any, only they may use it.
 	Tokens []config.Secret
-	// NoAuth opens the upstream to clients without a token.
+	// InheritTokens lets the global tokens use the upstream besides its own
+	// (inherit_authorization, a keypool extension).
+	InheritTokens bool
+	// NoAuth opens the upstream to every client, with a token or without.
 	NoAuth bool
 }
 
@@ -74,26 +85,35 @@ type UpstreamAccess struct {
 func AccessFromConfig(cfg *config.Config) ([]config.Secret, []UpstreamAccess) {
 	ups := make([]UpstreamAccess, len(cfg.Upstream))
 	for i, u := range cfg.Upstream {
-		ups[i] = UpstreamAccess{Name: u.Name, Tokens: u.Authorization, NoAuth: u.NoAuth}
+		ups[i] = UpstreamAccess{Name: u.Name, Tokens: u.Authorization, InheritTokens: u.InheritAuthorization, NoAuth: u.NoAuth}
 	}
 	return cfg.Authorization, ups
+}
+
+// allows reports whether a client may use u: anyone when u is noauth; else
+// a holder of one of u's own tokens, or of a global token when u has none
+// of its own (or inherits them).
+func (u *UpstreamAccess) allows(global, own bool) bool {
+	return u.NoAuth || own || global && (len(u.Tokens) == 0 || u.InheritTokens)
 }
 
 // Server is the proxy. Build it with New and serve its Handler. It is safe
 // for simultaneous use by multiple goroutines.
 //
-// Client authorization: a global token may use every upstream; a token of an
-// upstream's own authorization may use that upstream (and noauth ones); a
-// request without a valid token may use noauth upstreams only. A request is
-// refused (401) when that leaves no upstream, and its attempts never reach
-// an upstream it may not use (keypool.WithUpstreamsOnly). With no token
-// configured anywhere every request may use every upstream.
+// Client authorization is openai-api-route's: an upstream with tokens of its
+// own may be used only with those; an upstream without takes the global
+// tokens; a noauth upstream takes anyone. A request is refused when that
+// leaves no upstream (401 for a missing or wrong token, 403 for a valid one),
+// and its attempts never reach an upstream it may not use
+// (keypool.WithUpstreamsOnly). With no token configured anywhere and no
+// noauth upstream, every request may use every upstream.
 type Server struct {
 	transport *keypool.Transport
 	global    []config.Secret  // the top-level tokens
 	access    []UpstreamAccess // one per transport upstream, in its order
 	names     []string         // the transport's upstream names
 	open      bool             // no token anywhere: every request may use every upstream
+	cors      bool
 	maxBody   int64
 	records   RecordSink        // nil: records off
 	bodyLimit int64             // bytes of each body kept in a record; 0: none
@@ -155,6 +175,7 @@ func New(opts Options) (*Server, error) {
 			s.open = false
 		}
 	}
+	s.cors = opts.CORS && !s.open
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
 		Transport: opts.Transport,
@@ -201,12 +222,33 @@ func (copyBuffers) Put(b []byte) {
 
 // stripOperatorHeaders keeps what identifies the operator's account upstream
 // (its organization and project, cookies set for the key's session) from
-// the clients; status and body pass through as they are.
+// the clients, and the upstream's CORS headers, which are the proxy's to
+// set; status and body pass through as they are.
 func stripOperatorHeaders(resp *http.Response) error {
-	resp.Header.Del("Openai-Organization")
-	resp.Header.Del("Openai-Project")
-	resp.Header.Del("Set-Cookie")
+	h := resp.Header
+	h.Del("Openai-Organization")
+	h.Del("Openai-Project")
+	h.Del("Set-Cookie")
+	for name := range h {
+		if strings.HasPrefix(name, "Access-Control-") {
+			delete(h, name)
+		}
+	}
 	return nil
+}
+
+// CORS headers, as openai-api-route sends them.
+const (
+	corsMethods = "POST, GET, OPTIONS, PUT, DELETE, PATCH"
+	corsHeaders = "Origin, Authorization, Content-Type"
+)
+
+// setCORS lets pages of any origin read the answer. No credentials
+// (cookies) are allowed: clients authenticate with a bearer token.
+func setCORS(h http.Header) {
+	h.Set("Access-Control-Allow-Origin", "*")
+	h.Set("Access-Control-Allow-Methods", corsMethods)
+	h.Set("Access-Control-Allow-Headers", corsHeaders)
 }
 
 // upstreamHost is where the proxy points outgoing requests; the transport
@@ -214,19 +256,28 @@ func stripOperatorHeaders(resp *http.Response) error {
 const upstreamHost = "upstream.keypool.invalid"
 
 // rewrite prepares the outgoing request. The client's credentials must not
-// travel on: the transport sets the key's own Authorization, and the other
-// headers an SDK may carry a key in are dropped here. X-Forwarded-* is not
-// set, so clients' addresses stay with the proxy.
+// travel on: the transport replaces Authorization with the key's (or drops
+// it, for an upstream without keys; only an upstream with sk: asis passes
+// it on), and the other headers an SDK may carry a key in are dropped here.
+// X-Forwarded-* is not set, so clients' addresses stay with the proxy.
 func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = upstreamHost
 	pr.Out.Host = ""
-	pr.Out.Header.Del("Authorization")
 	pr.Out.Header.Del("Api-Key")
 	pr.Out.Header.Del("Cookie")
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
+	if s.cors {
+		setCORS(w.Header())
+		if r.Method == http.MethodOptions {
+			// A browser's preflight carries no token; it learns only
+			// what the proxy lets pages do.
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+	}
 	orig := w // MaxBytesReader tells the server's own writer to close the connection
 	if s.records != nil {
 		var rec *recording
@@ -251,10 +302,14 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	}
 	if !ok {
 		setError(w, "unauthorized")
+		status, e := http.StatusUnauthorized, errInvalidToken
+		if token != "" {
+			status, e = http.StatusForbidden, errNoUpstream
+		}
 		s.log.LogAttrs(r.Context(), slog.LevelInfo, "client refused",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
-			slog.String("remote", r.RemoteAddr))
-		writeError(w, http.StatusUnauthorized, errInvalidToken)
+			slog.String("remote", r.RemoteAddr), slog.Int("status", status))
+		writeError(w, status, e)
 		return
 	}
 	if s.maxBody > 0 && r.Body != nil {
@@ -279,14 +334,15 @@ func (s *Server) authorize(r *http.Request) (only []string, valid string, ok boo
 	if s.open {
 		return nil, "", true
 	}
-	token, hasToken := bearer(r.Header.Get("Authorization"))
+	token, hasToken := clientToken(r.Header.Get("Authorization"))
 	global := hasToken && anyEqual(s.global, token)
 	known := global
 	all := true
-	for i, u := range s.access {
+	for i := range s.access {
+		u := &s.access[i]
 		own := hasToken && anyEqual(u.Tokens, token)
 		known = known || own
-		if global || own || u.NoAuth {
+		if u.allows(global, own) {
 			only = append(only, s.names[i])
 		} else {
 			all = false
@@ -316,13 +372,57 @@ func anyEqual(tokens []config.Secret, token string) bool {
 	return match
 }
 
-// bearer returns the token of an "Authorization: Bearer <token>" value.
-func bearer(h string) (string, bool) {
+// clientToken returns the token of an "Authorization: Bearer <token>"
+// value, or, as openai-api-route takes it, of a bare "Authorization:
+// <token>" without a scheme.
+func clientToken(h string) (string, bool) {
 	const prefix = "bearer "
-	if len(h) <= len(prefix) || !equalFoldASCII(h[:len(prefix)], prefix) {
-		return "", false
+	h = strings.TrimSpace(h)
+	switch {
+	case len(h) > len(prefix) && equalFoldASCII(h[:len(prefix)], prefix):
+		h = strings.TrimSpace(h[len(prefix):])
+	case strings.ContainsAny(h, " \t"):
+		return "", false // another scheme (Basic …)
 	}
-	return h[len(prefix):], true
+	return h, h != ""
+}
+
+// ClientAccess is a configured client token's ID (as records show it, never
+// the token) and the upstreams it may use.
+type ClientAccess struct {
+	ID        string
+	Upstreams []string
+}
+
+// Clients lists every configured client token by ID with the upstreams it
+// may use, global tokens first, so that an operator can see who may spend
+// which keys.
+func (s *Server) Clients() []ClientAccess {
+	var out []ClientAccess
+	add := func(t config.Secret, global bool) {
+		c := ClientAccess{ID: records.ClientID(string(t))}
+		for i := range s.access {
+			u := &s.access[i]
+			if !u.NoAuth && u.allows(global, anyEqual(u.Tokens, string(t))) {
+				c.Upstreams = append(c.Upstreams, s.names[i])
+			}
+		}
+		out = append(out, c)
+	}
+	seen := map[config.Secret]bool{}
+	for _, t := range s.global {
+		seen[t] = true
+		add(t, true)
+	}
+	for _, u := range s.access {
+		for _, t := range u.Tokens {
+			if !seen[t] {
+				seen[t] = true
+				add(t, false)
+			}
+		}
+	}
+	return out
 }
 
 func equalFoldASCII(a, b string) bool {

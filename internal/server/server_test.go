@@ -154,6 +154,10 @@ func TestAuth(t *testing.T) {
 		Tokens:    []config.Secret{clientToken},
 		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []config.Secret{upToken}}},
 	}
+	inherits := server.Options{
+		Tokens:    []config.Secret{clientToken},
+		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []config.Secret{upToken}, InheritTokens: true}},
+	}
 	openToAll := server.Options{
 		Tokens:    []config.Secret{clientToken},
 		Upstreams: []server.UpstreamAccess{{Name: "free", NoAuth: true}},
@@ -168,9 +172,15 @@ func TestAuth(t *testing.T) {
 		{"wrong", restricted, "Bearer " + wrongToken, 401},
 		{"prefix of a token", restricted, "Bearer " + clientToken[:len(clientToken)-1], 401},
 		{"not bearer", restricted, "Basic " + clientToken, 401},
-		{"global token", restricted, "Bearer " + clientToken, 200},
-		{"lower-case scheme", restricted, "bearer " + clientToken, 200},
+		// openai-api-route's rule: an upstream with tokens of its own
+		// takes only those.
+		{"global token, upstream with its own", restricted, "Bearer " + clientToken, 403},
+		{"global token, upstream inherits", inherits, "Bearer " + clientToken, 200},
+		{"lower-case scheme", inherits, "bearer " + clientToken, 200},
 		{"upstream token", restricted, "Bearer " + upToken, 200},
+		{"upstream token, inherits", inherits, "Bearer " + upToken, 200},
+		{"bare token", restricted, upToken, 200},
+		{"bare token, spaces", restricted, "  " + upToken + " ", 200},
 		{"noauth upstream, no token", openToAll, "", 200},
 		{"noauth upstream, wrong token", openToAll, "Bearer " + wrongToken, 200},
 		{"no token configured", server.Options{}, "", 200},
@@ -180,6 +190,12 @@ func TestAuth(t *testing.T) {
 			resp, b := send(t, "GET", base+"/v1/models", "", nil, "Authorization", tc.header)
 			if resp.StatusCode != tc.want {
 				t.Fatalf("status %d, want %d: %s", resp.StatusCode, tc.want, b)
+			}
+			if tc.want == 403 {
+				e := decodeError(t, b)
+				if e.Error.Code != "upstream_not_permitted" || bytes.Contains(b, []byte(clientToken)) {
+					t.Errorf("error body %s", b)
+				}
 			}
 			if tc.want != 401 {
 				return
