@@ -5,8 +5,11 @@
 // The file, with every field (all optional but upstreams' endpoint and keys):
 //
 //	authorization: "tok1,tok2"  # client tokens, comma-separated (or a list)
+//	lb_policy: order            # or random: shuffle the upstreams per request
+//	cors: true                  # CORS headers for browsers (never without client tokens)
 //	timeout: 120                # seconds, or a Go duration such as "2m"
 //	stream_timeout: 10
+//	retry_time: 6m              # no new attempt after this; default: the sum of the 4 longest timeouts
 //	dbtype: sqlite              # request records: sqlite (the default), postgres or none
 //	dbaddr: ./db.sqlite         # the SQLite file, or PostgreSQL's DSN
 //	records: {bodies: false, body_limit: 64KiB, queue: 10000, batch: 256, keep: 0}
@@ -21,18 +24,20 @@
 //	  recheck: 1h               # 0 or off: never
 //	  wait_for_check: false     # true: keys take no request before their first check
 //	upstreams:                  # tried in this order
-//	  - sk: "sk-a,sk-b"         # one key, or several comma-separated
+//	  - sk: "sk-a,sk-b"         # one key, or several comma-separated; asis: the client's own
+//	                            # key goes on; no sk, keys or keys_file: no key at all
 //	    keys: ["sk-c", "sk-d"]  # a list of keys
 //	    keys_file: more.txt     # one key per line, # comments; relative to the config's directory
-//	    endpoint: https://api.openai.com/v1
+//	    endpoint: https://api.openai.com/v1   # the default
 //	    name: main
 //	    timeout: 30
 //	    stream_timeout: 10
 //	    allow: ["gpt-4*"]       # model names or globs; URL paths for requests without a model
 //	    deny: ["o1*"]
-//	    authorization: "tok1"   # the client tokens that may use this upstream
+//	    authorization: "tok1"   # the only client tokens that may use this upstream
+//	    inherit_authorization: false  # true: the top-level tokens may use it too
 //	    noauth: false           # true: anyone may use this upstream
-//	    type: openai            # the only type supported yet
+//	    type: openai            # the only type served yet; replicate is skipped with a warning
 //
 // Every scalar value may refer to environment variables as $NAME or ${NAME}
 // ($$ is a literal $); one that is not set is an error. A missing variable in
@@ -45,10 +50,12 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
@@ -79,6 +86,11 @@ type Config struct {
 	// none of its own; 0 means the library's (keypool.DefaultTimeout and
 	// keypool.DefaultStreamTimeout).
 	Timeout, StreamTimeout time.Duration
+	// RetryTime is how long after its start a request may still begin a
+	// new attempt (retry_time); 0 means time for a failover across the
+	// upstreams: the sum of the four longest upstream timeouts (a request's
+	// attempts), at least keypool.DefaultRetryTime.
+	RetryTime time.Duration
 	// DBType is "sqlite", "postgres", "none" or "" (not given); DBAddr is the
 	// SQLite file or the PostgreSQL DSN (a secret: a DSN may hold a
 	// password). Request records use them.
@@ -97,8 +109,19 @@ type Config struct {
 	// Checker holds the key checker's settings (checker).
 	Checker Checker
 	// Upstream lists the upstreams in failover order (upstreams). Upstreams
-	// converts them, in the same order.
+	// converts them, in the same order. Entries of a type keypool does not
+	// serve yet (replicate) are left out, with a warning.
 	Upstream []Upstream
+	// LBPolicy is "order" or "random" (lb_policy; "" means order): the
+	// order in which a request tries the upstreams.
+	LBPolicy string
+	// NoCORS turns off the CORS headers the proxy sends browsers (cors:
+	// false).
+	NoCORS bool
+	// Warnings are "file:line: message" notes on what the file says that
+	// keypool does not act on (openai-api-route's hostname, keep_header, a
+	// replicate upstream). They never hold a secret.
+	Warnings []string
 
 	name string // the file's name in messages
 }
@@ -129,6 +152,11 @@ type Upstream struct {
 	// Keys are the keys of sk and keys, without duplicates. Keys print as
 	// their IDs.
 	Keys []keypool.Key
+	// Auth is keypool.AuthKeys for an upstream with keys,
+	// keypool.AuthCaller for "sk: asis" (each client's own Authorization
+	// goes upstream), and keypool.AuthNone for one without any key (its
+	// requests carry no Authorization).
+	Auth keypool.UpstreamAuth
 	// KeysFile is a file of more keys, resolved against the config's
 	// directory; Upstreams reads it.
 	KeysFile string
@@ -137,9 +165,13 @@ type Upstream struct {
 	// Allow and Deny are the model names or globs this upstream serves, or
 	// never serves.
 	Allow, Deny []string
-	// Authorization lists the client tokens that may use this upstream;
-	// empty means every client token may.
+	// Authorization lists the client tokens that may use this upstream,
+	// and only those (openai-api-route's rule); empty means the top-level
+	// tokens may.
 	Authorization []Secret
+	// InheritAuthorization lets the top-level tokens use this upstream
+	// besides its own (inherit_authorization), a keypool extension.
+	InheritAuthorization bool
 	// NoAuth opens this upstream to clients without a token.
 	NoAuth bool
 	// Line is the line of the entry in the file.
@@ -198,6 +230,10 @@ func (c *Config) Upstreams() ([]keypool.Upstream, error) {
 			u.label = "upstream " + strconv.Itoa(i+1)
 		}
 		keys := u.Keys
+		if u.Auth != keypool.AuthKeys {
+			out = append(out, c.upstream(u, nil))
+			continue
+		}
 		if u.KeysFile != "" {
 			more, err := keypool.ReadKeysFile(u.KeysFile)
 			if err != nil {
@@ -218,27 +254,34 @@ func (c *Config) Upstreams() ([]keypool.Upstream, error) {
 			}
 			owner[k.ID()] = u.label
 		}
-		up := keypool.Upstream{
-			Name:          u.Name,
-			BaseURL:       u.Endpoint,
-			Keys:          keys,
-			Allow:         append([]string(nil), u.Allow...),
-			Deny:          append([]string(nil), u.Deny...),
-			Timeout:       u.Timeout,
-			StreamTimeout: u.StreamTimeout,
-		}
-		if up.Timeout == 0 {
-			up.Timeout = c.Timeout
-		}
-		if up.StreamTimeout == 0 {
-			up.StreamTimeout = c.StreamTimeout
-		}
-		out = append(out, up)
+		out = append(out, c.upstream(u, keys))
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// upstream converts one upstream with its keys; its own timeouts win over
+// the config's.
+func (c *Config) upstream(u Upstream, keys []keypool.Key) keypool.Upstream {
+	up := keypool.Upstream{
+		Name:          u.Name,
+		BaseURL:       u.Endpoint,
+		Keys:          keys,
+		Auth:          u.Auth,
+		Allow:         append([]string(nil), u.Allow...),
+		Deny:          append([]string(nil), u.Deny...),
+		Timeout:       u.Timeout,
+		StreamTimeout: u.StreamTimeout,
+	}
+	if up.Timeout == 0 {
+		up.Timeout = c.Timeout
+	}
+	if up.StreamTimeout == 0 {
+		up.StreamTimeout = c.StreamTimeout
+	}
+	return up
 }
 
 // CheckerOptions returns the options of keypool.NewChecker that the checker
@@ -268,7 +311,10 @@ func (c *Config) TransportOptions() ([]keypool.Option, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := []keypool.Option{keypool.WithUpstreams(ups...)}
+	opts := []keypool.Option{keypool.WithUpstreams(ups...), keypool.WithRetryTime(c.retryTime(ups))}
+	if c.LBPolicy == "random" {
+		opts = append(opts, keypool.WithUpstreamOrder(keypool.OrderRandom))
+	}
 	if c.MaxBody > 0 {
 		// A body the proxy accepts can always be replayed on failover.
 		opts = append(opts, keypool.WithMaxBodyBuffer(c.MaxBody))
@@ -277,6 +323,25 @@ func (c *Config) TransportOptions() ([]keypool.Option, error) {
 		opts = append(opts, keypool.WithCheckedKeysOnly())
 	}
 	return opts, nil
+}
+
+// retryTime is RetryTime, or when not given enough time for a hung
+// upstream to fail over to the next, as openai-api-route does: the sum of
+// the four longest timeouts, at least keypool.DefaultRetryTime.
+func (c *Config) retryTime(ups []keypool.Upstream) time.Duration {
+	if c.RetryTime > 0 {
+		return c.RetryTime
+	}
+	timeouts := make([]time.Duration, len(ups))
+	for i, u := range ups {
+		timeouts[i] = cmp.Or(u.Timeout, keypool.DefaultTimeout)
+	}
+	slices.Sort(timeouts)
+	var sum time.Duration
+	for _, d := range timeouts[max(0, len(timeouts)-4):] {
+		sum += d
+	}
+	return max(sum, keypool.DefaultRetryTime)
 }
 
 // dedupe drops later keys with the ID of an earlier one.

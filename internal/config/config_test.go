@@ -40,64 +40,147 @@ func tokens(ss []config.Secret) []string {
 	return out
 }
 
-// TestOpenAIAPIRouteConfig loads an unchanged openai-api-route config.yaml
-// and builds a transport from it.
-func TestOpenAIAPIRouteConfig(t *testing.T) {
-	cfg, err := config.Load(filepath.Join("testdata", "openai-api-route.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, want := tokens(cfg.Authorization), []string{"woshimima", "iampassword"}; !slices.Equal(got, want) {
-		t.Errorf("authorization = %q, want %q", got, want)
-	}
-	if cfg.Timeout != 120*time.Second || cfg.StreamTimeout != 10*time.Second {
-		t.Errorf("timeouts = %v, %v", cfg.Timeout, cfg.StreamTimeout)
-	}
-	if cfg.DBType != "sqlite" || cfg.DBAddr != "./db.sqlite" {
-		t.Errorf("db = %q %q", cfg.DBType, string(cfg.DBAddr))
-	}
-	if len(cfg.Upstream) != 4 {
-		t.Fatalf("%d upstreams, want 4", len(cfg.Upstream))
-	}
-	u0, u3 := cfg.Upstream[0], cfg.Upstream[3]
-	if !u0.NoAuth || !slices.Equal(u0.Allow, []string{"/v1/audio/transcriptions"}) || u0.Line != 19 {
-		t.Errorf("upstream 1 = %+v", u0)
-	}
-	if got := tokens(u3.Authorization); !slices.Equal(got, []string{"guest"}) {
-		t.Errorf("upstream 4 authorization = %q", got)
-	}
-	if u3.Type != "openai" {
-		t.Errorf("type = %q, want openai", u3.Type)
-	}
+// upstreamWant is what one loaded upstream should be.
+type upstreamWant struct {
+	base         string
+	auth         keypool.UpstreamAuth
+	keys         []string
+	timeout, sto time.Duration
+	allow, deny  []string
+	tokens       []string
+	noauth       bool
+}
 
+func checkUpstreams(t *testing.T, cfg *config.Config, want []upstreamWant) {
+	t.Helper()
 	ups, err := cfg.Upstreams()
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []struct {
-		base         string
-		key          string
-		timeout, sto time.Duration
-		allow, deny  []string
-	}{
-		{"http://localhost:5000/v1", "hahaha", 120 * time.Second, 10 * time.Second, []string{"/v1/audio/transcriptions"}, nil},
-		{"https://api.openai.com/v2", "secret_key_1", 120 * time.Second, 10 * time.Second, []string{"gpt-3.5-trubo", "gpt-3.5-trubo-0613"}, nil},
-		{"https://api.openai.com/v1", "secret_key_2", 30 * time.Second, 10 * time.Second, nil, []string{"gpt-4"}},
-		{"https://api.xxx.local/v1", "guest_key_3", 120 * time.Second, 10 * time.Second, []string{"gpt-3.5-turbo-0125"}, nil},
+	if len(ups) != len(want) || len(cfg.Upstream) != len(want) {
+		t.Fatalf("%d upstreams, want %d", len(ups), len(want))
 	}
 	for i, w := range want {
-		u := ups[i]
-		if u.BaseURL != w.base || !slices.Equal(ids(u.Keys), idsOf(w.key)) || u.Timeout != w.timeout ||
-			u.StreamTimeout != w.sto || !slices.Equal(u.Allow, w.allow) || !slices.Equal(u.Deny, w.deny) {
-			t.Errorf("upstream %d = %+v, want %+v", i+1, u, w)
+		u, c := ups[i], cfg.Upstream[i]
+		if u.BaseURL != w.base || u.Auth != w.auth || !slices.Equal(ids(u.Keys), idsOf(w.keys...)) || u.Timeout != w.timeout ||
+			u.StreamTimeout != w.sto || !slices.Equal(u.Allow, w.allow) || !slices.Equal(u.Deny, w.deny) ||
+			!slices.Equal(tokens(c.Authorization), w.tokens) || c.NoAuth != w.noauth {
+			t.Errorf("upstream %d = %+v (tokens %q, noauth %v), want %+v", i+1, u, tokens(c.Authorization), c.NoAuth, w)
 		}
 	}
-	tr, err := keypool.New(keypool.WithUpstreams(ups...))
-	if err != nil {
+	if _, err := keypool.New(keypool.WithUpstreams(ups...)); err != nil {
 		t.Fatalf("keypool.New: %v", err)
 	}
-	if n := len(tr.Snapshot()); n != 4 {
-		t.Errorf("%d keys in the pool, want 4", n)
+}
+
+// TestOpenAIAPIRouteFixtures loads openai-api-route's own config examples,
+// unchanged (testdata/openai-api-route), and checks what each says: tokens,
+// the upstreams in order with their keys, endpoints, timeouts and model
+// lists, and the warnings for what keypool does not act on.
+func TestOpenAIAPIRouteFixtures(t *testing.T) {
+	const official = "https://api.openai.com/v1"
+	for _, tc := range []struct {
+		file     string
+		tokens   []string
+		timeout  time.Duration
+		sto      time.Duration
+		lb       string
+		ups      []upstreamWant
+		warnings []string
+	}{
+		{file: "config.sample.yaml", tokens: []string{"woshimima"}, lb: "order",
+			ups: []upstreamWant{
+				{base: "https://api.openai.com/v2", keys: []string{"secret_key_1"}, allow: []string{"gpt-3.5-trubo"}},
+				{base: "https://api.openai.com/v1", keys: []string{"secret_key_2"}, timeout: 30 * time.Second,
+					allow: []string{"gpt-3.5-trubo"}, deny: []string{"gpt-4"}},
+			},
+			warnings: []string{"config.sample.yaml:26: upstream 3: type replicate is not served yet; this upstream is skipped"}},
+		{file: "readme-config.yaml", tokens: []string{"woshimima"}, timeout: 120 * time.Second, sto: 10 * time.Second,
+			ups: []upstreamWant{
+				{base: "https://localhost:8888/v1", keys: []string{"hahaha"}, timeout: 120 * time.Second, sto: 10 * time.Second,
+					allow: []string{"/v1/audio/transcriptions"}},
+				{base: "https://api.openai.com/v2", keys: []string{"secret_key_1"}, timeout: 120 * time.Second, sto: 10 * time.Second,
+					allow: []string{"gpt-3.5-trubo", "gpt-3.5-trubo-0613"}},
+				{base: "https://api.openai.com/v1", keys: []string{"secret_key_2"}, timeout: 30 * time.Second, sto: 10 * time.Second,
+					deny: []string{"gpt-4"}},
+			},
+			warnings: []string{"readme-config.yaml:37: upstream 4: type replicate is not served yet; this upstream is skipped"}},
+		{file: "readme-authorization.yaml", tokens: []string{"woshimima", "iampassword"}},
+		{file: "readme-authorization-upstream.yaml", tokens: []string{"woshimima", "iampassword"},
+			ups: []upstreamWant{{base: official, keys: []string{"key"}, tokens: []string{"woshimima"}}}},
+		{file: "readme-complex.yaml", tokens: []string{"woshimima"},
+			ups: []upstreamWant{
+				{base: "http://localhost:5000/v1", keys: []string{"xxx"}, noauth: true, allow: []string{"/v1/audio/transcriptions"}},
+				{base: "https://api.xxx.local/v1", auth: keypool.AuthNone, tokens: []string{"guest"}, allow: []string{"gpt-3.5-turbo-0125"}},
+			}},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			cfg, err := config.Load(filepath.Join("testdata", "openai-api-route", tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := tokens(cfg.Authorization); !slices.Equal(got, tc.tokens) {
+				t.Errorf("authorization = %q, want %q", got, tc.tokens)
+			}
+			if cfg.Timeout != tc.timeout || cfg.StreamTimeout != tc.sto || cfg.LBPolicy != tc.lb {
+				t.Errorf("timeouts %v, %v, lb_policy %q", cfg.Timeout, cfg.StreamTimeout, cfg.LBPolicy)
+			}
+			var warnings []string
+			for _, w := range cfg.Warnings {
+				warnings = append(warnings, filepath.Base(w))
+			}
+			if !slices.Equal(warnings, tc.warnings) {
+				t.Errorf("warnings %q, want %q", warnings, tc.warnings)
+			}
+			if len(tc.ups) == 0 {
+				if len(cfg.Upstream) != 0 {
+					t.Fatalf("%d upstreams, want none", len(cfg.Upstream))
+				}
+				return
+			}
+			checkUpstreams(t, cfg, tc.ups)
+		})
+	}
+}
+
+// TestMigrationFields reads what openai-api-route's config has beyond the
+// samples: lb_policy random, sk: asis, hostname and keep_header.
+func TestMigrationFields(t *testing.T) {
+	in := `lb_policy: random
+hostname: node-1
+upstreams:
+  - sk: asis
+    endpoint: https://api.openai.com/v1
+    noauth: true
+    keep_header: true
+  - endpoint: http://127.0.0.1:11434/v1
+    authorization: team
+    inherit_authorization: true
+`
+	cfg, err := config.Parse([]byte(in), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.LBPolicy != "random" || !cfg.Upstream[1].InheritAuthorization {
+		t.Errorf("lb_policy %q, inherit %v", cfg.LBPolicy, cfg.Upstream[1].InheritAuthorization)
+	}
+	want := []string{
+		"c.yaml:2: hostname is not used: keypool's records have no hostname column",
+		"c.yaml:7: upstream 1: keep_header is not used: keypool forwards the request headers the API reads, never the client's credentials",
+	}
+	if !slices.Equal(cfg.Warnings, want) {
+		t.Errorf("warnings %q, want %q", cfg.Warnings, want)
+	}
+	checkUpstreams(t, cfg, []upstreamWant{
+		{base: "https://api.openai.com/v1", auth: keypool.AuthCaller, noauth: true},
+		{base: "http://127.0.0.1:11434/v1", auth: keypool.AuthNone, tokens: []string{"team"}},
+	})
+	if _, err := cfg.TransportOptions(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err = config.Parse([]byte("retry_time: 90\n"), "c.yaml", "")
+	if err != nil || cfg.RetryTime != 90*time.Second {
+		t.Fatalf("retry_time: %v, %v", cfg.RetryTime, err)
 	}
 }
 
@@ -292,6 +375,7 @@ func TestUpstreamsErrors(t *testing.T) {
 }
 
 func TestParseErrors(t *testing.T) {
+	t.Setenv("KP_TEST_EMPTY", "")
 	for _, tc := range []struct {
 		name, in, want string
 	}{
@@ -299,12 +383,20 @@ func TestParseErrors(t *testing.T) {
 			`c.yaml:5: unknown field "endpiont" in upstream 2 (did you mean "endpoint"?)`},
 		{"unknown top field", "listen: :8080\ntimeuot: 3\n", `c.yaml:2: unknown field "timeuot" (did you mean "timeout"?)`},
 		{"unknown checker field", "checker:\n  rates: 3\n", `c.yaml:2: unknown field "rates" in checker`},
-		{"empty endpoint", "upstreams:\n  - sk: k1\n", "c.yaml:2: upstream 1: endpoint is empty"},
 		{"bad endpoint", "upstreams:\n  - sk: k1\n    endpoint: api.openai.com/v1\n", "c.yaml:3: upstream 1: endpoint must be an http:// or https:// URL with a host"},
 		{"ftp endpoint", "upstreams:\n  - sk: k1\n    endpoint: ftp://x/v1\n", "c.yaml:3: upstream 1: endpoint must be an http://"},
-		{"no key", "upstreams:\n  - endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: no key; give sk, keys or keys_file"},
-		{"empty sk", "upstreams:\n  - endpoint: https://a.example/v1\n    sk:\n", "c.yaml:3: upstream 1: no key"},
-		{"empty keys after sk", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: \" , \"\n    keys: []\n", "c.yaml:4: upstream 1: no key"},
+		{"empty keys after sk", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: \" , \"\n    keys: []\n", "c.yaml:4: upstream 1: keys holds no key"},
+		{"sk from an empty variable", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: ${KP_TEST_EMPTY}\n", "c.yaml:3: upstream 1: sk is empty once its environment variables are expanded"},
+		{"asis with keys", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: asis\n    keys: [k1]\n", "c.yaml:3: upstream 1: sk: asis passes each client's own key on; it cannot be given with keys or keys_file"},
+		{"asis with keys_file", "upstreams:\n  - endpoint: https://a.example/v1\n    keys_file: k.txt\n    sk: asis\n", "c.yaml:4: upstream 1: sk: asis passes"},
+		{"asis in a list", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: k1,asis\n", "c.yaml:3: upstream 1: sk: asis must be alone"},
+		{"lb_policy", "lb_policy: round_robin\n", "c.yaml:1: lb_policy must be order or random"},
+		{"lb_policy list", "lb_policy: [order]\n", "c.yaml:1: lb_policy must be a single value"},
+		{"empty token list", "authorization: \" , ,\"\n", "c.yaml:1: authorization holds no token once spaces and commas are trimmed"},
+		{"empty upstream token list", "upstreams:\n  - sk: k\n    authorization: [\" \", \"\"]\n", "c.yaml:3: upstream 1: authorization holds no token"},
+		{"token from an empty variable", "upstreams:\n  - sk: k\n    authorization: ${KP_TEST_EMPTY}\n", "c.yaml:3: upstream 1: authorization holds no token"},
+		{"inherit without own tokens", "upstreams:\n  - sk: k\n    inherit_authorization: true\n", "c.yaml:2: upstream 1: inherit_authorization needs an authorization of the upstream's own"},
+		{"cors", "cors: sometimes\n", "c.yaml:1: cors must be true or false"},
 		{"key with space", "upstreams:\n  - endpoint: https://a.example/v1\n    sk: \"ab cd\"\n", "c.yaml:3: upstream 1: sk: keypool: key 1 has white space"},
 		{"keys entry with space", "upstreams:\n  - endpoint: https://a.example/v1\n    keys:\n      - k1\n      - \"ab cd\"\n", "c.yaml:5: upstream 1: keys: entry 2 has white space"},
 		{"keys not a list", "upstreams:\n  - endpoint: https://a.example/v1\n    keys: k1\n", "c.yaml:3: upstream 1: keys must be a list"},
@@ -325,11 +417,8 @@ func TestParseErrors(t *testing.T) {
 		{"upstreams not a list", "upstreams: {sk: k}\n", "c.yaml:1: upstreams must be a list"},
 		{"upstream not a mapping", "upstreams:\n  - just-a-string\n", "c.yaml:2: upstream 1 must be a mapping"},
 		{"duplicate field", "timeout: 1\ntimeout: 2\n", `c.yaml:2: "timeout" is given twice (first at line 1)`},
-		{"replicate", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n  - sk: key_for_replicate\n    type: replicate\n    allow:\n      - mistralai/mixtral-8x7b-instruct-v0.1\n",
-			"c.yaml:5: upstream 2: type: replicate upstreams are not supported yet"},
 		{"azure", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    type: azure\n", "c.yaml:4: upstream 1: type: azure upstreams are not supported yet"},
-		{"unknown type", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    type: gemini\n", "c.yaml:4: upstream 1: type must be openai"},
-		{"asis", "upstreams:\n  - sk: asis\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: sk: asis (pass the client's own key on) is not supported yet"},
+		{"unknown type", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    type: gemini\n", "c.yaml:4: upstream 1: type must be openai or replicate"},
 		{"duplicate name", "upstreams:\n  - {sk: a, endpoint: 'https://a.example', name: x}\n  - {sk: b, endpoint: 'https://b.example', name: x}\n", "c.yaml:3: upstream 2: upstream 1 has the same name"},
 		{"keys_file with upstreams", "keys_file: k.txt\nupstreams:\n  - {sk: a, endpoint: 'https://a.example'}\n", "c.yaml:1: a top-level keys_file is for a config without upstreams"},
 		{"empty allow entry", "upstreams:\n  - sk: k\n    endpoint: https://a.example/v1\n    allow: [\"\"]\n", "c.yaml:4: upstream 1: allow: entry 1 is empty"},
@@ -356,12 +445,12 @@ func TestParseErrors(t *testing.T) {
 
 // TestParseReportsEveryProblem: a user fixes a file in one go.
 func TestParseReportsEveryProblem(t *testing.T) {
-	in := "timeout: x\nupstreams:\n  - sk: k\n  - endpoint: https://a.example\n"
+	in := "timeout: x\nupstreams:\n  - sk: k\n    endpoint: x\n  - endpoint: https://a.example\n    keys: []\n"
 	_, err := config.Parse([]byte(in), "c.yaml", "")
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"c.yaml:1: timeout", "c.yaml:3: upstream 1: endpoint is empty", "c.yaml:4: upstream 2: no key"} {
+	for _, want := range []string{"c.yaml:1: timeout", "c.yaml:4: upstream 1: endpoint must be", "c.yaml:6: upstream 2: keys holds no key"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

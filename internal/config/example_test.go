@@ -23,10 +23,10 @@ upstreams:
 	ups, _ := cfg.Upstreams()
 	fmt.Println(len(ups[0].Keys), "keys,", ups[0].Timeout, "timeout, tokens", cfg.Authorization)
 
-	_, err = config.Parse([]byte("upstreams:\n  - sk: sk-a\n    endpiont: https://api.openai.com/v1\n"), "config.yaml", ".")
+	_, err = config.Parse([]byte("upstreams:\n  - sk: sk-a\n    endpiont: https://api.openai.com/v1\n    type: azure\n"), "config.yaml", ".")
 	fmt.Println(err)
 	// Output:
 	// 2 keys, 2m0s timeout, tokens [[redacted] [redacted]]
 	// config.yaml:3: unknown field "endpiont" in upstream 1 (did you mean "endpoint"?)
-	// config.yaml:2: upstream 1: endpoint is empty
+	// config.yaml:4: upstream 1: type: azure upstreams are not supported yet
 }

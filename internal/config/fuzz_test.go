@@ -63,8 +63,9 @@ func secretsIn(data []byte) []string {
 }
 
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"openai-api-route.yaml", "keypool.yaml"} {
-		data, err := os.ReadFile(filepath.Join("testdata", name))
+	seeds, _ := filepath.Glob(filepath.Join("testdata", "openai-api-route", "*.yaml"))
+	for _, name := range append(seeds, filepath.Join("testdata", "keypool.yaml")) {
+		data, err := os.ReadFile(name)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -73,6 +74,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"upstreams:\n  - sk: \"sk-abcdefghijkl x\"\n    endpoint: https://a.example\n",
 		"upstreams:\n  - sk-abcdefghijkl: 1\n",
+		"lb_policy: random\nupstreams:\n  - sk: asis\n    noauth: true\n  - sk:\n    authorization: \" , \"\n",
 		"authorization: tok-abcdefgh\ntok-abcdefgh: 1\n",
 		"admin_token: ${sk-abcdefghij}\n",
 		"upstreams:\n  - sk: sk-abcdefghijkl\n    endpoint: sk-abcdefghijkl\n    timeout: sk-abcdefghijkl\n",

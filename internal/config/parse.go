@@ -57,6 +57,10 @@ func Parse(data []byte, name, dir string) (*Config, error) {
 	if len(p.errs) > 0 {
 		return nil, p.err()
 	}
+	for _, w := range p.warns {
+		w.Msg = p.scrub(w.Msg)
+		cfg.Warnings = append(cfg.Warnings, w.Error())
+	}
 	return cfg, nil
 }
 
@@ -80,6 +84,7 @@ func parseYAML(data []byte) (doc *yaml.Node, err error) {
 type parser struct {
 	name, dir string
 	errs      []*Error
+	warns     []*Error
 	secrets   []string
 	budget    int
 }
@@ -87,6 +92,13 @@ type parser struct {
 func (p *parser) errorf(line int, format string, args ...any) {
 	if len(p.errs) < maxErrors {
 		p.errs = append(p.errs, &Error{File: p.name, Line: line, Msg: fmt.Sprintf(format, args...)})
+	}
+}
+
+// warnf notes something the file says that keypool does not act on.
+func (p *parser) warnf(line int, format string, args ...any) {
+	if len(p.warns) < maxErrors {
+		p.warns = append(p.warns, &Error{File: p.name, Line: line, Msg: fmt.Sprintf(format, args...)})
 	}
 }
 
@@ -167,7 +179,9 @@ func (p *parser) addSecret(s string) {
 	p.secrets = append(p.secrets, s, strings.TrimSpace(s))
 	if strings.Contains(s, ",") {
 		for _, part := range strings.Split(s, ",") {
-			p.secrets = append(p.secrets, strings.TrimSpace(part))
+			if part = strings.TrimSpace(part); part != "asis" {
+				p.secrets = append(p.secrets, part)
+			}
 		}
 	}
 }

@@ -15,7 +15,8 @@ import (
 // This file is the schema: the fields of each section and what each accepts.
 
 var topFields = []string{"authorization", "timeout", "stream_timeout", "dbtype", "dbaddr",
-	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body", "records", "notify"}
+	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body", "records", "notify",
+	"lb_policy", "hostname", "cors", "retry_time"}
 
 func (p *parser) top(c *Config, m *yaml.Node) {
 	var keysFileLine int
@@ -29,6 +30,8 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			c.Timeout = p.duration(f)
 		case "stream_timeout":
 			c.StreamTimeout = p.duration(f)
+		case "retry_time":
+			c.RetryTime = p.duration(f)
 		case "dbtype":
 			if s, ok := p.scalar(f, false); ok {
 				switch s = strings.ToLower(strings.TrimSpace(s)); s {
@@ -43,6 +46,21 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			c.DBAddr = Secret(s)
 		case "max_body":
 			c.MaxBody = p.size(f)
+		case "lb_policy":
+			if s, ok := p.scalar(f, false); ok {
+				switch s = strings.ToLower(strings.TrimSpace(s)); s {
+				case "", "order", "random":
+					c.LBPolicy = s
+				default:
+					p.errorf(f.val.Line, "lb_policy must be order or random")
+				}
+			}
+		case "hostname":
+			if s, ok := p.scalar(f, false); ok && strings.TrimSpace(s) != "" {
+				p.warnf(f.key.Line, "hostname is not used: keypool's records have no hostname column")
+			}
+		case "cors":
+			c.NoCORS = !p.boolean(f)
 		case "listen", "address":
 			if listenField != "" {
 				p.errorf(f.key.Line, "listen and address are the same setting; give one")
@@ -152,7 +170,7 @@ func (p *parser) checker(c *Checker, f field) {
 }
 
 var upstreamFields = []string{"sk", "keys", "keys_file", "endpoint", "name", "timeout",
-	"stream_timeout", "allow", "deny", "authorization", "noauth", "type"}
+	"stream_timeout", "allow", "deny", "authorization", "noauth", "type", "keep_header", "inherit_authorization"}
 
 func (p *parser) upstreams(c *Config, n *yaml.Node) {
 	switch n.Kind {
@@ -177,7 +195,10 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 			p.errorf(item.Line, "%s must be a mapping of fields, such as \"endpoint:\"", where)
 			continue
 		}
-		u := p.upstream(item, where)
+		u, skip := p.upstream(item, where)
+		if skip {
+			continue
+		}
 		if u.Name != "" {
 			if first, dup := names[u.Name]; dup {
 				p.errorf(u.Line, "%s: upstream %d has the same name", where, first)
@@ -189,30 +210,32 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 	}
 }
 
-// upstream reads one entry of upstreams.
-func (p *parser) upstream(item *yaml.Node, where string) Upstream {
-	u := Upstream{Line: item.Line, label: where, Type: "openai"}
+// upstream reads one entry of upstreams. skip reports an entry of a type
+// keypool does not serve yet, which is left out with a warning.
+func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool) {
+	u = Upstream{Line: item.Line, label: where, Type: "openai"}
 	var keys []keypool.Key
-	keyLine := item.Line  // where a missing key is reported
-	haveKeys := false     // a key given, or a bad one reported
-	endpointSeen := false // an endpoint given, even a bad one
+	skLine, keysLine := 0, 0 // where sk and keys were given
+	emptyVar := ""           // a variable sk is written with that expanded to nothing
 	for _, f := range p.fields(item, where) {
 		switch f.name {
 		case "sk":
-			keyLine = f.val.Line
+			skLine = f.val.Line
 			s, ok := p.scalar(f, true)
 			if !ok {
-				haveKeys = true
 				continue
 			}
-			ks, given := p.skKeys(f, s)
-			keys = append(keys, ks...)
-			haveKeys = haveKeys || given
+			if strings.TrimSpace(s) == "asis" {
+				u.Auth = keypool.AuthCaller
+				continue
+			}
+			if strings.TrimSpace(s) == "" && strings.Contains(f.val.Value, "$") {
+				emptyVar = f.label
+			}
+			keys = append(keys, p.skKeys(f, s)...)
 		case "keys":
-			keyLine = f.val.Line
-			ks, given := p.listKeys(f)
-			keys = append(keys, ks...)
-			haveKeys = haveKeys || given
+			keysLine = f.val.Line
+			keys = append(keys, p.listKeys(f)...)
 		case "keys_file":
 			if s, ok := p.scalar(f, false); ok && s != "" {
 				u.KeysFile = p.path(s)
@@ -220,7 +243,6 @@ func (p *parser) upstream(item *yaml.Node, where string) Upstream {
 			}
 		case "endpoint":
 			u.Endpoint = p.endpoint(f)
-			endpointSeen = u.Endpoint != ""
 		case "name":
 			s, _ := p.scalar(f, false)
 			u.Name = strings.TrimSpace(s)
@@ -234,54 +256,77 @@ func (p *parser) upstream(item *yaml.Node, where string) Upstream {
 			u.Deny = p.patterns(f)
 		case "authorization":
 			u.Authorization = p.tokens(f)
+		case "inherit_authorization":
+			u.InheritAuthorization = p.boolean(f)
 		case "noauth":
 			u.NoAuth = p.boolean(f)
+		case "keep_header":
+			if p.boolean(f) {
+				p.warnf(f.key.Line, "%s: keep_header is not used: keypool forwards the request headers the API reads, never the client's credentials", where)
+			}
 		case "type":
-			p.upstreamType(f)
+			u.Type = p.upstreamType(f)
 		default:
 			p.unknown(f, where, upstreamFields)
 		}
 	}
-	if !endpointSeen {
-		p.errorf(item.Line, "%s: endpoint is empty", where)
+	if u.Type == "replicate" {
+		p.warnf(item.Line, "%s: type replicate is not served yet; this upstream is skipped", where)
+		return u, true
 	}
-	if !haveKeys && u.KeysFile == "" {
-		p.errorf(keyLine, "%s: no key; give sk, keys or keys_file", where)
+	if u.Endpoint == "" {
+		u.Endpoint = DefaultEndpoint
+	}
+	switch {
+	case u.Auth == keypool.AuthCaller && (len(keys) > 0 || keysLine > 0 || u.KeysFile != ""):
+		p.errorf(skLine, "%s: sk: asis passes each client's own key on; it cannot be given with keys or keys_file", where)
+	case u.Auth == keypool.AuthCaller:
+	case len(keys) == 0 && u.KeysFile == "" && emptyVar != "":
+		p.errorf(skLine, "%s is empty once its environment variables are expanded; leave sk out for an upstream that needs no key", emptyVar)
+	case len(keys) == 0 && u.KeysFile == "" && keysLine == 0:
+		u.Auth = keypool.AuthNone
+	case len(keys) == 0 && u.KeysFile == "":
+		p.errorf(keysLine, "%s: keys holds no key; leave it out for an upstream that needs no key", where)
+	}
+	if u.InheritAuthorization && len(u.Authorization) == 0 {
+		p.errorf(item.Line, "%s: inherit_authorization needs an authorization of the upstream's own", where)
 	}
 	u.Keys = dedupe(keys)
-	return u
+	return u, false
 }
 
-// skKeys reads sk: one key, or several comma-separated. given is false when
-// it holds none (and no problem was reported).
-func (p *parser) skKeys(f field, s string) (keys []keypool.Key, given bool) {
-	if strings.TrimSpace(s) == "asis" {
-		p.errorf(f.val.Line, "%s: asis (pass the client's own key on) is not supported yet", f.label)
-		return nil, true
-	}
+// skKeys reads sk: one key, or several comma-separated.
+func (p *parser) skKeys(f field, s string) []keypool.Key {
 	keys, err := keypool.ParseKeys(s)
 	if err != nil {
 		p.errorf(f.val.Line, "%s: %v", f.label, err)
-		return nil, true
+		return nil
 	}
-	return keys, len(keys) > 0
+	for _, k := range keys {
+		if k.ID() == asisID {
+			p.errorf(f.val.Line, "%s: asis must be alone: it passes each client's own key on", f.label)
+			return nil
+		}
+	}
+	return keys
 }
 
+// asisID is the ID of a key that reads "asis": openai-api-route's keyword, not a key.
+var asisID = keypool.NewKey("asis").ID()
+
 // listKeys reads keys: a list of keys, one per entry.
-func (p *parser) listKeys(f field) (keys []keypool.Key, given bool) {
-	items, lines, ok := p.list(f, true)
-	given = !ok
+func (p *parser) listKeys(f field) []keypool.Key {
+	items, lines, _ := p.list(f, true)
+	var keys []keypool.Key
 	for j, s := range items {
 		ks, err := keypool.KeysFrom([]string{s})
 		if err != nil {
 			p.errorf(lines[j], "%s: entry %d has white space or a comma inside", f.label, j+1)
-			given = true
 			continue
 		}
 		keys = append(keys, ks...)
-		given = given || len(ks) > 0
 	}
-	return keys, given
+	return keys
 }
 
 // endpoint reads an upstream's URL; "" when missing. A bad one is reported
@@ -301,22 +346,29 @@ func (p *parser) endpoint(f field) string {
 	return s
 }
 
-// upstreamType checks type: openai, the only kind served yet.
-func (p *parser) upstreamType(f field) {
+// upstreamType reads type: openai, the only kind served yet, or replicate,
+// which is skipped with a warning (openai-api-route's sample config has one).
+func (p *parser) upstreamType(f field) string {
 	s, ok := p.scalar(f, false)
 	if !ok {
-		return
+		return "openai"
 	}
 	switch t := strings.ToLower(strings.TrimSpace(s)); t {
 	case "", "openai":
-	case "azure", "replicate":
-		p.errorf(f.val.Line, "%s: %s upstreams are not supported yet", f.label, t)
+	case "replicate":
+		return t
+	case "azure":
+		p.errorf(f.val.Line, "%s: azure upstreams are not supported yet", f.label)
 	default:
-		p.errorf(f.val.Line, "%s must be openai (azure and replicate are not supported yet)", f.label)
+		p.errorf(f.val.Line, "%s must be openai or replicate (azure is not supported yet)", f.label)
 	}
+	return "openai"
 }
 
-// tokens reads client tokens: a comma-separated string, or a list.
+// tokens reads client tokens: a comma-separated string, or a list. Nothing
+// written (null, "" or []) is no tokens; a value that holds no token once
+// trimmed (" , ", or a variable that expanded to nothing) is an error, since
+// an upstream without tokens of its own takes the top-level ones.
 func (p *parser) tokens(f field) []Secret {
 	var raw []string
 	if f.val.Kind == yaml.SequenceNode {
@@ -331,6 +383,13 @@ func (p *parser) tokens(f field) []Secret {
 			return nil
 		}
 		raw = strings.Split(s, ",")
+		if f.val.Value == "" {
+			raw = nil
+		}
+	}
+	if len(raw) > 0 && strings.TrimSpace(strings.Join(raw, "")) == "" {
+		p.errorf(f.val.Line, "%s holds no token once spaces and commas are trimmed", f.label)
+		return nil
 	}
 	var out []Secret
 	seen := map[string]bool{}
