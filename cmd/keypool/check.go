@@ -62,6 +62,9 @@ The exit status is 1 when no key ended up usable.`,
 			var opts []keypool.CheckOption
 			if cfg != nil {
 				opts = cfg.CheckerOptions()
+				for _, w := range cfg.Warnings {
+					fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
+				}
 			}
 			// Flags win over the config; without a config they are the settings.
 			if cfg == nil || cmd.Flags().Changed("rate") {

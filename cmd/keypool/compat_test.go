@@ -17,7 +17,7 @@ import (
 // authorization, upstreams with sk, endpoint, timeout, allow, deny,
 // authorization and noauth), pointed at the fake, and checks that it routes
 // as it did there: the client token, allow/deny, failover in upstream order,
-// and a per-upstream token.
+// and a per-upstream token that is the only one its upstream takes.
 func TestServeOpenAIAPIRouteConfig(t *testing.T) {
 	fake, base := fakeopenai.NewTestServer(t, fakeopenai.Config{},
 		fakeopenai.Key{Secret: "sk-first", Behavior: fakeopenai.OverQuota},
@@ -81,11 +81,12 @@ upstreams:
 	if got := served(); len(got) != 1 || got[0] != "sk-second" {
 		t.Fatalf("gpt-4o served by %v", got)
 	}
-	// gpt-4o-mini: denied on the second, allowed on the third.
-	if code := send("woshimima", "gpt-4o-mini"); code != 200 {
-		t.Fatalf("gpt-4o-mini: %d", code)
+	// gpt-4o-mini: denied on the second, and the third takes only its own
+	// token, as in openai-api-route.
+	if code := send("woshimima", "gpt-4o-mini"); code == 200 {
+		t.Fatal("a top-level token reached an upstream with a token of its own")
 	}
-	if got := served(); len(got) != 1 || got[0] != "sk-mini" {
+	if got := served(); len(got) != 0 {
 		t.Fatalf("gpt-4o-mini served by %v", got)
 	}
 	// The third upstream's own token reaches only it: gpt-4o is not allowed
@@ -97,4 +98,72 @@ upstreams:
 		t.Fatalf("minitoken gpt-4o-mini: %d", code)
 	}
 	assertNoSecret(t, stderr.String(), "sk-first", "sk-second", "sk-mini", "woshimima", "minitoken")
+}
+
+// TestServeOpenAIAPIRouteSample: keypool serve starts on openai-api-route's
+// own config.sample.yaml, unchanged, as ./config.yaml: it warns that the
+// replicate upstream is skipped, and routes as the sample says. A router
+// answers for api.openai.com in memory, so nothing leaves the machine.
+func TestServeOpenAIAPIRouteSample(t *testing.T) {
+	sample, err := os.ReadFile(filepath.Join("..", "..", "internal", "config", "testdata", "openai-api-route", "config.sample.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	noEnv(t)
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("config.yaml", sample, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	router := &fakeopenai.Router{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[]}`)
+	})}
+	stderr := &lockedBuffer{}
+	proxy, stop := startServeWith(t, stderr, router, "--listen", "127.0.0.1:0")
+	send := func(token, model string) int {
+		req, _ := http.NewRequest("POST", proxy+"/v1/chat/completions",
+			strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	chats := func() []fakeopenai.Hit {
+		var out []fakeopenai.Hit
+		for _, h := range router.Hits() {
+			if strings.HasSuffix(h.URL, "/chat/completions") && !strings.Contains(h.URL, "babbage") {
+				out = append(out, h)
+			}
+		}
+		return out
+	}
+	if code := send("", "gpt-3.5-trubo"); code != http.StatusUnauthorized {
+		t.Fatalf("no token: %d", code)
+	}
+	router.Reset()
+	if code := send("woshimima", "gpt-3.5-trubo"); code != 200 {
+		t.Fatalf("woshimima: %d", code)
+	}
+	if h := chats(); len(h) != 1 || h[0].URL != "https://api.openai.com/v2/chat/completions" || h[0].Authorization != "Bearer secret_key_1" {
+		t.Fatalf("attempts %+v", h)
+	}
+	router.Reset()
+	if code := send("woshimima", "gpt-4"); code == 200 || len(chats()) != 0 {
+		t.Fatalf("gpt-4 (allowed nowhere): %d, attempts %+v", code, chats())
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	log := stderr.String()
+	if !strings.Contains(log, "config.yaml:26: upstream 3: type replicate is not served yet; this upstream is skipped") {
+		t.Fatalf("no warning for the replicate upstream:\n%s", log)
+	}
+	assertNoSecret(t, log, "woshimima", "secret_key_1", "secret_key_2", "key_for_replicate")
 }

@@ -19,7 +19,7 @@ func runCheck(ctx context.Context, out, errOut io.Writer, ups []keypool.Upstream
 	if err != nil {
 		return err
 	}
-	prog := newProgress(errOut, func() int { return len(t.Snapshot()) })
+	prog := newProgress(errOut, func() int { return checkable(t.Snapshot()) })
 	c, err := keypool.NewChecker(t, append(opts, keypool.WithCheckObserver(prog.observe))...)
 	if err != nil {
 		return err
@@ -40,12 +40,24 @@ func runCheck(ctx context.Context, out, errOut io.Writer, ups []keypool.Upstream
 		return err
 	}
 	if checkErr != nil {
-		return fmt.Errorf("check stopped after %d of %d keys: %w", len(results), len(t.Snapshot()), checkErr)
+		return fmt.Errorf("check stopped after %d of %d keys: %w", len(results), checkable(t.Snapshot()), checkErr)
 	}
 	if !slices.ContainsFunc(results, usable) {
 		return fmt.Errorf("no usable key: %s", summary(results))
 	}
 	return nil
+}
+
+// checkable counts the keys a check looks at: all but the stand-ins of
+// upstreams without keys (sk: asis, or none).
+func checkable(keys []keypool.KeyInfo) int {
+	n := 0
+	for _, k := range keys {
+		if k.Auth == keypool.AuthKeys {
+			n++
+		}
+	}
+	return n
 }
 
 // usable reports whether a checked key can take requests: ready, or alive

@@ -8,7 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,11 +28,19 @@ const (
 	readHeaderTimeout = 10 * time.Second
 )
 
-func newServeCmd() *cobra.Command { return newServeCmdWith(nil) }
+func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
 
-// newServeCmdWith is newServeCmd that tells ready, when not nil, the address
-// it listens on once it accepts connections (tests listen on 127.0.0.1:0).
-func newServeCmdWith(ready func(net.Addr)) *cobra.Command {
+// serveHooks are what tests give serve: ready, when not nil, is told the
+// address serve listens on once it accepts connections (tests listen on
+// 127.0.0.1:0); base, when not nil, carries every upstream request (tests
+// answer for the hosts of an unchanged config without a network).
+type serveHooks struct {
+	ready func(net.Addr)
+	base  http.RoundTripper
+}
+
+// newServeCmdWith is newServeCmd with hooks for tests.
+func newServeCmdWith(hooks serveHooks) *cobra.Command {
 	var (
 		configFile, listen string
 		dbType, dbAddr     string
@@ -99,7 +107,7 @@ Logs go to stderr and show keys by ID only.`,
 			default:
 				listen = defaultListen
 			}
-			return serve(ctx, cfg, listen, shutdownTimeout, logger, ready)
+			return serve(ctx, cfg, listen, shutdownTimeout, logger, hooks)
 		},
 	}
 	f := cmd.Flags()
@@ -127,6 +135,9 @@ func serveConfig(configFile string, logger *slog.Logger) (*config.Config, error)
 		if len(cfg.Upstream) == 0 {
 			return nil, fmt.Errorf("%s: no upstreams, so no keys to serve with", configFile)
 		}
+		for _, w := range cfg.Warnings {
+			logger.Warn("config: " + w)
+		}
 		logger.Info("config loaded", "file", configFile, "upstreams", len(cfg.Upstream))
 		return cfg, nil
 	}
@@ -152,7 +163,7 @@ func serveConfig(configFile string, logger *slog.Logger) (*config.Config, error)
 // serve runs the proxy for cfg on listen until ctx ends, then shuts it down,
 // giving in-flight requests shutdownTimeout to finish.
 func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeout time.Duration,
-	logger *slog.Logger, ready func(net.Addr)) error {
+	logger *slog.Logger, hooks serveHooks) error {
 	topts, err := cfg.TransportOptions()
 	if err != nil {
 		return err
@@ -179,6 +190,9 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		return err
 	}
 	observers := []keypool.Option{keypool.WithLogger(logger), keypool.WithObserver(m)}
+	if hooks.base != nil {
+		observers = append(observers, keypool.WithBase(hooks.base))
+	}
 	var notifier *notify.Notifier
 	if nc, ok := notifyConfig(cfg.Notify, logger); ok {
 		if notifier, err = notify.New(nc); err != nil {
@@ -204,7 +218,8 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}
 	defer recs.close(logger, shutdownTimeout)
 	tokens, access := server.AccessFromConfig(cfg)
-	sopts := server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody}
+	sopts := server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody,
+		CORS: !cfg.NoCORS}
 	if recs != nil {
 		sopts.Records, sopts.Bodies, sopts.BodyLimit = recs.writer, cfg.Records.Bodies, cfg.Records.BodyLimit
 		if err := metrics.RegisterRecords(reg, recs.writer.Stats); err != nil {
@@ -224,7 +239,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		logger.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 
-	logClientIDs(cfg, logger)
+	logAccess(srv, tr, cfg, logger)
 	logger.Info("listening", "addr", ln.Addr().String(), "keys", len(tr.Snapshot()))
 
 	runCtx, stop := context.WithCancel(ctx)
@@ -250,8 +265,8 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
-	if ready != nil {
-		ready(ln.Addr())
+	if hooks.ready != nil {
+		hooks.ready(ln.Addr())
 	}
 
 	select {
@@ -358,20 +373,28 @@ func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration) {
 	r.store.Close()
 }
 
-// logClientIDs logs the ID that records and logs show for each client token
-// (never the token), and which upstreams it may use, so that an operator can
-// tell the clients of keypool records apart.
-func logClientIDs(cfg *config.Config, logger *slog.Logger) {
-	for _, t := range cfg.Authorization {
-		logger.Info("client token", "id", records.ClientID(string(t)), "upstreams", "all")
+// logAccess logs who may use what: the ID that records and logs show for
+// each client token (never the token) with the upstreams it may use, the
+// noauth upstreams, and the upstreams without keys of their own, so that an
+// operator can check the rules and tell the clients of keypool records apart.
+func logAccess(srv *server.Server, tr *keypool.Transport, cfg *config.Config, logger *slog.Logger) {
+	for _, c := range srv.Clients() {
+		logger.Info("client token", "id", c.ID, "upstreams", strings.Join(c.Upstreams, ","))
 	}
+	names := tr.UpstreamNames()
 	for i, u := range cfg.Upstream {
-		name := u.Name
-		if name == "" {
-			name = "upstream " + strconv.Itoa(i+1)
+		switch {
+		case u.NoAuth:
+			logger.Info("upstream open to every client (noauth)", "upstream", names[i])
+		case len(u.Authorization) == 0 && len(cfg.Authorization) == 0 && !openToAll(cfg):
+			logger.Warn("no client may use this upstream: it has no authorization of its own, there is none at the top level, and it is not noauth",
+				"upstream", names[i])
 		}
-		for _, t := range u.Authorization {
-			logger.Info("client token", "id", records.ClientID(string(t)), "upstreams", name)
+		switch u.Auth {
+		case keypool.AuthNone:
+			logger.Info("upstream without a key: its requests carry no Authorization", "upstream", names[i])
+		case keypool.AuthCaller:
+			logger.Info("upstream with sk: asis: each client's own Authorization goes to it", "upstream", names[i])
 		}
 	}
 }

@@ -69,8 +69,15 @@ func (b *lockedBuffer) String() string {
 // and hands back its error.
 func startServe(t *testing.T, stderr io.Writer, args ...string) (string, func() error) {
 	t.Helper()
+	return startServeWith(t, stderr, nil, args...)
+}
+
+// startServeWith is startServe with every upstream request carried by base
+// (nil: the network, that is the fake on loopback).
+func startServeWith(t *testing.T, stderr io.Writer, base http.RoundTripper, args ...string) (string, func() error) {
+	t.Helper()
 	addrs := make(chan net.Addr, 1)
-	cmd := newServeCmdWith(func(a net.Addr) { addrs <- a })
+	cmd := newServeCmdWith(serveHooks{ready: func(a net.Addr) { addrs <- a }, base: base})
 	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--db") }) {
 		// Records go to a file of the test's, not ./db.sqlite.
 		args = append(args, "--dbaddr", filepath.Join(t.TempDir(), "db.sqlite"))
@@ -327,7 +334,7 @@ func TestServeRecords(t *testing.T) {
 		t.Fatalf("serve: %v", err)
 	}
 	if log := stderr.String(); !strings.Contains(log, "records flushed") || !strings.Contains(log, "written=4") ||
-		!strings.Contains(log, `msg="client token" id=`+records.ClientID(token)+" upstreams=all") {
+		!strings.Contains(log, `msg="client token" id=`+records.ClientID(token)+" upstreams="+strings.TrimSuffix(strings.TrimPrefix(url, "http://"), "/v1")) {
 		t.Fatalf("log:\n%s", log)
 	}
 
