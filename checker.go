@@ -690,6 +690,9 @@ func (p *Pool) applyCheck(k *key, state State, reason string, models []string, l
 		set := p.internModels(models)
 		k.models, k.families = set.models, set.families
 		k.lacks = nil // a new list overrules what answers taught
+		if k.scope != "" {
+			delete(k.up.scopeLacks, k.scope)
+		}
 	}
 	// An organization may have been verified since: a recheck gives streaming
 	// a new try (at worst one failover per key per recheck interval).

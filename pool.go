@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
@@ -37,6 +38,10 @@ type Upstream struct {
 	// StreamTimeout limits the time to the headers and first event of one
 	// streaming attempt; 0 means DefaultStreamTimeout.
 	StreamTimeout time.Duration
+	// IdleTimeout cuts off an answer whose upstream sends nothing for this
+	// long once it has started (between two reads of its body); the key
+	// counts a failure. 0 means DefaultIdleTimeout; negative, no limit.
+	IdleTimeout time.Duration
 	// Auth says what credentials the upstream's requests carry: AuthKeys
 	// (the zero value) sends each attempt with one of Keys; AuthNone and
 	// AuthCaller take no Keys.
@@ -85,6 +90,7 @@ func standInID(auth UpstreamAuth, upstream string) KeyID {
 const (
 	DefaultTimeout       = 10 * time.Minute // the OpenAI SDKs' own default
 	DefaultStreamTimeout = 30 * time.Second
+	DefaultIdleTimeout   = 2 * time.Minute
 )
 
 // NoKeyError says that no key can take a request now. FreeAt, when not zero,
@@ -160,6 +166,9 @@ type upstream struct {
 	base    *url.URL
 	keys    []*key
 	buckets map[string]*bucket
+	// scopeLacks holds, per scope (an organization and project its keys'
+	// answers name), the models its keys answered model_not_found for.
+	scopeLacks map[string]*lackSet
 }
 
 // key is the pool's record of one credential. Guarded by Pool.mu.
@@ -173,7 +182,8 @@ type key struct {
 	trial      bool
 	models     map[string]bool // ids from /v1/models; nil: unknown, any model is tried
 	families   map[string]bool // families of models; a key serves every model of a family it has
-	lacks      map[string]bool // models answered model_not_found or refused
+	lacks      *lackSet        // models answered model_not_found or refused (bounded); nil: none
+	scope      string          // the organization (and project) its answers name; "" until one does
 	noStream   map[string]bool // models it may not stream (unverified organization)
 	clone      bool            // an organization clone found by the checker
 	org        string          // the organization it is sent with, or its default one
@@ -257,12 +267,18 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		if u.StreamTimeout <= 0 {
 			u.StreamTimeout = DefaultStreamTimeout
 		}
+		switch {
+		case u.IdleTimeout == 0:
+			u.IdleTimeout = DefaultIdleTimeout
+		case u.IdleTimeout < 0:
+			u.IdleTimeout = 0 // no limit
+		}
 		for _, pat := range slices.Concat(u.Allow, u.Deny) {
 			if pat == "" {
 				return nil, fmt.Errorf("keypool: upstream %s: empty model pattern", u.Name)
 			}
 		}
-		up := &upstream{Upstream: u, index: i, base: base, buckets: map[string]*bucket{}}
+		up := &upstream{Upstream: u, index: i, base: base, buckets: map[string]*bucket{}, scopeLacks: map[string]*lackSet{}}
 		up.Keys = nil // the pool's records hold them
 		switch {
 		case u.Auth > AuthCaller:
@@ -311,6 +327,21 @@ func uniqueName(name string, ups []*upstream) string {
 			return n
 		}
 	}
+}
+
+// hasLists reports whether the upstream restricts models.
+func (u *upstream) hasLists() bool { return len(u.Allow) > 0 || len(u.Deny) > 0 }
+
+// anyWithoutLists reports whether some upstream of only (every upstream when
+// only is nil) has no Allow or Deny list. Upstreams never change, so no
+// lock is needed.
+func (p *Pool) anyWithoutLists(only []string) bool {
+	for _, u := range p.ups {
+		if !u.hasLists() && (only == nil || slices.Contains(only, u.Name)) {
+			return true
+		}
+	}
+	return false
 }
 
 // allows applies the upstream's Allow and Deny lists to model.
@@ -382,6 +413,24 @@ func newEntry(k *key, b *bucket) *entry {
 	return &entry{k: k, b: b, limitReq: Unknown, remReq: Unknown, limitTok: Unknown, remTok: Unknown, idx: -1}
 }
 
+// learnScope takes the organization (and project) an answer names as k's
+// scope. Requires p.mu.
+func (k *key) learnScope(h http.Header) {
+	org := headerValue(h, "Openai-Organization")
+	if org == "" {
+		return
+	}
+	proj := headerValue(h, "Openai-Project")
+	if proj == "" && k.scope == org {
+		return // the usual case: no allocation
+	}
+	scope := org
+	if proj != "" {
+		scope += "/" + proj
+	}
+	k.scope = clip(scope, maxScopeName)
+}
+
 // standIn reports whether k stands in for an upstream without keys.
 func (k *key) standIn() bool { return k.up.Auth != AuthKeys }
 
@@ -389,7 +438,7 @@ func (k *key) standIn() bool { return k.up.Auth != AuthKeys }
 // in a family its model list has (when known), and no image model for a
 // trial key.
 func (k *key) canServe(b *bucket) bool {
-	if k.lacks[b.model] || k.trial && b.image {
+	if k.lacks.has(b.model) || k.trial && b.image || k.scope != "" && k.up.scopeLacks[k.scope].has(b.model) {
 		return false
 	}
 	if b.path {
@@ -618,6 +667,9 @@ type pick struct {
 	stream bool     // a streaming request: keys that may not stream the model are passed over
 	only   []string // if not nil, the names of the only upstreams this request may use
 	order  []int    // if not nil, the order to try the upstreams in (indexes of Pool.ups)
+	// unreadable marks a request whose model could not be read: upstreams
+	// with Allow or Deny lists are passed over, as the lists cannot apply.
+	unreadable bool
 
 	streamBucket string // the bucket of streams of a model some key may not stream; built once
 }
@@ -654,7 +706,8 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 				u = p.ups[r.order[i]]
 			}
 			avoided := u.index < 64 && r.avoid&(1<<u.index) != 0
-			if avoided != (pass == 1) || !u.allows(r.model) || r.only != nil && !slices.Contains(r.only, u.Name) {
+			if avoided != (pass == 1) || !u.allows(r.model) || r.only != nil && !slices.Contains(r.only, u.Name) ||
+				r.unreadable && u.hasLists() {
 				continue
 			}
 			allowed = true
@@ -670,7 +723,7 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 				continue
 			}
 			p.revive(b, now)
-			if c := p.best(b, r); c != nil {
+			if c := p.best(b, r, now); c != nil {
 				if p.score(c)&fullBit == 0 {
 					p.acquire(c, now)
 					return c, false, time.Time{}, ""
@@ -705,12 +758,18 @@ func (p *Pool) take(r *pick, now time.Time) (e *entry, busy bool, freeAt time.Ti
 // best returns the best ready entry of b not yet tried by r. A request has
 // tried fewer than maxTried keys, so stepping over that many at the top of
 // the heap always reaches the best untried one. Requires p.mu.
-func (p *Pool) best(b *bucket, r *pick) *entry {
+func (p *Pool) best(b *bucket, r *pick, now time.Time) *entry {
 	var stash [maxTried]*entry
 	n := 0
 	var found *entry
 	for len(b.ready) > 0 && n < len(stash) {
 		e := b.ready[0].e
+		if !e.k.canServe(b) {
+			// Its scope learned it lacks the model after it was placed:
+			// out of the heaps, once.
+			p.place(e, now)
+			continue
+		}
 		if !r.triedKey(e.k) {
 			found = e
 			break
@@ -887,10 +946,24 @@ func (p *Pool) coolEntry(e *entry, t time.Time, reason string, now time.Time) {
 
 // loseModel records that k cannot serve model. Requires p.mu.
 func (p *Pool) loseModel(k *key, model string, now time.Time) {
-	if k.lacks == nil {
-		k.lacks = map[string]bool{}
+	if k.scope != "" {
+		// Keys of one organization see the same models: the rest of the
+		// scope leaves the bucket's heaps as best meets them.
+		set := k.up.scopeLacks[k.scope]
+		if set == nil {
+			if len(k.up.scopeLacks) >= maxScopes {
+				clear(k.up.scopeLacks)
+			}
+			set = newLackSet(maxScopeLacks)
+			k.up.scopeLacks[k.scope] = set
+		}
+		set.add(model)
+	} else {
+		if k.lacks == nil {
+			k.lacks = newLackSet(maxKeyLacks)
+		}
+		k.lacks.add(model)
 	}
-	k.lacks[model] = true
 	if b := k.up.buckets[model]; b != nil {
 		p.place(b.entries[k.index], now) // out of every heap; in-flight attempts still release it
 	}
@@ -961,6 +1034,9 @@ func (p *Pool) observe(e *entry, a *Answer, out Outcome, now time.Time) {
 	if !a.Cancelled && a.Status != 0 && !e.answered {
 		e.answered = true
 		p.place(e, now)
+	}
+	if a.Status != 0 && !a.Cancelled {
+		k.learnScope(a.Header)
 	}
 	if a.Limits.Known() && !a.Cancelled {
 		p.learn(e, &a.Limits, now)
@@ -1104,9 +1180,7 @@ func (p *Pool) info(k *key, now time.Time) KeyInfo {
 	if k.models != nil {
 		ki.Models = sortedKeys(k.models)
 	}
-	if k.lacks != nil {
-		ki.Lacks = sortedKeys(k.lacks)
-	}
+	ki.Lacks = k.lacks.names()
 	for model, b := range k.up.buckets {
 		e := b.entries[k.index]
 		if e == nil || !e.answered && e.inflight == 0 && e.until.IsZero() {

@@ -14,7 +14,9 @@ import (
 
 // scanRequest reads the top-level "model" string and "stream" boolean of a JSON
 // object, skipping every other value without decoding it. ok is false when body is
-// not a JSON object (multipart, empty, garbage); model is "" when absent or not a string.
+// not a JSON object (multipart, empty, garbage); model is "" when absent or not a
+// string, and present reports a "model" key with a string value. A leading
+// UTF-8 byte-order mark is skipped, as lenient JSON readers skip it.
 //
 // Keys match exactly, as the upstream reads them (encoding/json would also take
 // "Model"). A duplicated key counts its last value, like encoding/json, so
@@ -22,10 +24,11 @@ import (
 // after its opening brace yields what was read up to the break, with ok true: the
 // upstream rejects such a body anyway. It allocates only the model string, plus a
 // small decode when the model or a key holds escapes or invalid UTF-8.
-func scanRequest(body []byte) (model string, stream bool, ok bool) {
+func scanRequest(body []byte) (model string, stream, present, ok bool) {
+	body = bytes.TrimPrefix(body, utf8BOM)
 	i := scanSkipSpace(body, 0)
 	if i >= len(body) || body[i] != '{' {
-		return "", false, false
+		return "", false, false, false
 	}
 	var modelToken []byte // the last "model" value, quotes included, when a string
 	for i++; ; {
@@ -68,8 +71,10 @@ func scanRequest(body []byte) (model string, stream bool, ok bool) {
 		}
 		i = valueEnd
 	}
-	return scanString(modelToken), stream, true
+	return scanString(modelToken), stream, modelToken != nil, true
 }
+
+var utf8BOM = []byte("\xEF\xBB\xBF")
 
 type scanKeyKind uint8
 

@@ -63,10 +63,13 @@ func TestScanRequest(t *testing.T) {
 		{"string", `"model"`, "", false, false},
 		{"multipart", "--boundary\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n", "", false, false},
 		{"garbage", "\x00\xff{", "", false, false},
+		{"byte-order mark", "\xEF\xBB\xBF{\"model\":\"o1-pro\"}", "o1-pro", false, true},
+		{"byte-order mark and space", "\xEF\xBB\xBF \n{\"model\":\"o1-pro\",\"stream\":true}", "o1-pro", true, true},
+		{"two byte-order marks", "\xEF\xBB\xBF\xEF\xBB\xBF{\"model\":\"x\"}", "", false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			model, stream, ok := scanRequest([]byte(tt.body))
+			model, stream, _, ok := scanRequest([]byte(tt.body))
 			if model != tt.model || stream != tt.stream || ok != tt.ok {
 				t.Errorf("scanRequest(%q) = %q, %v, %v; want %q, %v, %v",
 					tt.body, model, stream, ok, tt.model, tt.stream, tt.ok)
@@ -82,7 +85,7 @@ func TestScanRequestTruncations(t *testing.T) {
 	full := len(body)
 	modelEnd := bytes.LastIndex(body, []byte(`"gpt-4o-mini"`)) + len(`"gpt-4o-mini"`)
 	for n := 0; n <= full; n++ {
-		model, _, ok := scanRequest(body[:n])
+		model, _, _, ok := scanRequest(body[:n])
 		if ok != (n > 0) {
 			t.Fatalf("prefix %d: ok = %v", n, ok)
 		}
@@ -95,7 +98,7 @@ func TestScanRequestTruncations(t *testing.T) {
 func TestScanRequestAllocs(t *testing.T) {
 	body := chatRequest(4096)
 	allocs := testing.AllocsPerRun(100, func() {
-		model, stream, ok := scanRequest(body)
+		model, stream, _, ok := scanRequest(body)
 		if model != "gpt-4o-mini" || !stream || !ok {
 			t.Fatalf("scanRequest = %q, %v, %v", model, stream, ok)
 		}
@@ -131,7 +134,7 @@ func BenchmarkScanRequest(b *testing.B) {
 		b.SetBytes(int64(len(body)))
 		b.ReportAllocs()
 		for b.Loop() {
-			if model, _, _ := scanRequest(body); model == "" {
+			if model, _, _, _ := scanRequest(body); model == "" {
 				b.Fatal("no model")
 			}
 		}
@@ -170,13 +173,16 @@ func FuzzScanRequest(f *testing.F) {
 	}
 	f.Add(chatRequest(1024))
 	f.Fuzz(func(t *testing.T, body []byte) {
-		model, stream, ok := scanRequest(body)
-		trimmed := bytes.TrimLeft(body, " \t\r\n")
+		model, stream, present, ok := scanRequest(body)
+		trimmed := bytes.TrimLeft(bytes.TrimPrefix(body, []byte("\xEF\xBB\xBF")), " \t\r\n")
 		if ok != (len(trimmed) > 0 && trimmed[0] == '{') {
 			t.Fatalf("ok = %v for %q", ok, body)
 		}
 		if !ok || !json.Valid(body) {
 			return
+		}
+		if present != bytes.Contains(body, []byte(`"model"`)) && present {
+			t.Fatalf("present with no model key in %q", body)
 		}
 		// Exact keys, last duplicate wins: what the upstream reads.
 		var fields map[string]json.RawMessage

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	retry "github.com/sethvargo/go-retry"
 )
@@ -302,7 +303,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	r.body, r.start, r.number = body, t.now(), t.requests.Add(1)
 	if body != nil {
-		r.model, r.stream, _ = scanRequest(body.buf)
+		if err := r.readModel(); err != nil {
+			if !body.complete && !body.used {
+				body.orig.Close()
+			}
+			return nil, err
+		}
 	}
 	r.pick.model, r.pick.stream = r.model, r.stream
 	ctx := req.Context()
@@ -315,6 +321,12 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if r.model == "" {
 		r.model = req.URL.Path
 		r.pick.model, r.pick.bucket = r.model, routeOf(r.model)
+	}
+	if r.pick.unreadable && !t.pool.anyWithoutLists(r.pick.only) {
+		if body != nil && !body.complete && !body.used {
+			body.orig.Close()
+		}
+		return nil, ErrUnreadableModel
 	}
 	r.pick.tried = r.triedBuf[:0]
 	if n := len(t.pool.ups); t.order == OrderRandom && n > 1 {
@@ -336,6 +348,69 @@ func shuffled(buf []int, n int) []int {
 	return buf
 }
 
+// Bounds on a request's model name: real ones are under 100 bytes. A longer
+// one, or one with control characters, is refused before it reaches the
+// pool, where every name costs a bucket.
+const maxModelName = 256
+
+// ErrBadModel refuses a request whose JSON model is empty, longer than 256
+// bytes, not valid UTF-8 or holds control characters: no upstream serves
+// such a model, and the pool would have to remember it.
+var ErrBadModel = errors.New("keypool: the request's model name is invalid")
+
+// ErrUnreadableModel refuses a request whose model cannot be read (a body
+// that is not a JSON object, or one compressed in a coding keypool cannot
+// decode) when every upstream it may use has Allow or Deny lists: the lists
+// could not be applied to it.
+var ErrUnreadableModel = errors.New("keypool: the request's model cannot be read, and every upstream it may use has allow or deny lists")
+
+// readModel reads the model and stream flag of r's body, decoding the body
+// first when it is compressed, so that allow and deny lists see what the
+// upstream will. A body whose model cannot be read is marked unreadable: it
+// goes only to upstreams without model lists.
+func (r *roundTrip) readModel() error {
+	body := r.body
+	coding, known := contentCoding(r.req.Header)
+	switch {
+	case coding != "" && known && body.complete && len(body.buf) > 0:
+		plain, err := decodeRequestBody(body.buf, coding, r.t.maxBody)
+		if err != nil {
+			return err
+		}
+		body.buf, r.decoded = plain, true
+	case coding != "":
+		r.pick.unreadable = true // opaque bytes: nothing to read a model from
+		return nil
+	}
+	model, stream, present, ok := scanRequest(body.buf)
+	switch {
+	case present && !validModel(model):
+		return ErrBadModel
+	case !ok && len(bytes.TrimSpace(body.buf)) > 0 && !isMultipart(r.req.Header):
+		r.pick.unreadable = true
+	}
+	r.model, r.stream = model, stream
+	return nil
+}
+
+// validModel reports whether a model name can be real: not empty, at most
+// maxModelName bytes of valid UTF-8 without control characters.
+func validModel(m string) bool {
+	if m == "" || len(m) > maxModelName || !utf8.ValidString(m) {
+		return false
+	}
+	for _, c := range m {
+		if c < 0x20 || c == 0x7f || c == utf8.RuneError || 0x80 <= c && c < 0xa0 {
+			return false
+		}
+	}
+	return true
+}
+
+func isMultipart(h http.Header) bool {
+	return strings.HasPrefix(strings.ToLower(headerValue(h, "Content-Type")), "multipart/")
+}
+
 func closeRequestBody(req *http.Request) {
 	if req.Body != nil {
 		req.Body.Close()
@@ -354,6 +429,7 @@ type roundTrip struct {
 	pick     pick
 	triedBuf [maxTried]*key
 	orderBuf [8]int // the upstreams' shuffled order, when there are few
+	decoded  bool   // the body was compressed and is sent decoded
 	backoff  retry.Backoff
 	last     *lastAnswer
 	lastErr  error
@@ -366,9 +442,12 @@ type roundTrip struct {
 // lastAnswer keeps a failed attempt's answer, so that it can be handed back
 // when no later attempt does better.
 type lastAnswer struct {
-	status int
-	header http.Header
-	body   []byte
+	status  int
+	header  http.Header
+	body    []byte
+	outcome Outcome
+	err     *APIError
+	k       *key
 }
 
 func (r *roundTrip) run() (*http.Response, error) {
@@ -401,7 +480,7 @@ func (r *roundTrip) run() (*http.Response, error) {
 			if resp == nil {
 				return r.giveUp(attempt, a.Err, nil)
 			}
-			return resp, nil
+			return r.final(resp, a, out, e.k), nil
 		}
 		// Retryable: decide whether another attempt may go.
 		r.pick.tried = append(r.pick.tried, e.k)
@@ -424,12 +503,12 @@ func (r *roundTrip) run() (*http.Response, error) {
 		}
 		if last {
 			if resp != nil {
-				return markFinal(resp, time.Time{}, t.now()), nil
+				return r.final(resp, a, out, e.k), nil
 			}
 			return r.giveUp(attempt, a.Err, nil)
 		}
 		if resp != nil {
-			r.keep(resp)
+			r.keep(resp, a, out, e.k)
 		} else {
 			r.lastErr = a.Err
 		}
@@ -442,13 +521,13 @@ func (r *roundTrip) run() (*http.Response, error) {
 }
 
 // keep drains and closes a failed response, keeping its error body.
-func (r *roundTrip) keep(resp *http.Response) {
+func (r *roundTrip) keep(resp *http.Response, a *Answer, out Outcome, k *key) {
 	stop := time.AfterFunc(time.Second, func() { resp.Body.Close() })
 	defer stop.Stop()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
 	io.Copy(io.Discard, io.LimitReader(resp.Body, drainLimit))
 	resp.Body.Close()
-	r.last = &lastAnswer{status: resp.StatusCode, header: resp.Header, body: b}
+	r.last = &lastAnswer{status: resp.StatusCode, header: resp.Header, body: b, outcome: out, err: a.Error, k: k}
 }
 
 // giveUp ends a request that found no more keys: the last upstream answer if
@@ -467,20 +546,30 @@ func (r *roundTrip) giveUp(attempts int, err error, noKey *NoKeyError) (*http.Re
 	if noKey != nil {
 		freeAt = noKey.FreeAt
 	}
+	last := r.last
 	resp := &http.Response{
-		Status:        fmt.Sprintf("%d %s", r.last.status, http.StatusText(r.last.status)),
-		StatusCode:    r.last.status,
+		Status:        fmt.Sprintf("%d %s", last.status, http.StatusText(last.status)),
+		StatusCode:    last.status,
 		Proto:         "HTTP/1.1",
 		ProtoMajor:    1,
 		ProtoMinor:    1,
-		Header:        r.last.header,
-		Body:          io.NopCloser(bytes.NewReader(r.last.body)),
-		ContentLength: int64(len(r.last.body)),
+		Header:        last.header,
+		Body:          io.NopCloser(bytes.NewReader(last.body)),
+		ContentLength: int64(len(last.body)),
 		Request:       r.req,
 	}
 	resp.Header.Del("Content-Length")
 	resp.Header.Del("Content-Encoding")
 	resp.Header.Del("Transfer-Encoding")
+	if last.k.up.Auth != AuthCaller {
+		scrubAnswer(resp, last.k)
+		if status, body, ok := poolError(last.outcome, last.status, last.err, r.model); ok {
+			r.replace(resp, status, body)
+		} else {
+			b := scrubBytes(last.body, last.k)
+			resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		}
+	}
 	return markFinal(resp, freeAt, r.t.now()), nil
 }
 
@@ -531,13 +620,22 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	if err == nil {
 		resp, err = t.base.RoundTrip(out)
 	}
+	if err == nil {
+		decodeResponse(resp)
+	}
 	var prefix []byte
-	if err == nil && r.stream && resp.StatusCode/100 == 2 && isEventStream(resp.Header) {
+	switch {
+	case err != nil || !r.stream || resp.StatusCode/100 != 2:
+	case isEventStream(resp.Header):
 		prefix, a.Error, err = readFirstEvent(resp.Body)
-		if err != nil {
-			resp.Body.Close()
-			resp = nil
-		}
+	default:
+		// A stream asked for and answered otherwise: its first bytes
+		// must still come within the stream timeout.
+		prefix, err = readFirstBytes(resp.Body)
+	}
+	if err != nil && resp != nil {
+		resp.Body.Close()
+		resp = nil
 	}
 	var errBody []byte
 	if err == nil && resp.StatusCode/100 != 2 {
@@ -611,7 +709,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		return resp, a, outcome
 	}
 	ev.Final = true
-	resp.Body = r.metered.start(t, e, resp.Body, ev, cancel, r.stream || isEventStream(resp.Header))
+	resp.Body = r.metered.start(t, e, resp.Body, ev, actx, cancel, r.stream || isEventStream(resp.Header))
 	return resp, a, outcome
 }
 
@@ -660,6 +758,12 @@ func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, erro
 	out.Host = ""
 	out.RequestURI = ""
 	setKeyHeaders(h, k)
+	// net/http's Transport asks for gzip and decodes it when the request
+	// does not ask for an encoding itself: the pool reads plain bytes.
+	delete(h, "Accept-Encoding")
+	if r.decoded {
+		delete(h, "Content-Encoding")
+	}
 	if r.body != nil {
 		b, err := r.body.reader()
 		if err != nil {
@@ -767,6 +871,23 @@ func readFirstEvent(body io.Reader) ([]byte, *APIError, error) {
 	}
 }
 
+// readFirstBytes reads the first bytes of an answer (up to 4 KiB, whatever
+// one read brings); a body that ends before any byte is an error.
+func readFirstBytes(body io.Reader) ([]byte, error) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := body.Read(buf)
+		switch {
+		case n > 0:
+			return buf[:n], nil
+		case err == io.EOF:
+			return nil, errors.New("keypool: stream ended before its first byte")
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
 // eventEnd finds the blank line that ends an SSE event: end is where the
 // event's text ends, next where the following event starts; -1 if none yet.
 func eventEnd(b []byte) (end, next int) {
@@ -831,52 +952,95 @@ func (c *cancelOnClose) Close() error {
 
 // meteredBody passes a successful answer's body through byte for byte, counts
 // its usage at the end, and releases the key's in-flight slot on EOF or Close,
-// whichever comes first.
+// whichever comes first. An upstream that sends nothing for the idle timeout
+// is cut off: the key counts a failure, a stream ends with an error event,
+// any other body with ErrIdleTimeout.
 type meteredBody struct {
 	rc     io.ReadCloser
 	t      *Transport
 	e      *entry
 	ev     AttemptEvent
+	ctx    context.Context // the attempt's
 	cancel context.CancelCauseFunc
+	sse    bool
+	idle   time.Duration
+	timer  *time.Timer // cancels the attempt after idle without a byte; nil without a limit
 	mu     sync.Mutex
 	meter  *usageMeter // nil once finished
+	tail   []byte      // the error event a cut stream ends with, being read
 	done   atomic.Bool
 }
+
+// ErrIdleTimeout ends an answer whose upstream sent nothing for its idle
+// timeout (Upstream.IdleTimeout) after it started.
+var ErrIdleTimeout = errors.New("keypool: upstream sent nothing for too long")
 
 var meterPool = sync.Pool{New: func() any { return new(usageMeter) }}
 
 // start readies b to pass rc through for the attempt ev on e.
-func (b *meteredBody) start(t *Transport, e *entry, rc io.ReadCloser, ev AttemptEvent, cancel context.CancelCauseFunc, sse bool) *meteredBody {
+func (b *meteredBody) start(t *Transport, e *entry, rc io.ReadCloser, ev AttemptEvent,
+	ctx context.Context, cancel context.CancelCauseFunc, sse bool) *meteredBody {
 	m := meterPool.Get().(*usageMeter)
 	m.reset(sse)
-	b.rc, b.t, b.e, b.ev, b.cancel, b.meter = rc, t, e, ev, cancel, m
+	b.rc, b.t, b.e, b.ev, b.ctx, b.cancel, b.meter, b.sse = rc, t, e, ev, ctx, cancel, m, sse
+	if b.idle = e.k.up.IdleTimeout; b.idle > 0 {
+		b.timer = time.AfterFunc(b.idle, func() { cancel(ErrIdleTimeout) })
+	}
 	return b
 }
 
 func (b *meteredBody) Read(p []byte) (int, error) {
+	if b.tail != nil {
+		n := copy(p, b.tail)
+		if b.tail = b.tail[n:]; len(b.tail) == 0 {
+			return n, io.EOF
+		}
+		return n, nil
+	}
 	n, err := b.rc.Read(p)
 	if n > 0 {
+		if b.timer != nil {
+			b.timer.Reset(b.idle)
+		}
 		b.mu.Lock()
 		if b.meter != nil {
 			b.meter.observe(p[:n])
 		}
 		b.mu.Unlock()
 	}
-	if err == io.EOF {
-		b.finish()
+	switch {
+	case err == io.EOF:
+		b.finish(nil)
+	case err != nil && context.Cause(b.ctx) == ErrIdleTimeout:
+		b.finish(ErrIdleTimeout)
+		if b.sse {
+			// A clean end: the client's SSE reader gets an error event
+			// (after a blank line that ends any event cut in half).
+			b.tail = []byte("\n\ndata: " + string(errorJSON(fmt.Sprintf(
+				"keypool: the upstream sent nothing for %s, so the stream was cut off.", b.idle),
+				"server_error", "upstream_idle")) + "\n")
+			return n, nil
+		}
+		return n, fmt.Errorf("%w (%s)", ErrIdleTimeout, b.idle)
 	}
 	return n, err
 }
 
 func (b *meteredBody) Close() error {
 	err := b.rc.Close()
-	b.finish()
+	b.finish(nil)
 	return err
 }
 
-func (b *meteredBody) finish() {
+// finish ends the attempt once: usage counted, the key released, the event
+// sent. failed, when not nil, is why the answer was cut off: the key counts
+// a failure.
+func (b *meteredBody) finish(failed error) {
 	if !b.done.CompareAndSwap(false, true) {
 		return
+	}
+	if b.timer != nil {
+		b.timer.Stop()
 	}
 	b.mu.Lock()
 	usage, _ := b.meter.usage()
@@ -888,12 +1052,21 @@ func (b *meteredBody) finish() {
 	now := t.now()
 	t.pool.mu.Lock()
 	t.pool.addUsage(e.k, e.b.model, usage)
+	if failed != nil {
+		a := Answer{Err: failed, Limits: noLimits}
+		t.pool.observe(e, &a, OutcomeServerError, now)
+	}
 	t.pool.release(e, now)
+	evs := t.pool.takeEvents()
 	t.pool.mu.Unlock()
+	t.pool.flushEvents(evs)
 	b.cancel(nil)
 
 	b.ev.Duration = now.Sub(b.ev.Start)
 	b.ev.Usage = usage
+	if failed != nil {
+		b.ev.Outcome, b.ev.Err = OutcomeServerError, failed
+	}
 	t.emit(b.ev)
 }
 

@@ -320,11 +320,17 @@ func TestAllFailedReturnsLastAnswerNotToRetry(t *testing.T) {
 		fakeopenai.Key{Secret: "sk-r1", Behavior: fakeopenai.Revoked},
 		fakeopenai.Key{Secret: "sk-r2", Behavior: fakeopenai.OverQuota})
 	resp, b := post(t, tr, chatBody("gpt-4o", false))
-	if resp.StatusCode != 429 || resp.Header.Get("X-Should-Retry") != "false" {
+	// The last answer was about the pool's key (out of quota): the caller
+	// gets keypool's own error, which says so without the upstream's text.
+	if resp.StatusCode != 503 || resp.Header.Get("X-Should-Retry") != "false" {
 		t.Fatalf("status %d, x-should-retry %q", resp.StatusCode, resp.Header.Get("X-Should-Retry"))
 	}
-	if !bytes.Contains(b, []byte("insufficient_quota")) {
-		t.Fatalf("body is not the last upstream answer: %s", b)
+	var e struct {
+		Error struct{ Message, Type, Code string }
+	}
+	if err := json.Unmarshal(b, &e); err != nil || e.Error.Code != "no_key_available" || e.Error.Type != "server_error" ||
+		!strings.Contains(e.Error.Message, "429 insufficient_quota/insufficient_quota") || bytes.Contains(b, []byte("sk-r")) {
+		t.Fatalf("body %s", b)
 	}
 	if fake.Count("sk-r1") != 1 || fake.Count("sk-r2") != 1 {
 		t.Fatal("a key was tried twice")
@@ -576,7 +582,7 @@ func TestBodyReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
-		if resp.StatusCode != 401 || len(fake.Records()) != 1 || resp.Header.Get("X-Should-Retry") != "false" {
+		if resp.StatusCode != 503 || len(fake.Records()) != 1 || resp.Header.Get("X-Should-Retry") != "false" {
 			t.Fatalf("status %d, %d upstream requests", resp.StatusCode, len(fake.Records()))
 		}
 		if cb.closed.Load() == 0 {

@@ -85,7 +85,7 @@ func TestSummarizeFailsOver(t *testing.T) {
 }
 
 // Your code's own error path: when no key works, Summarize returns an error
-// (here the last upstream answer, a 401).
+// (here keypool's own 503 no_key_available: every key of the pool is bad).
 func TestSummarizeAllKeysBad(t *testing.T) {
 	srv := httptest.NewServer(&fakeOpenAI{})
 	defer srv.Close()

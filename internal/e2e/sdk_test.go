@@ -227,15 +227,16 @@ func TestOpenAIGoLibrary(t *testing.T) {
 
 	// When every key has failed, the transport's last answer carries
 	// x-should-retry: false, so the SDK gives up at once instead of sending
-	// the whole round again (twice more, by default). A 429 is one the SDK
-	// would retry on its own.
+	// the whole round again (twice more, by default). The answer is
+	// keypool's own (503 no_key_available), not the upstream's 401 or 429
+	// about a pool key, which a client would take for its own.
 	for _, tc := range []struct {
 		name     string
 		behavior fakeopenai.Behavior
 		status   int
 	}{
-		{"revoked", fakeopenai.Revoked, http.StatusUnauthorized},
-		{"terminated", fakeopenai.Terminated, http.StatusTooManyRequests},
+		{"revoked", fakeopenai.Revoked, http.StatusServiceUnavailable},
+		{"terminated", fakeopenai.Terminated, http.StatusServiceUnavailable},
 	} {
 		t.Run("all-"+tc.name, func(t *testing.T) {
 			keys := mixedPool()

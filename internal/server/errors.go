@@ -50,6 +50,8 @@ func (s *Server) tooLarge() apiError {
 	}
 }
 
+func ptr(s string) *string { return &s }
+
 // writeError writes e as an OpenAI error answer with status.
 func writeError(w http.ResponseWriter, status int, e apiError) {
 	body, err := json.Marshal(struct {
@@ -90,6 +92,24 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		setError(w, "cancelled")
 		log(slog.LevelDebug, "client went away", 499)
 		w.WriteHeader(http.StatusBadGateway)
+	case errors.Is(err, keypool.ErrBodyTooLarge):
+		setError(w, "too_large")
+		log(slog.LevelInfo, "request body too large once decoded", http.StatusRequestEntityTooLarge)
+		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+	case errors.Is(err, keypool.ErrBadModel):
+		setError(w, "bad_model")
+		log(slog.LevelInfo, "model name refused", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, apiError{
+			Message: "Invalid model: a model name is 1 to 256 bytes of UTF-8 without control characters.",
+			Type:    "invalid_request_error", Param: ptr("model"), Code: "invalid_model",
+		})
+	case errors.Is(err, keypool.ErrUnreadableModel):
+		setError(w, "bad_model")
+		log(slog.LevelInfo, "model unreadable", http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, apiError{
+			Message: "The request's model cannot be read: send a JSON object with a \"model\" string (uncompressed, or gzip or deflate).",
+			Type:    "invalid_request_error", Param: ptr("model"), Code: "invalid_request_body",
+		})
 	case errors.Is(err, keypool.ErrBadPath):
 		setError(w, "bad_path")
 		log(slog.LevelInfo, "path refused", http.StatusBadRequest)

@@ -84,7 +84,7 @@ func TestHugeModelIsNotEchoed(t *testing.T) {
 	model := strings.Repeat("x", 1<<20)
 	w := httptest.NewRecorder()
 	srv.Handler().ServeHTTP(w, httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"`+model+`"}`)))
-	if w.Code != 503 || logs.Len() > 4<<10 || w.Body.Len() > 4<<10 {
+	if w.Code != 400 || logs.Len() > 4<<10 || w.Body.Len() > 4<<10 {
 		t.Fatalf("status %d: a 1 MiB model made %d bytes of log and a %d-byte body", w.Code, logs.Len(), w.Body.Len())
 	}
 }

@@ -382,11 +382,13 @@ func TestNoKeyAnswers(t *testing.T) {
 	t.Run("429 when a key frees up soon", func(t *testing.T) {
 		_, base := proxy(t, server.Options{Now: clock}, keypool.WithUpstream("http://up.invalid/v1", keyA),
 			keypool.WithBase(rateLimited), keypool.WithClock(clock), keypool.WithMaxWait(0))
-		// The first answer is the upstream's, passed through; it teaches the
-		// pool that the key cools down.
+		// The first answer is the upstream's 429, told in keypool's words
+		// (the upstream's would name the operator's organization) with its
+		// Retry-After; it teaches the pool that the key cools down.
 		resp, b := send(t, "POST", base+"/v1/chat/completions", "", chatBody(false))
-		if resp.StatusCode != 429 || !strings.Contains(string(b), "Please try again in 20s") {
-			t.Fatalf("first: %d %s", resp.StatusCode, b)
+		if e := decodeError(t, b); resp.StatusCode != 429 || e.Error.Code != "rate_limit_exceeded" ||
+			!strings.Contains(e.Error.Message, "every key of the pool") || resp.Header.Get("Retry-After") != "20" {
+			t.Fatalf("first: %d %v %s", resp.StatusCode, resp.Header, b)
 		}
 		resp, b = send(t, "POST", base+"/v1/chat/completions", "", chatBody(false))
 		if resp.StatusCode != 429 {
