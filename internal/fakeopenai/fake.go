@@ -7,6 +7,13 @@
 // streams, embeddings, transcriptions. It records which key and organization
 // served every request, so tests can assert where a client sent its traffic.
 //
+// Like the real API behind its CDN edge, a Server compresses every answer
+// (gzip, or deflate when only that is accepted) whose request's
+// Accept-Encoding allows it, JSON, errors and event streams alike, flushing
+// the encoder after each event; Config.NoCompression turns this off. Note
+// that Go's http.Transport asks for gzip on its own and decodes it
+// transparently, unless the caller set Accept-Encoding itself.
+//
 // Most tests want NewTestServer; tests that run under testing/synctest serve a
 // Server over ServePipe instead.
 package fakeopenai
@@ -109,6 +116,12 @@ type Key struct {
 	// a 403 and streaming a gpt-5-class or o3 model gets a 400.
 	Unverified bool
 
+	// StreamInterval paces streams: the pause before each stream event after
+	// the first, so that a stream takes time as a real one does. 0 = no
+	// pause. A pause ends early when the client goes away (the stream stops)
+	// or the Server is closed (the rest is sent at once).
+	StreamInterval time.Duration
+
 	Delay                            time.Duration // SlowHeaders
 	FailFirst, FailEvery, FailStatus int           // Flaky; FailStatus 0 = 500
 }
@@ -117,6 +130,13 @@ type Key struct {
 type Config struct {
 	// Now is the clock for the buckets, records and timestamps; nil = time.Now.
 	Now func() time.Time
+
+	// NoCompression sends every answer as plain bytes, whatever the request's
+	// Accept-Encoding says. false (the zero value) = compress like the real
+	// API: gzip when the request accepts it, else deflate when it accepts
+	// that, with Content-Encoding and Vary: Accept-Encoding set; a request
+	// without Accept-Encoding, or accepting only identity, gets plain bytes.
+	NoCompression bool
 }
 
 // Record is what the Server saw and answered for one request.
@@ -133,6 +153,10 @@ type Record struct {
 	Spent        bool // a completion, response, embedding, transcription or image was served in full (quota spent)
 
 	PromptTokens, CompletionTokens int
+
+	// Encoding is the Content-Encoding the answer was sent in: "gzip" or
+	// "deflate" when it was compressed, "" for plain bytes (or no answer).
+	Encoding string
 }
 
 // Server is a fake api.openai.com. Create it with New (or NewTestServer); it is
@@ -142,6 +166,9 @@ type Server struct {
 	now       func() time.Time
 	closed    chan struct{}
 	closeOnce sync.Once
+
+	noCompression bool // Config.NoCompression
+	encoders      writerPools
 
 	mu       sync.Mutex // guards everything below, and every Record reachable from records
 	keys     map[string]*keyState
@@ -164,7 +191,7 @@ type keyState struct {
 
 // New returns a Server that answers for keys.
 func New(cfg Config, keys ...Key) *Server {
-	s := &Server{now: cfg.Now, closed: make(chan struct{}), keys: map[string]*keyState{}}
+	s := &Server{now: cfg.Now, noCompression: cfg.NoCompression, closed: make(chan struct{}), keys: map[string]*keyState{}}
 	if s.now == nil {
 		s.now = time.Now
 	}

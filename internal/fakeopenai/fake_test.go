@@ -47,6 +47,7 @@ type call struct {
 	header            map[string]string
 	body              any // JSON-encoded; a string or []byte is sent as is
 	contentType       string
+	acceptEncoding    []string // Accept-Encoding lines, sent as they are
 }
 
 type reply struct {
@@ -108,6 +109,9 @@ func send(ctx context.Context, client *http.Client, base string, c call) (*http.
 	}
 	for k, v := range c.header {
 		req.Header.Set(k, v)
+	}
+	for _, v := range c.acceptEncoding {
+		req.Header.Add("Accept-Encoding", v)
 	}
 	return client.Do(req)
 }

@@ -68,7 +68,21 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.inFlight--
 	}()
+	if coding := s.coding(r); coding != "" {
+		enc := newEncoder(w, coding, &s.encoders)
+		defer enc.Close() // before the handler returns: the trailer is part of the answer
+		x.w = enc
+	}
 	x.serve()
+}
+
+// coding is the content coding r's answer is sent in; "" = plain bytes. A
+// HEAD answer has no body to encode.
+func (s *Server) coding(r *http.Request) string {
+	if s.noCompression || r.Method == http.MethodHead {
+		return ""
+	}
+	return negotiateCoding(r.Header.Values("Accept-Encoding"))
 }
 
 // secretOf is the key a request carries: Bearer auth, or Azure's api-key header.
@@ -264,7 +278,7 @@ func (x *exchange) answer(req *request, rl *rateHeaders) {
 // It reports whether the stream ran to its normal end.
 func (x *exchange) stream(req *request, rl *rateHeaders, created int64, g generation) bool {
 	x.writeHeader(http.StatusOK, "text/event-stream; charset=utf-8", rl)
-	sse := newSSEWriter(x.w, x.r.Context())
+	sse := newSSEWriter(x.w, x.r.Context(), x.key.StreamInterval, x.s.closed)
 	switch {
 	case x.key.Behavior == StreamHang:
 		x.hang(nil)
@@ -391,7 +405,8 @@ func (x *exchange) writeHeader(status int, contentType string, rl *rateHeaders) 
 	}
 	x.w.WriteHeader(status)
 	x.wrote = true
-	x.update(func(r *Record) { r.Status = status })
+	coding := h.Get("Content-Encoding") // set by the encoder, if any, as the headers went out
+	x.update(func(r *Record) { r.Status, r.Encoding = status, coding })
 }
 
 // request is the part of a generation request the fake looks at.

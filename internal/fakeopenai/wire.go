@@ -489,17 +489,21 @@ func orgObject(o Org) object {
 	}
 }
 
-// sseWriter writes server-sent events, flushing each one, and stops for good
-// once the client has gone.
+// sseWriter writes server-sent events, flushing each one (through the
+// content encoder, if any), pausing interval before each event after the
+// first, and stops for good once the client has gone.
 type sseWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	ctx context.Context
-	err error
+	w        http.ResponseWriter
+	rc       *http.ResponseController
+	ctx      context.Context
+	interval time.Duration
+	closed   <-chan struct{} // Server.closed: pauses end early
+	sent     int
+	err      error
 }
 
-func newSSEWriter(w http.ResponseWriter, ctx context.Context) *sseWriter {
-	s := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: ctx}
+func newSSEWriter(w http.ResponseWriter, ctx context.Context, interval time.Duration, closed <-chan struct{}) *sseWriter {
+	s := &sseWriter{w: w, rc: http.NewResponseController(w), ctx: ctx, interval: interval, closed: closed}
 	s.err = s.rc.Flush() // the headers go out at once, before any event
 	return s
 }
@@ -507,12 +511,16 @@ func newSSEWriter(w http.ResponseWriter, ctx context.Context) *sseWriter {
 // send writes one event (event "" = a data line only; a string data is sent
 // as is, anything else as JSON). It reports false once the client has gone.
 func (s *sseWriter) send(event string, data any) bool {
+	if s.err == nil && s.sent > 0 && s.interval > 0 {
+		s.pause()
+	}
 	if s.err == nil {
 		s.err = s.ctx.Err()
 	}
 	if s.err != nil {
 		return false
 	}
+	s.sent++
 	var b []byte
 	if event != "" {
 		b = fmt.Appendf(b, "event: %s\n", event)
@@ -532,4 +540,15 @@ func (s *sseWriter) send(event string, data any) bool {
 		s.err = s.rc.Flush()
 	}
 	return s.err == nil
+}
+
+// pause waits interval, or until the client goes away or the Server closes.
+func (s *sseWriter) pause() {
+	t := time.NewTimer(s.interval)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-s.ctx.Done():
+	case <-s.closed:
+	}
 }
