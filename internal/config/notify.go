@@ -17,14 +17,18 @@ import (
 //	  bodies: false      # true: keep request and response bodies
 //	  body_limit: 64KiB  # each body cut at this size
 //	  queue: 10000       # records waiting for the store; beyond, dropped
+//	  queue_bytes: 64MiB # their memory, bodies included; beyond, dropped
 //	  batch: 256         # records per insert
 //	  keep: 720h         # delete records older than this (0: keep all)
+//
+// Zero fields mean the records package's defaults.
 type Records struct {
-	Bodies    bool
-	BodyLimit int64
-	Queue     int
-	Batch     int
-	Keep      time.Duration
+	Bodies     bool
+	BodyLimit  int64
+	Queue      int
+	QueueBytes int64
+	Batch      int
+	Keep       time.Duration
 }
 
 // Notify is the notify section: where events worth a human go (a key revoked
@@ -75,7 +79,7 @@ type Webhook struct {
 	Headers map[string]Secret
 }
 
-var recordsFields = []string{"bodies", "body_limit", "queue", "batch", "keep"}
+var recordsFields = []string{"bodies", "body_limit", "queue", "queue_bytes", "batch", "keep"}
 
 func (p *parser) records(r *Records, f field) {
 	if !p.section(f, "bodies: false") {
@@ -89,6 +93,8 @@ func (p *parser) records(r *Records, f field) {
 			r.BodyLimit = p.size(f)
 		case "queue":
 			r.Queue = p.count(f)
+		case "queue_bytes":
+			r.QueueBytes = p.size(f)
 		case "batch":
 			r.Batch = p.count(f)
 		case "keep":

@@ -2,11 +2,13 @@ package records
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 )
 
 // WriterOptions configures a Writer; zero fields take the defaults.
@@ -14,6 +16,12 @@ type WriterOptions struct {
 	// Queue bounds the records waiting to be written (default 10000). When
 	// it is full, Add drops the record and counts it.
 	Queue int
+	// QueueBytes bounds the memory the records waiting to be written hold,
+	// the batch being inserted included, as Add estimates it from their
+	// strings and attempts (default 64 MiB). A record that would take the
+	// total past it is dropped and counted, as with a full queue: records
+	// with large bodies fill memory long before they fill Queue.
+	QueueBytes int64
 	// Batch bounds the records of one insert (default 256).
 	Batch int
 	// Linger is how long a batch that is not full waits for more records
@@ -25,6 +33,12 @@ type WriterOptions struct {
 	// tried again until it is written or the Writer closes; meanwhile new
 	// records queue up, and drop once the queue is full.
 	RetryMin, RetryMax time.Duration
+	// CloseRetry bounds how long Close keeps trying a store whose last
+	// insert failed (default 2s): counted from Close, or from the first
+	// failure after it. Once it has passed with no insert written, what is
+	// left is dropped. A store that takes inserts gets all of Close's
+	// context.
+	CloseRetry time.Duration
 	// LogEvery is how often dropped records are logged, once per interval
 	// with their count (default 10s).
 	LogEvery time.Duration
@@ -35,19 +49,31 @@ type WriterOptions struct {
 	Logger *slog.Logger
 }
 
+// Defaults of WriterOptions.
+const (
+	DefaultQueue      = 10000
+	DefaultQueueBytes = 64 << 20
+	DefaultBatch      = 256
+	DefaultCloseRetry = 2 * time.Second
+)
+
 // WriterStats counts what a Writer did since it started.
 type WriterStats struct {
-	Queued  int    // records waiting now
-	Written uint64 // records stored
-	Dropped uint64 // records lost: queue full, or left when Close gave up
-	Errors  uint64 // inserts the store refused
-	Pruned  uint64 // records deleted for being older than Keep
+	Queued int // records waiting now
+	// QueuedBytes is the estimated size of the records waiting now and of
+	// the batch being inserted, which QueueBytes bounds.
+	QueuedBytes int64
+	Written     uint64 // records stored
+	Dropped     uint64 // records lost: queue full, Writer closed, or left when Close gave up
+	Errors      uint64 // inserts the store refused
+	Pruned      uint64 // records deleted for being older than Keep
 }
 
 // Writer takes records from request goroutines without ever making them wait,
 // and inserts them into a Store in batches from a goroutine of its own. Make
 // one with NewWriter, Add records, and Close it after the server has stopped
-// taking requests, so that what is queued is written. It is safe for
+// taking requests, so that what is queued is written. Every record Add is
+// given ends up either written or counted as dropped. It is safe for
 // simultaneous use by multiple goroutines.
 type Writer struct {
 	store Store
@@ -56,30 +82,40 @@ type Writer struct {
 	queue chan Record
 
 	flushes  chan chan struct{} // Flush's requests
-	closing  chan struct{}      // closed by Close: write what is queued, then stop
+	closing  context.Context    // cancelled by Close: write what is queued, then stop
+	endInput context.CancelFunc // cancels closing
 	done     chan struct{}      // closed when the goroutine has stopped
 	stopOnce sync.Once
 	closed   atomic.Bool
 	addMu    sync.RWMutex    // Add holds it to read closed and send; Close to set closed
-	flushCtx context.Context // Close's context, for the last writes
-	ctx      context.Context // every insert's; cancelled when Close gives up
+	ctx      context.Context // every insert's; cancelled when Close's context ends
 	cancel   context.CancelFunc
-	mu       sync.Mutex // guards flushCtx
 
 	written, dropped, errors atomic.Uint64
 	pruned                   atomic.Uint64
 	lost                     atomic.Uint64 // of dropped: those Close could not write
-	droppedLogged            uint64        // dropped count already logged; writer goroutine only
-	loggedAt                 time.Time     // when dropped records were last logged; writer goroutine only
+	bytes                    atomic.Int64  // recordSize of the records queued or in the batch being written
+
+	// The writer goroutine's own; Close reads lastErr once it has stopped.
+	failing    bool               // the last insert failed
+	lastErr    error              // the last insert's error
+	giveUp     context.Context    // after Close, while failing: ends CloseRetry after the failures began
+	stopGiveUp context.CancelFunc // releases giveUp
+	gaveUp     bool               // Close gave up on the store: what is left is lost
+
+	droppedLogged uint64 // dropped count already logged; the watch goroutine's
 }
 
 // NewWriter starts a Writer that inserts into store.
 func NewWriter(store Store, opt WriterOptions) *Writer {
 	if opt.Queue <= 0 {
-		opt.Queue = 10000
+		opt.Queue = DefaultQueue
+	}
+	if opt.QueueBytes <= 0 {
+		opt.QueueBytes = DefaultQueueBytes
 	}
 	if opt.Batch <= 0 {
-		opt.Batch = 256
+		opt.Batch = DefaultBatch
 	}
 	if opt.Linger == 0 {
 		opt.Linger = 100 * time.Millisecond
@@ -89,6 +125,9 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	}
 	if opt.RetryMax < opt.RetryMin {
 		opt.RetryMax = max(10*time.Second, opt.RetryMin)
+	}
+	if opt.CloseRetry <= 0 {
+		opt.CloseRetry = DefaultCloseRetry
 	}
 	if opt.LogEvery <= 0 {
 		opt.LogEvery = 10 * time.Second
@@ -100,20 +139,40 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 		store: store, opt: opt, log: opt.Logger,
 		queue:   make(chan Record, opt.Queue),
 		flushes: make(chan chan struct{}),
-		closing: make(chan struct{}),
 		done:    make(chan struct{}),
 	}
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.closing, w.endInput = context.WithCancel(w.ctx)
 	go w.run()
 	return w
 }
 
+// Fixed parts of recordSize: a record's own fields and an attempt's, beyond
+// the bytes of their strings.
+const (
+	recordOverhead  = int64(unsafe.Sizeof(Record{}))
+	attemptOverhead = int64(unsafe.Sizeof(Attempt{}))
+)
+
+// recordSize estimates the memory r holds while queued: its fields, the bytes
+// of its strings and its attempts. Strings shared with other records (an
+// upstream's name) are counted in each.
+func recordSize(r *Record) int64 {
+	n := recordOverhead + int64(len(r.Client)+len(r.IP)+len(r.Method)+len(r.Path)+len(r.Model)+
+		len(r.Upstream)+len(r.Key)+len(r.Error)+len(r.RequestBody)+len(r.ResponseBody))
+	for i := range r.Attempts {
+		a := &r.Attempts[i]
+		n += attemptOverhead + int64(len(a.Key)+len(a.Upstream)+len(a.Outcome))
+	}
+	return n
+}
+
 // Add queues r for writing and reports whether it was taken. It never
-// blocks: with the queue full, or the Writer closed, r is dropped and
-// counted.
+// blocks: with the queue full (Queue records, or QueueBytes), or the Writer
+// closed, r is dropped and counted.
 func (w *Writer) Add(r Record) bool {
 	// The read lock keeps Close from closing between the check and the
 	// send, so a record taken is one Close writes.
@@ -123,10 +182,17 @@ func (w *Writer) Add(r Record) bool {
 		w.dropped.Add(1)
 		return false
 	}
+	size := recordSize(&r)
+	if w.bytes.Add(size) > w.opt.QueueBytes {
+		w.bytes.Add(-size)
+		w.dropped.Add(1)
+		return false
+	}
 	select {
 	case w.queue <- r:
 		return true
 	default:
+		w.bytes.Add(-size)
 		w.dropped.Add(1)
 		return false
 	}
@@ -134,21 +200,21 @@ func (w *Writer) Add(r Record) bool {
 
 // Stats returns the writer's counters.
 func (w *Writer) Stats() WriterStats {
-	return WriterStats{Queued: len(w.queue), Written: w.written.Load(), Dropped: w.dropped.Load(), Errors: w.errors.Load(), Pruned: w.pruned.Load()}
+	return WriterStats{Queued: len(w.queue), QueuedBytes: w.bytes.Load(), Written: w.written.Load(),
+		Dropped: w.dropped.Load(), Errors: w.errors.Load(), Pruned: w.pruned.Load()}
 }
 
-// Close stops taking records and writes those queued, trying the store until
-// ctx ends; what is still unwritten then is dropped, counted and logged.
-// It returns ctx's error in that case, and nil once everything is written.
+// Close stops taking records and writes those queued. A store that takes
+// them gets until ctx ends; one whose last insert failed (before Close or
+// while it writes) gets at most CloseRetry more. What is still unwritten
+// then is dropped, counted and logged, and Close returns an error saying how
+// many records were not written; nil once everything is written.
 func (w *Writer) Close(ctx context.Context) error {
 	w.stopOnce.Do(func() {
-		w.mu.Lock()
-		w.flushCtx = ctx
-		w.mu.Unlock()
 		w.addMu.Lock()
 		w.closed.Store(true)
 		w.addMu.Unlock()
-		close(w.closing)
+		w.endInput()
 	})
 	select {
 	case <-w.done:
@@ -157,19 +223,22 @@ func (w *Writer) Close(ctx context.Context) error {
 		<-w.done
 	}
 	w.cancel()
-	// An Add that raced with Close may have queued after the last flush.
-	for range len(w.queue) {
-		<-w.queue
-		w.lost.Add(1)
-		w.dropped.Add(1)
-	}
-	if n := w.lost.Load(); n > 0 {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("records: %d records not written at shutdown: %w", n, err)
-		}
+	w.loseQueued()
+	n := w.lost.Load()
+	switch {
+	case n == 0:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("records: %d records not written at shutdown: %w", n, ctx.Err())
+	case errors.Is(w.lastErr, context.DeadlineExceeded) || errors.Is(w.lastErr, context.Canceled):
+		// The Writer's own deadline, not ctx's: do not pass it on as if
+		// ctx had ended.
+		return fmt.Errorf("records: %d records not written at shutdown: the store did not answer within %v", n, w.opt.CloseRetry)
+	case w.lastErr != nil:
+		return fmt.Errorf("records: %d records not written at shutdown: the store refused them: %w", n, w.lastErr)
+	default:
 		return fmt.Errorf("records: %d records not written at shutdown", n)
 	}
-	return nil
 }
 
 func (w *Writer) run() {
@@ -180,6 +249,9 @@ func (w *Writer) run() {
 	defer func() {
 		close(stop)
 		<-watched
+		if w.stopGiveUp != nil {
+			w.stopGiveUp()
+		}
 	}()
 	batch := make([]Record, 0, w.opt.Batch)
 	for {
@@ -195,8 +267,8 @@ func (w *Writer) run() {
 		case done := <-w.flushes:
 			w.writeQueued(batch)
 			close(done)
-		case <-w.closing:
-			w.flush(batch[:0])
+		case <-w.closing.Done():
+			w.writeQueued(batch)
 			return
 		}
 	}
@@ -250,9 +322,10 @@ func (w *Writer) watch(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// prune deletes the records older than Keep.
+// prune deletes the records older than Keep. Close cuts it short: a store
+// that hangs must not hold Close up, and the next start prunes again.
 func (w *Writer) prune() {
-	ctx, cancel := context.WithTimeout(w.ctx, 10*time.Minute)
+	ctx, cancel := context.WithTimeout(w.closing, 10*time.Minute)
 	defer cancel()
 	n, err := w.store.Prune(ctx, time.Now().Add(-w.opt.Keep))
 	w.pruned.Add(uint64(n))
@@ -289,7 +362,7 @@ func (w *Writer) linger(batch []Record) ([]Record, chan struct{}) {
 	select {
 	case <-t.C:
 	case done = <-w.flushes:
-	case <-w.closing:
+	case <-w.closing.Done():
 	}
 	return w.fill(batch), done
 }
@@ -306,19 +379,25 @@ func (w *Writer) writeQueued(batch []Record) {
 }
 
 // write inserts batch, trying again with a growing pause while the store
-// refuses it, until it is written or the Writer closes (then the batch is
-// tried on under Close's context).
+// refuses it, until it is written or the Writer closes (then writeClosing
+// takes over). Either way the batch's bytes are released: it is written or
+// counted as lost.
 func (w *Writer) write(batch []Record) {
+	defer w.release(batch)
 	wait := w.opt.RetryMin
-	for {
-		ctx, cancel := context.WithTimeout(w.ctx, 30*time.Second)
-		err := w.store.Insert(ctx, batch)
+	for w.closing.Err() == nil {
+		// A retry gives way to Close at once: the store is known to fail,
+		// and Close gives it one more try of its own, bounded.
+		parent := w.ctx
+		if w.failing {
+			parent = w.closing
+		}
+		ctx, cancel := context.WithTimeout(parent, 30*time.Second)
+		err := w.insert(ctx, batch)
 		cancel()
 		if err == nil {
-			w.written.Add(uint64(len(batch)))
 			return
 		}
-		w.errors.Add(1)
 		if w.errors.Load() == 1 || wait >= w.opt.RetryMax {
 			w.log.Warn("records: store refused a batch; keeping it and trying again",
 				slog.Int("records", len(batch)), slog.Duration("retry_in", wait), slog.String("error", err.Error()))
@@ -326,62 +405,108 @@ func (w *Writer) write(batch []Record) {
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-w.closing:
+		case <-w.closing.Done():
 			t.Stop()
-			w.insertClosing(batch)
-			return
 		}
 		wait = min(2*wait, w.opt.RetryMax)
 	}
+	w.writeClosing(batch)
 }
 
-// flush writes what is queued at Close, batch by batch, under Close's
-// context.
-func (w *Writer) flush(batch []Record) {
-	for {
-		batch = w.fill(batch[:0])
-		if len(batch) == 0 {
-			return
-		}
-		if !w.insertClosing(batch) {
-			// The store is out of reach: count the rest as lost.
-			for range len(w.queue) {
-				<-w.queue
-				w.lost.Add(1)
-				w.dropped.Add(1)
-			}
-			return
-		}
-	}
-}
-
-// insertClosing tries batch until it is written or Close's context ends, and
-// reports whether it was written.
-func (w *Writer) insertClosing(batch []Record) bool {
-	w.mu.Lock()
-	ctx := w.flushCtx
-	w.mu.Unlock()
+// writeClosing tries batch once Close was called: while the store takes
+// inserts, until Close's context ends; while it fails, until giveUpContext
+// ends. What it cannot write it counts as lost. It requires that the Writer
+// is closing.
+func (w *Writer) writeClosing(batch []Record) {
 	wait := w.opt.RetryMin
 	for {
-		err := w.store.Insert(ctx, batch)
-		if err == nil {
-			w.written.Add(uint64(len(batch)))
-			return true
+		ctx := w.ctx
+		if w.failing {
+			ctx = w.giveUpContext()
 		}
-		w.errors.Add(1)
+		if w.gaveUp || ctx.Err() != nil {
+			w.lose(batch)
+			return
+		}
+		if w.insert(ctx, batch) == nil {
+			return
+		}
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
-		case <-ctx.Done():
+		case <-w.giveUpContext().Done(): // the insert failed: failing
 			t.Stop()
-			w.lost.Add(uint64(len(batch)))
-			w.dropped.Add(uint64(len(batch)))
-			w.log.Warn("records: store out of reach at shutdown; records lost",
-				slog.Int("records", len(batch)+len(w.queue)), slog.String("error", err.Error()))
-			return false
 		}
 		wait = min(2*wait, w.opt.RetryMax)
 	}
+}
+
+// giveUpContext returns the context of inserts into a failing store after
+// Close: it ends CloseRetry after the first of them, or with Close's context.
+// It requires that the Writer is closing and the store failing.
+func (w *Writer) giveUpContext() context.Context {
+	if w.giveUp == nil {
+		w.giveUp, w.stopGiveUp = context.WithTimeout(w.ctx, w.opt.CloseRetry)
+	}
+	return w.giveUp
+}
+
+// insert inserts batch once and notes the outcome: written and failing, and
+// the store's error.
+func (w *Writer) insert(ctx context.Context, batch []Record) error {
+	err := w.store.Insert(ctx, batch)
+	w.failing, w.lastErr = err != nil, err
+	if err != nil {
+		w.errors.Add(1)
+		return err
+	}
+	w.written.Add(uint64(len(batch)))
+	if w.giveUp != nil { // the store is back: Close's context bounds it again
+		w.stopGiveUp()
+		w.giveUp, w.stopGiveUp = nil, nil
+	}
+	return nil
+}
+
+// lose counts batch as dropped by Close, and logs the first loss with what
+// is left.
+func (w *Writer) lose(batch []Record) {
+	w.lost.Add(uint64(len(batch)))
+	w.dropped.Add(uint64(len(batch)))
+	if w.gaveUp {
+		return
+	}
+	w.gaveUp = true
+	attrs := []any{slog.Int("records", len(batch)+len(w.queue))}
+	if w.lastErr != nil {
+		attrs = append(attrs, slog.String("error", w.lastErr.Error()))
+	}
+	w.log.Warn("records: store out of reach at shutdown; records lost", attrs...)
+}
+
+// loseQueued counts what is queued as lost. Nothing should be (Add queues
+// nothing once the Writer is closed), but should something be, it is
+// counted; two Closes may empty the queue together.
+func (w *Writer) loseQueued() {
+	for {
+		select {
+		case r := <-w.queue:
+			w.lost.Add(1)
+			w.dropped.Add(1)
+			w.bytes.Add(-recordSize(&r))
+		default:
+			return
+		}
+	}
+}
+
+// release lets go of the bytes batch held against QueueBytes.
+func (w *Writer) release(batch []Record) {
+	var n int64
+	for i := range batch {
+		n += recordSize(&batch[i])
+	}
+	w.bytes.Add(-n)
 }
 
 // logDropped logs the records dropped since it last did, if any.

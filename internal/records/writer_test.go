@@ -1,6 +1,7 @@
 package records
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,15 +20,25 @@ type memStore struct {
 	batches []int
 	fail    int           // the next fail inserts fail
 	block   chan struct{} // non-nil: inserts wait for it to close
+	delay   time.Duration // each insert takes this long
 }
 
 func (m *memStore) Insert(ctx context.Context, recs []Record) error {
 	m.mu.Lock()
-	block := m.block
+	block, delay := m.block, m.delay
 	m.mu.Unlock()
 	if block != nil {
 		select {
 		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -55,7 +66,17 @@ func (m *memStore) Ping(context.Context) error                                 {
 func (m *memStore) Close() error                                               { return nil }
 
 // Prune deletes the rows before before.
-func (m *memStore) Prune(_ context.Context, before time.Time) (int64, error) {
+func (m *memStore) Prune(ctx context.Context, before time.Time) (int64, error) {
+	m.mu.Lock()
+	block := m.block
+	m.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	kept := m.rows[:0]
@@ -178,8 +199,8 @@ func TestWriterRetriesAStoreThatIsDown(t *testing.T) {
 	})
 }
 
-// TestWriterCloseGivesUp: with the store down, Close returns when its
-// context ends and counts what was lost.
+// TestWriterCloseGivesUp: with the store down, Close gives up (after
+// CloseRetry, before its context ends) and counts what was lost.
 func TestWriterCloseGivesUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{fail: 1 << 30}
@@ -260,5 +281,319 @@ func TestWriterPrunes(t *testing.T) {
 			t.Fatalf("%d rows a day later, stats %+v", st.count(), w.Stats())
 		}
 		w.Close(context.Background())
+	})
+}
+
+// accounted checks that every one of added records is written or dropped,
+// once, and that nothing is held any more.
+func accounted(t *testing.T, w *Writer, added uint64) {
+	t.Helper()
+	s := w.Stats()
+	if s.Written+s.Dropped != added || s.Queued != 0 || s.QueuedBytes != 0 {
+		t.Errorf("%d records added, stats %+v", added, s)
+	}
+}
+
+// TestWriterCloseDeadStore: with a store whose inserts fail, Close gives
+// what is left CloseRetry and no more, however long its context, and counts
+// every record not written as dropped, once, the batch being retried
+// included.
+func TestWriterCloseDeadStore(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		closeRetry time.Duration // 0: the default
+		early      bool          // the store fails before Close; else first at Close
+		hang       bool          // when Close comes, a retry hangs in the store
+		why        string        // in Close's error
+	}{
+		{name: "failing before Close", early: true, why: "the store refused them: store down"},
+		{name: "failing before Close, short CloseRetry", closeRetry: 300 * time.Millisecond, early: true, why: "store down"},
+		{name: "a retry hanging at Close", early: true, hang: true, why: "the store did not answer within 2s"},
+		{name: "failing first at Close", why: "store down"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				st := &memStore{fail: 1 << 30}
+				opt := WriterOptions{Queue: 100, Batch: 10, Linger: time.Hour, CloseRetry: tc.closeRetry}
+				if tc.early {
+					opt.Linger = -1
+				}
+				w := NewWriter(st, opt)
+				for i := range 35 {
+					if !w.Add(rec(i)) {
+						t.Fatalf("record %d dropped with room in the queue", i)
+					}
+				}
+				if tc.early {
+					time.Sleep(5 * time.Second) // fake time: the store refuses a few tries
+					synctest.Wait()
+					if w.Stats().Errors == 0 {
+						t.Fatal("the store was not tried before Close")
+					}
+				}
+				if tc.hang {
+					st.mu.Lock()
+					st.block = make(chan struct{}) // never closed
+					st.mu.Unlock()
+					time.Sleep(20 * time.Second) // past RetryMax: a retry is in the store
+					synctest.Wait()
+				}
+				limit := cmp.Or(tc.closeRetry, DefaultCloseRetry)
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				start := time.Now()
+				err := w.Close(ctx)
+				if took := time.Since(start); took > limit {
+					t.Errorf("Close took %v, over CloseRetry %v", took, limit)
+				}
+				if err == nil || !strings.Contains(err.Error(), "records: 35 records not written") || !strings.Contains(err.Error(), tc.why) {
+					t.Fatalf("Close: %v, want 35 records not written: %s", err, tc.why)
+				}
+				if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Close: %v: its context did not end", err)
+				}
+				if s := w.Stats(); s.Written != 0 || s.Dropped != 35 {
+					t.Errorf("stats %+v, want 35 dropped", s)
+				}
+				accounted(t, w, 35)
+				if w.Add(rec(35)) {
+					t.Error("Add after Close was taken")
+				}
+				accounted(t, w, 36)
+				if err := w.Close(ctx); err == nil || !strings.Contains(err.Error(), "35 records not written") {
+					t.Errorf("Close again: %v", err)
+				}
+				accounted(t, w, 36)
+			})
+		})
+	}
+}
+
+// TestWriterCloseDoesNotWaitForPrune: pruning is cut short by Close, so a
+// store that hangs does not hold up a Close with nothing to write.
+func TestWriterCloseDoesNotWaitForPrune(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &memStore{block: make(chan struct{})} // never closed
+		w := NewWriter(st, WriterOptions{Keep: time.Hour})
+		synctest.Wait() // the first prune hangs in the store
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		start := time.Now()
+		if err := w.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took != 0 {
+			t.Errorf("Close took %v with nothing to write", took)
+		}
+	})
+}
+
+// TestWriterCloseSlowStore: a store that takes inserts, however slowly, gets
+// all of Close's context to take what is queued, also when it failed just
+// before Close; when the context ends first, what is left is counted.
+func TestWriterCloseSlowStore(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fail    int           // inserts that fail first
+		ctx     time.Duration // Close's
+		written uint64
+	}{
+		// Inserts take 1s: the batch of record 0, then 10, 10, 10, 10, 9.
+		{name: "alive", ctx: 30 * time.Second, written: 50},
+		{name: "failed just before Close", fail: 1, ctx: 30 * time.Second, written: 50},
+		{name: "context ends first", ctx: 3500 * time.Millisecond, written: 21},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				st := &memStore{fail: tc.fail, delay: time.Second}
+				w := NewWriter(st, WriterOptions{Queue: 100, Batch: 10, Linger: -1})
+				w.Add(rec(0))
+				synctest.Wait() // record 0 is in the store's hands
+				for i := 1; i < 50; i++ {
+					w.Add(rec(i))
+				}
+				if tc.fail > 0 {
+					// At 1s the insert fails; at 1.1s the retry starts.
+					time.Sleep(1500 * time.Millisecond)
+					if w.Stats().Errors != 1 {
+						t.Fatalf("stats %+v, want an insert refused", w.Stats())
+					}
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), tc.ctx)
+				defer cancel()
+				start := time.Now()
+				err := w.Close(ctx)
+				took := time.Since(start)
+				s := w.Stats()
+				if s.Written != tc.written || st.count() != int(tc.written) {
+					t.Errorf("%d written (store: %d), want %d", s.Written, st.count(), tc.written)
+				}
+				accounted(t, w, 50)
+				if tc.written == 50 {
+					if err != nil {
+						t.Fatalf("Close: %v", err)
+					}
+					if took <= DefaultCloseRetry {
+						t.Errorf("Close took %v: the draining is meant to outlast CloseRetry", took)
+					}
+					return
+				}
+				want := fmt.Sprintf("records: %d records not written", 50-tc.written)
+				if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("Close: %v, want %q and the context's error", err, want)
+				}
+				if took != tc.ctx {
+					t.Errorf("Close took %v, want its context's %v", took, tc.ctx)
+				}
+			})
+		})
+	}
+}
+
+// TestWriterQueueBytes: records that would take the queue past QueueBytes
+// are dropped and counted, the batch in the store's hands included, and the
+// bytes come back once records are written.
+func TestWriterQueueBytes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		big := Record{Path: strings.Repeat("p", MaxPath), Model: "gpt-4o", Status: 200,
+			Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "success", Status: 200}}}
+		size := recordSize(&big)
+		st := &memStore{block: make(chan struct{})}
+		w := NewWriter(st, WriterOptions{Queue: 1000, QueueBytes: 10 * size, Linger: -1})
+		w.Add(big)
+		synctest.Wait() // the writer holds it, stuck in Insert
+		taken := 1
+		for range 99 {
+			if w.Add(big) {
+				taken++
+			}
+		}
+		if s := w.Stats(); taken != 10 || s.Dropped != 90 || s.Queued != 9 || s.QueuedBytes != 10*size {
+			t.Fatalf("taken %d, stats %+v (a record is %d bytes)", taken, s, size)
+		}
+		close(st.block)
+		if err := w.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if s := w.Stats(); s.Written != 10 || s.QueuedBytes != 0 {
+			t.Fatalf("after Flush: %+v", s)
+		}
+		if !w.Add(big) {
+			t.Error("Add dropped a record with the queue empty")
+		}
+		huge := Record{RequestBody: strings.Repeat("b", int(10*size))}
+		if w.Add(huge) {
+			t.Error("Add took a record larger than QueueBytes")
+		}
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if s := w.Stats(); s.Written != 11 || s.Dropped != 91 {
+			t.Errorf("stats %+v", s)
+		}
+		accounted(t, w, 102)
+	})
+}
+
+func TestRecordSize(t *testing.T) {
+	r := Record{Client: "ct_0123456789abcdef", IP: "10.0.0.1", Method: "POST", Path: "/v1/chat/completions",
+		Model: "gpt-4o", Upstream: "openai", Key: "k1", Error: "rate_limited", RequestBody: "{}", ResponseBody: "{}",
+		Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "rate_limited"}, {Key: "k2", Upstream: "openai", Outcome: "success"}}}
+	strs := 19 + 8 + 4 + 20 + 6 + 6 + 2 + 12 + 2 + 2
+	atts := 2 + 6 + 12 + 2 + 6 + 7
+	if got, want := recordSize(&r), recordOverhead+2*attemptOverhead+int64(strs+atts); got != want {
+		t.Errorf("recordSize = %d, want %d", got, want)
+	}
+}
+
+// TestWriterCountsEveryRecord: with Adds racing Close, every record is
+// written or counted as dropped, once; those Close could not write are the
+// ones its error names.
+func TestWriterCountsEveryRecord(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fail int
+	}{{"store alive", 0}, {"store dead", 1 << 30}} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				st := &memStore{fail: tc.fail, delay: 10 * time.Millisecond}
+				w := NewWriter(st, WriterOptions{Queue: 50, Batch: 8})
+				var (
+					wg     sync.WaitGroup
+					mu     sync.Mutex
+					taken  uint64
+					closed = make(chan error, 1)
+				)
+				for g := range 8 {
+					wg.Go(func() {
+						for i := range 200 {
+							if w.Add(rec(g*1000 + i)) {
+								mu.Lock()
+								taken++
+								mu.Unlock()
+							}
+							if i%20 == 0 {
+								time.Sleep(time.Millisecond) // fake time
+							}
+						}
+					})
+				}
+				go func() {
+					time.Sleep(40 * time.Millisecond)
+					closed <- w.Close(context.Background())
+				}()
+				wg.Wait()
+				err := <-closed
+				accounted(t, w, 1600)
+				s := w.Stats()
+				if tc.fail == 0 {
+					if err != nil || s.Written != taken {
+						t.Errorf("Close: %v; %d taken, stats %+v", err, taken, s)
+					}
+					return
+				}
+				want := fmt.Sprintf("records: %d records not written", taken)
+				if s.Written != 0 || err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("Close: %v, want %q; stats %+v", err, want, s)
+				}
+			})
+		})
+	}
+}
+
+// TestWriterAddDoesNotAllocate: Add runs on every request.
+func TestWriterAddDoesNotAllocate(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &memStore{block: make(chan struct{})}
+		w := NewWriter(st, WriterOptions{Queue: 1000, Linger: -1})
+		r := Record{Path: "/v1/chat/completions", Model: "gpt-4o-mini", Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "success"}}}
+		w.Add(r)
+		synctest.Wait() // the writer is stuck in Insert
+		if n := testing.AllocsPerRun(100, func() { w.Add(r) }); n != 0 {
+			t.Errorf("Add: %v allocations", n)
+		}
+		close(st.block)
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// discardStore takes every insert and keeps nothing.
+type discardStore struct{ *memStore }
+
+func (discardStore) Insert(context.Context, []Record) error { return nil }
+
+// BenchmarkWriterAdd is what a request pays to hand its record over.
+func BenchmarkWriterAdd(b *testing.B) {
+	w := NewWriter(discardStore{&memStore{}}, WriterOptions{})
+	defer w.Close(context.Background())
+	r := Record{Client: "ct_0123456789abcdef", IP: "10.0.0.1", Method: "POST", Path: "/v1/chat/completions", Model: "gpt-4o-mini",
+		Upstream: "openai", Key: "k1", Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "success", Status: 200}}}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			w.Add(r)
+		}
 	})
 }
