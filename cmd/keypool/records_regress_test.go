@@ -46,7 +46,7 @@ func TestServeRecordsNeverLogsDSNPassword(t *testing.T) {
 	var logs bytes.Buffer
 	r, err := startRecords(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err == nil {
-		r.close(slog.New(slog.NewTextHandler(&logs, nil)), time.Second)
+		r.close(slog.New(slog.NewTextHandler(&logs, nil)), time.Second, nil)
 	}
 	if all := logs.String() + fmt.Sprint(err); strings.Contains(all, password) {
 		t.Fatalf("the DSN's password was logged:\n%s", all)

@@ -175,6 +175,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		return err
 	}
 	defer ln.Close() // on the early returns; Serve closes it too
+	ln = server.LimitListener(ln, cfg.MaxConnections)
 	if openToAll(cfg) {
 		if !loopback(ln.Addr()) {
 			return fmt.Errorf("refusing to serve on %s without client tokens: anyone who can reach it could use the keys; set authorization in the config, or listen on 127.0.0.1", ln.Addr())
@@ -216,18 +217,22 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	if err != nil {
 		return err
 	}
-	defer recs.close(logger, shutdownTimeout)
+	var srv *server.Server // drained before the records close
+	defer func() { recs.close(logger, shutdownTimeout, srv) }()
 	tokens, access := server.AccessFromConfig(cfg)
 	sopts := server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody,
-		CORS: !cfg.NoCORS}
+		CORS: !cfg.NoCORS, BodyIdle: cfg.BodyIdleTimeout, BodyMemory: cfg.BodyMemory}
 	if recs != nil {
 		sopts.Records, sopts.Bodies, sopts.BodyLimit = recs.writer, cfg.Records.Bodies, cfg.Records.BodyLimit
 		if err := metrics.RegisterRecords(reg, recs.writer.Stats); err != nil {
 			return err
 		}
 	}
-	srv, err := server.New(sopts)
+	srv, err = server.New(sopts)
 	if err != nil {
+		return err
+	}
+	if err := metrics.RegisterProxy(reg, srv.Stats); err != nil {
 		return err
 	}
 	checker, err := keypool.NewChecker(tr, append(cfg.CheckerOptions(), keypool.WithCheckLogger(logger))...)
@@ -331,8 +336,10 @@ func loopback(addr net.Addr) bool {
 
 // recordsRun is the records store of a running serve and its writer.
 type recordsRun struct {
-	store  records.Store
-	writer *records.Writer
+	store    records.Store
+	writer   *records.Writer
+	pinged   chan struct{} // closed when the start-up ping is done
+	stopPing context.CancelFunc
 }
 
 // startRecords opens the store cfg names and starts its writer; nil when
@@ -347,29 +354,47 @@ func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := store.Ping(pctx); err != nil {
-		logger.Warn("records store out of reach; records queue until it answers", "store", fmt.Sprint(store), "err", err.Error())
-	} else {
-		logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
-	}
-	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, Batch: cfg.Records.Batch, Keep: cfg.Records.Keep, Logger: logger})
-	return &recordsRun{store: store, writer: w}, nil
+	logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
+	// Start-up never waits on the store: a PostgreSQL that takes
+	// connections and never answers must not hold the proxy up.
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	pinged := make(chan struct{})
+	go func() {
+		defer close(pinged)
+		defer cancel()
+		// Cancelled means serve is stopping: nothing to warn about.
+		if err := store.Ping(pctx); err != nil && !errors.Is(context.Cause(pctx), context.Canceled) {
+			logger.Warn("records store out of reach; records queue until it answers", "store", fmt.Sprint(store), "err", err.Error())
+		}
+	}()
+	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, QueueBytes: cfg.Records.QueueBytes,
+		Batch: cfg.Records.Batch, Keep: cfg.Records.Keep, Logger: logger})
+	return &recordsRun{store: store, writer: w, pinged: pinged, stopPing: cancel}, nil
 }
 
-// close writes what is queued, giving the store up to timeout, and closes it.
-func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration) {
+// close writes what is queued, giving the store up to timeout (a store
+// known dead gets a couple of seconds), and closes it. It first gives the
+// requests srv still serves (those the shutdown cut off) a moment to hand
+// their records over; those still running then are counted as dropped.
+func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration, srv *server.Server) {
 	if r == nil {
 		return
 	}
+	var unfinished int64
+	if srv != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), min(timeout, 2*time.Second))
+		unfinished = srv.Drain(dctx)
+		cancel()
+	}
+	r.stopPing()
+	<-r.pinged
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	if err := r.writer.Close(ctx); err != nil {
 		logger.Warn("records", "err", err.Error())
 	}
 	s := r.writer.Stats()
-	logger.Info("records flushed", "written", s.Written, "dropped", s.Dropped)
+	logger.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
 	r.store.Close()
 }
 

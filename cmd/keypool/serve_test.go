@@ -329,7 +329,10 @@ func TestServeRecords(t *testing.T) {
 			t.Fatalf("chat: %d %s", code, body)
 		}
 	}
-	post(t, base+"/v1/chat/completions", "tok-wrong-hhhhhhhhhhhh", chatRequest)
+	post(t, base+"/v1/chat/completions", "tok-wrong-hhhhhhhhhhhh", chatRequest) // refused: counted, not recorded
+	if code, _ := post(t, base+"/v1/chat/completions", token, `{"model":""}`); code != 400 {
+		t.Fatalf("empty model: %d", code)
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("serve: %v", err)
 	}
@@ -346,7 +349,7 @@ func TestServeRecords(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &recs); err != nil {
 		t.Fatalf("%v: %s", err, out.String())
 	}
-	if len(recs) != 4 || recs[0].Status != 401 || recs[0].Error != "unauthorized" || recs[1].Client != records.ClientID(token) ||
+	if len(recs) != 4 || recs[0].Status != 400 || recs[0].Error != "bad_model" || recs[1].Client != records.ClientID(token) ||
 		recs[1].Key != string(keypool.NewKey(key).ID()) || recs[1].Model != "gpt-4o-mini" || recs[1].OutputTokens == 0 {
 		t.Fatalf("records %s", out.String())
 	}
@@ -355,7 +358,7 @@ func TestServeRecords(t *testing.T) {
 		t.Fatalf("records --by: exit %d: %s", code, errOut.String())
 	}
 	if !strings.Contains(out.String(), "STATUS") || !regexp.MustCompile(`(?m)^200\s+3\s+0\s`).MatchString(out.String()) ||
-		!regexp.MustCompile(`(?m)^401\s+1\s+1\s`).MatchString(out.String()) {
+		!regexp.MustCompile(`(?m)^400\s+1\s+1\s`).MatchString(out.String()) {
 		t.Fatalf("aggregate:\n%s", out.String())
 	}
 	assertNoSecret(t, stderr.String()+out.String()+errOut.String(), key, token, "tok-wrong-hhhhhhhhhhhh")
@@ -414,4 +417,57 @@ func TestServeNotifies(t *testing.T) {
 	}
 	js, _ := json.Marshal(kinds)
 	assertNoSecret(t, stderr.String()+string(js), key, hookToken)
+}
+
+// TestServeNeverWaitsOnADeadStore: a PostgreSQL that takes connections and
+// never answers does not hold up the start, and a SQLite file that cannot
+// be written does not hold up the shutdown; what could not be written is
+// counted.
+func TestServeNeverWaitsOnADeadStore(t *testing.T) {
+	key := "sk-dead-store-aaaaaaaaaaaa"
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key})
+	noEnv(t)
+	t.Setenv("OPENAI_KEY", key)
+	t.Setenv("OPENAI_BASE_URL", url)
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	go func() {
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	t.Run("postgres that never answers", func(t *testing.T) {
+		start := time.Now()
+		_, stop := startServe(t, io.Discard, "--listen", "127.0.0.1:0", "--dbtype", "postgres",
+			"--dbaddr", "postgres://keypool@"+hung.Addr().String()+"/keypool?sslmode=disable&connect_timeout=60")
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("serve took %v to listen", took)
+		}
+		stop()
+	})
+	t.Run("sqlite that cannot be written", func(t *testing.T) {
+		stderr := &lockedBuffer{}
+		base, stop := startServe(t, stderr, "--listen", "127.0.0.1:0", "--dbtype", "sqlite",
+			"--dbaddr", filepath.Join(t.TempDir(), "no-such-dir", "db.sqlite"))
+		if code, body := post(t, base+"/v1/chat/completions", "", chatRequest); code != 200 {
+			t.Fatalf("chat: %d %s", code, body)
+		}
+		start := time.Now()
+		if err := stop(); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("shutdown took %v with nothing in flight", took)
+		}
+		if log := stderr.String(); !strings.Contains(log, "dropped=1") {
+			t.Errorf("the unwritten record is not counted:\n%s", log)
+		}
+	})
 }

@@ -10,6 +10,10 @@
 //	timeout: 120                # seconds, or a Go duration such as "2m"
 //	stream_timeout: 10
 //	retry_time: 6m              # no new attempt after this; default: the sum of the 4 longest timeouts
+//	idle_timeout: 2m            # an answer silent this long once started is cut off (off: never)
+//	body_idle_timeout: 30s      # a client silent this long while sending its body gets a 408
+//	body_memory: 512MiB         # request bodies held at once for failover; beyond, 503
+//	max_connections: 4096       # open client connections
 //	dbtype: sqlite              # request records: sqlite (the default), postgres or none
 //	dbaddr: ./db.sqlite         # the SQLite file, or PostgreSQL's DSN
 //	records: {bodies: false, body_limit: 64KiB, queue: 10000, batch: 256, keep: 0}
@@ -32,6 +36,7 @@
 //	    name: main
 //	    timeout: 30
 //	    stream_timeout: 10
+//	    idle_timeout: 5m
 //	    allow: ["gpt-4*"]       # model names or globs; URL paths for requests without a model
 //	    deny: ["o1*"]
 //	    authorization: "tok1"   # the only client tokens that may use this upstream
@@ -91,6 +96,20 @@ type Config struct {
 	// upstreams: the sum of the four longest upstream timeouts (a request's
 	// attempts), at least keypool.DefaultRetryTime.
 	RetryTime time.Duration
+	// IdleTimeout cuts off an upstream answer that sends nothing for this
+	// long once started (idle_timeout), for every upstream that sets none;
+	// 0 means keypool.DefaultIdleTimeout, Off no limit.
+	IdleTimeout time.Duration
+	// BodyIdleTimeout is how long a client may pause while it sends its
+	// request body (body_idle_timeout); 0 means the server's default
+	// (30s), Off no limit.
+	BodyIdleTimeout time.Duration
+	// BodyMemory bounds the request bodies held in memory at once for
+	// failover (body_memory); 0 means the server's default (512 MiB).
+	BodyMemory int64
+	// MaxConnections bounds the open client connections (max_connections);
+	// 0 means the server's default (4096).
+	MaxConnections int
 	// DBType is "sqlite", "postgres", "none" or "" (not given); DBAddr is the
 	// SQLite file or the PostgreSQL DSN (a secret: a DSN may hold a
 	// password). Request records use them.
@@ -160,8 +179,9 @@ type Upstream struct {
 	// KeysFile is a file of more keys, resolved against the config's
 	// directory; Upstreams reads it.
 	KeysFile string
-	// Timeout and StreamTimeout override the config's; 0 means not given.
-	Timeout, StreamTimeout time.Duration
+	// Timeout, StreamTimeout and IdleTimeout override the config's; 0
+	// means not given, Off (idle only) no limit.
+	Timeout, StreamTimeout, IdleTimeout time.Duration
 	// Allow and Deny are the model names or globs this upstream serves, or
 	// never serves.
 	Allow, Deny []string
@@ -274,6 +294,7 @@ func (c *Config) upstream(u Upstream, keys []keypool.Key) keypool.Upstream {
 		Deny:          append([]string(nil), u.Deny...),
 		Timeout:       u.Timeout,
 		StreamTimeout: u.StreamTimeout,
+		IdleTimeout:   cmp.Or(u.IdleTimeout, c.IdleTimeout),
 	}
 	if up.Timeout == 0 {
 		up.Timeout = c.Timeout

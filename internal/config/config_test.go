@@ -599,3 +599,35 @@ func TestMaxBody(t *testing.T) {
 		}
 	}
 }
+
+// TestLimits reads the proxy's limits on clients and upstreams.
+func TestLimits(t *testing.T) {
+	in := `idle_timeout: 90s
+body_idle_timeout: off
+body_memory: 1GiB
+max_connections: 100
+upstreams:
+  - sk: k1
+    idle_timeout: off
+  - sk: k2
+`
+	cfg, err := config.Parse([]byte(in), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.IdleTimeout != 90*time.Second || cfg.BodyIdleTimeout != config.Off || cfg.BodyMemory != 1<<30 || cfg.MaxConnections != 100 {
+		t.Errorf("limits %v %v %v %v", cfg.IdleTimeout, cfg.BodyIdleTimeout, cfg.BodyMemory, cfg.MaxConnections)
+	}
+	ups, err := cfg.Upstreams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ups[0].IdleTimeout != config.Off || ups[1].IdleTimeout != 90*time.Second {
+		t.Errorf("upstream idle timeouts %v, %v", ups[0].IdleTimeout, ups[1].IdleTimeout)
+	}
+	for _, bad := range []string{"idle_timeout: soon\n", "max_connections: -1\n", "body_memory: lots\n"} {
+		if _, err := config.Parse([]byte(bad), "c.yaml", ""); err == nil || !strings.Contains(err.Error(), "c.yaml:1:") {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+}

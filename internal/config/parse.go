@@ -354,6 +354,23 @@ func (p *parser) duration(f field) time.Duration {
 	return p.durationOf(f, s)
 }
 
+// durationOrOff reads a duration that may be turned off: off (also no,
+// false, never) gives Off; 0 or nothing gives 0, the default.
+func (p *parser) durationOrOff(f field) time.Duration {
+	s, ok := p.scalar(f, false)
+	if !ok {
+		return 0
+	}
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "off", "no", "false", "never":
+		return Off
+	}
+	return p.durationOf(f, s)
+}
+
+// Off is a duration field turned off (idle_timeout: off): no limit.
+const Off time.Duration = -1
+
 func (p *parser) durationOf(f field, s string) time.Duration {
 	d, err := parseDuration(s)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 
 var topFields = []string{"authorization", "timeout", "stream_timeout", "dbtype", "dbaddr",
 	"listen", "address", "admin_token", "keys_file", "checker", "upstreams", "max_body", "records", "notify",
-	"lb_policy", "hostname", "cors", "retry_time"}
+	"lb_policy", "hostname", "cors", "retry_time", "idle_timeout", "body_idle_timeout", "body_memory", "max_connections"}
 
 func (p *parser) top(c *Config, m *yaml.Node) {
 	var keysFileLine int
@@ -32,6 +32,14 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			c.StreamTimeout = p.duration(f)
 		case "retry_time":
 			c.RetryTime = p.duration(f)
+		case "idle_timeout":
+			c.IdleTimeout = p.durationOrOff(f)
+		case "body_idle_timeout":
+			c.BodyIdleTimeout = p.durationOrOff(f)
+		case "body_memory":
+			c.BodyMemory = p.size(f)
+		case "max_connections":
+			c.MaxConnections = p.count(f)
 		case "dbtype":
 			if s, ok := p.scalar(f, false); ok {
 				switch s = strings.ToLower(strings.TrimSpace(s)); s {
@@ -170,7 +178,7 @@ func (p *parser) checker(c *Checker, f field) {
 }
 
 var upstreamFields = []string{"sk", "keys", "keys_file", "endpoint", "name", "timeout",
-	"stream_timeout", "allow", "deny", "authorization", "noauth", "type", "keep_header", "inherit_authorization"}
+	"stream_timeout", "idle_timeout", "allow", "deny", "authorization", "noauth", "type", "keep_header", "inherit_authorization"}
 
 func (p *parser) upstreams(c *Config, n *yaml.Node) {
 	switch n.Kind {
@@ -250,6 +258,8 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 			u.Timeout = p.duration(f)
 		case "stream_timeout":
 			u.StreamTimeout = p.duration(f)
+		case "idle_timeout":
+			u.IdleTimeout = p.durationOrOff(f)
 		case "allow":
 			u.Allow = p.patterns(f)
 		case "deny":

@@ -62,3 +62,20 @@ keypool_notifications_sent_total{notifier="feishu"} 4
 		t.Fatal(err)
 	}
 }
+
+func TestProxySeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	stats := map[string]uint64{"unauthorized": 50, "body_idle": 2}
+	if err := metrics.RegisterProxy(reg, func() map[string]uint64 { return stats }); err != nil {
+		t.Fatal(err)
+	}
+	want := `
+# HELP keypool_proxy_refused_total Requests the proxy refused or cut off before any upstream, by reason.
+# TYPE keypool_proxy_refused_total counter
+keypool_proxy_refused_total{reason="body_idle"} 2
+keypool_proxy_refused_total{reason="unauthorized"} 50
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keypool_proxy_refused_total"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -94,6 +94,7 @@ type admin struct {
 	token    config.Secret
 	log      *slog.Logger
 	now      func() time.Time
+	refusals refusals // refused requests are logged at most once per 10 s
 }
 
 // guard lets through the requests the admin API may answer: with a token,
@@ -104,18 +105,22 @@ func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
 			token, ok := clientToken(r.Header.Get("Authorization"))
 			if !ok || !a.token.Equal(token) {
 				a.refused(r, http.StatusUnauthorized)
+				w.Header().Set("Connection", "close")
 				writeError(w, http.StatusUnauthorized, apiError{
 					Message: "The admin API expects \"Authorization: Bearer <admin_token>\".",
 					Type:    "invalid_request_error", Code: "invalid_api_key",
 				})
+				dropBody(w)
 				return
 			}
 		} else if !fromLoopback(r) {
 			a.refused(r, http.StatusForbidden)
+			w.Header().Set("Connection", "close")
 			writeError(w, http.StatusForbidden, apiError{
 				Message: "The admin API has no admin_token set, so it answers on loopback only.",
 				Type:    "invalid_request_error", Code: "forbidden",
 			})
+			dropBody(w)
 			return
 		}
 		h(w, r)
@@ -123,8 +128,8 @@ func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
 }
 
 func (a *admin) refused(r *http.Request, status int) {
-	a.log.LogAttrs(r.Context(), slog.LevelWarn, "admin request refused",
-		slog.String("method", r.Method), slog.String("path", r.URL.Path),
+	a.refusals.log(r.Context(), a.log, a.now(), "admin request refused",
+		slog.String("method", logPath(r.Method)), slog.String("path", logPath(r.URL.Path)),
 		slog.String("remote", r.RemoteAddr), slog.Int("status", status))
 }
 

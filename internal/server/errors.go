@@ -73,7 +73,7 @@ func writeError(w http.ResponseWriter, status int, e apiError) {
 func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	ctx := r.Context()
 	log := func(level slog.Level, msg string, status int) {
-		s.log.LogAttrs(ctx, level, msg, slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		s.log.LogAttrs(ctx, level, msg, slog.String("method", logPath(r.Method)), slog.String("path", logPath(r.URL.Path)),
 			slog.Int("status", status), slog.String("err", err.Error()))
 	}
 	var (
@@ -82,7 +82,29 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		tooBig    *http.MaxBytesError
 	)
 	switch {
+	case errors.Is(err, errBodyIdle):
+		s.count("body_idle")
+		setError(w, "body_idle")
+		log(slog.LevelInfo, "client stopped sending its body", http.StatusRequestTimeout)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, apiError{
+			Message: fmt.Sprintf("The request body stopped arriving: the proxy waits at most %s between its bytes.", s.bodyIdle),
+			Type:    "invalid_request_error", Code: "request_timeout",
+		})
+		dropBody(w)
+	case errors.Is(err, errBodyMemory):
+		s.count("body_memory")
+		setError(w, "busy")
+		log(slog.LevelWarn, "request bodies in memory at their limit", http.StatusServiceUnavailable)
+		w.Header().Set("Connection", "close")
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, apiError{
+			Message: "The proxy holds as many request bodies as it may; try again in a moment.",
+			Type:    "server_error", Code: "server_busy",
+		})
+		dropBody(w)
 	case errors.As(err, &tooBig):
+		s.count("too_large")
 		setError(w, "too_large")
 		log(slog.LevelInfo, "request body too large", http.StatusRequestEntityTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
@@ -93,10 +115,12 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		log(slog.LevelDebug, "client went away", 499)
 		w.WriteHeader(http.StatusBadGateway)
 	case errors.Is(err, keypool.ErrBodyTooLarge):
+		s.count("too_large")
 		setError(w, "too_large")
 		log(slog.LevelInfo, "request body too large once decoded", http.StatusRequestEntityTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
 	case errors.Is(err, keypool.ErrBadModel):
+		s.count("bad_model")
 		setError(w, "bad_model")
 		log(slog.LevelInfo, "model name refused", http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, apiError{
@@ -104,6 +128,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			Type:    "invalid_request_error", Param: ptr("model"), Code: "invalid_model",
 		})
 	case errors.Is(err, keypool.ErrUnreadableModel):
+		s.count("bad_model")
 		setError(w, "bad_model")
 		log(slog.LevelInfo, "model unreadable", http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, apiError{
@@ -111,6 +136,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 			Type:    "invalid_request_error", Param: ptr("model"), Code: "invalid_request_body",
 		})
 	case errors.Is(err, keypool.ErrBadPath):
+		s.count("bad_path")
 		setError(w, "bad_path")
 		log(slog.LevelInfo, "path refused", http.StatusBadRequest)
 		writeError(w, http.StatusBadRequest, apiError{

@@ -5,6 +5,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -40,6 +42,14 @@ type Options struct {
 	// MaxBody bounds a request body in bytes; a larger one gets a 413.
 	// 0 means DefaultMaxBody; a negative value means no limit.
 	MaxBody int64
+	// BodyIdle is how long a client may pause while it sends a request
+	// body before it gets a 408; 0 means DefaultBodyIdle, negative no limit.
+	BodyIdle time.Duration
+	// BodyMemory bounds the bytes of request bodies held in memory at once
+	// (each is kept until its answer is done, for failover); a request
+	// past it gets 503 with Retry-After. 0 means DefaultBodyMemory,
+	// negative no limit.
+	BodyMemory int64
 
 	// CORS answers browsers' preflight requests to /v1/* and lets pages of
 	// any origin read the answers, as openai-api-route does. It is ignored
@@ -122,6 +132,12 @@ type Server struct {
 	now       func() time.Time
 	proxy     *httputil.ReverseProxy
 	handler   http.Handler
+	bodyIdle  time.Duration
+	bodyMem   *budget // nil: no limit
+	refusals  refusals
+	refused   [len(refusalReasons)]atomic.Uint64
+	active    sync.WaitGroup // /v1 requests being served
+	running   atomic.Int64   // their count
 }
 
 // New builds a Server from opts. It fails when opts has no Transport.
@@ -144,6 +160,18 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.maxBody == 0 {
 		s.maxBody = DefaultMaxBody
+	}
+	switch {
+	case opts.BodyIdle == 0:
+		s.bodyIdle = DefaultBodyIdle
+	case opts.BodyIdle > 0:
+		s.bodyIdle = opts.BodyIdle
+	}
+	switch {
+	case opts.BodyMemory == 0:
+		s.bodyMem = &budget{max: DefaultBodyMemory}
+	case opts.BodyMemory > 0:
+		s.bodyMem = &budget{max: opts.BodyMemory}
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -184,7 +212,7 @@ func New(opts Options) (*Server, error) {
 		// buffers the rest (JSON of known length) for fewer writes.
 		ErrorHandler:   s.proxyError,
 		BufferPool:     copyBuffers{},
-		ModifyResponse: stripOperatorHeaders,
+		ModifyResponse: filterAnswer,
 		ErrorLog:       slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	mux := http.NewServeMux()
@@ -195,7 +223,7 @@ func New(opts Options) (*Server, error) {
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, apiError{
-			Message: fmt.Sprintf("Unknown request URL: %s %s.", r.Method, r.URL.Path),
+			Message: fmt.Sprintf("Unknown request URL: %s %s.", logPath(r.Method), logPath(r.URL.Path)),
 			Type:    "invalid_request_error", Code: "unknown_url",
 		})
 	})
@@ -220,20 +248,12 @@ func (copyBuffers) Put(b []byte) {
 	}
 }
 
-// stripOperatorHeaders keeps what identifies the operator's account upstream
-// (its organization and project, cookies set for the key's session) from
-// the clients, and the upstream's CORS headers, which are the proxy's to
-// set; status and body pass through as they are.
-func stripOperatorHeaders(resp *http.Response) error {
-	h := resp.Header
-	h.Del("Openai-Organization")
-	h.Del("Openai-Project")
-	h.Del("Set-Cookie")
-	for name := range h {
-		if strings.HasPrefix(name, "Access-Control-") {
-			delete(h, name)
-		}
-	}
+// filterAnswer passes on only the upstream headers clients read (an
+// allowlist): the operator's organization and project, cookies set for the
+// key's session, the upstream's own CORS headers and anything else it
+// sends stay with the proxy; status and body pass through as they are.
+func filterAnswer(resp *http.Response) error {
+	keepOnly(resp.Header, responseHeaders, responsePrefixes)
 	return nil
 }
 
@@ -255,17 +275,16 @@ func setCORS(h http.Header) {
 // moves each onto its key's upstream, so it is never dialled.
 const upstreamHost = "upstream.keypool.invalid"
 
-// rewrite prepares the outgoing request. The client's credentials must not
-// travel on: the transport replaces Authorization with the key's (or drops
-// it, for an upstream without keys; only an upstream with sk: asis passes
-// it on), and the other headers an SDK may carry a key in are dropped here.
-// X-Forwarded-* is not set, so clients' addresses stay with the proxy.
+// rewrite prepares the outgoing request. Only the headers the API reads go
+// on (an allowlist): a client's other credentials (X-Api-Key, Api-Key,
+// cookies) and addresses (X-Real-IP, X-Forwarded-*) stay with the proxy.
+// The transport replaces Authorization with the key's (or drops it, for an
+// upstream without keys; only an upstream with sk: asis passes it on).
 func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.Scheme = "http"
 	pr.Out.URL.Host = upstreamHost
 	pr.Out.Host = ""
-	pr.Out.Header.Del("Api-Key")
-	pr.Out.Header.Del("Cookie")
+	keepOnly(pr.Out.Header, requestHeaders, requestPrefixes)
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
@@ -277,6 +296,18 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusOK)
 			return
 		}
+	}
+	s.active.Add(1)
+	defer s.active.Done()
+	s.running.Add(1)
+	defer s.running.Add(-1)
+	// Who may use what is decided before anything of the request is read,
+	// kept or recorded: a refused client costs a header and a log line
+	// now and then, never a body, a record or memory.
+	only, token, ok := s.authorize(r)
+	if !ok {
+		s.refuse(w, r, token != "")
+		return
 	}
 	orig := w // MaxBytesReader tells the server's own writer to close the connection
 	if s.records != nil {
@@ -294,36 +325,94 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			}
 			rec.finish(r)
 		}()
+		if token != "" {
+			rec.pending.SetClient(s.clientIDs[token]) // a valid token: one of the map's
+		}
 		w = rec
 	}
-	only, token, ok := s.authorize(r)
-	if rec, isRec := w.(*recording); isRec && token != "" {
-		rec.pending.SetClient(s.clientIDs[token]) // a valid token: one of the map's
-	}
-	if !ok {
-		setError(w, "unauthorized")
-		status, e := http.StatusUnauthorized, errInvalidToken
-		if token != "" {
-			status, e = http.StatusForbidden, errNoUpstream
+	if r.Body != nil && r.Body != http.NoBody {
+		if s.maxBody > 0 {
+			if r.ContentLength > s.maxBody {
+				s.count("too_large")
+				setError(w, "too_large")
+				orig.Header().Set("Connection", "close") // the body is not read
+				writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+				dropBody(orig)
+				return
+			}
+			r.Body = http.MaxBytesReader(orig, r.Body, s.maxBody)
 		}
-		s.log.LogAttrs(r.Context(), slog.LevelInfo, "client refused",
-			slog.String("method", r.Method), slog.String("path", r.URL.Path),
-			slog.String("remote", r.RemoteAddr), slog.Int("status", status))
-		writeError(w, status, e)
-		return
-	}
-	if s.maxBody > 0 && r.Body != nil {
-		if r.ContentLength > s.maxBody {
-			setError(w, "too_large")
-			writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
-			return
-		}
-		r.Body = http.MaxBytesReader(orig, r.Body, s.maxBody)
+		g := &guardedBody{ReadCloser: r.Body, rc: http.NewResponseController(orig), idle: s.bodyIdle, mem: s.bodyMem}
+		defer g.release()
+		r.Body = g
 	}
 	if only != nil {
 		r = r.WithContext(keypool.WithUpstreamsOnly(r.Context(), only...))
 	}
 	s.proxy.ServeHTTP(w, r)
+}
+
+// Drain waits until no /v1 request is being served (their records are
+// handed over), or ctx ends; then it returns how many still run. Call it
+// after http.Server.Shutdown or Close, before the records writer closes.
+func (s *Server) Drain(ctx context.Context) int64 {
+	done := make(chan struct{})
+	go func() {
+		s.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return s.running.Load()
+}
+
+// refuse answers a client without a valid token (401) or whose token may use
+// no upstream (403), and closes the connection, so that the server does not
+// read what is left of its body.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, validToken bool) {
+	status, e, reason := http.StatusUnauthorized, errInvalidToken, "unauthorized"
+	if validToken {
+		status, e, reason = http.StatusForbidden, errNoUpstream, "forbidden"
+	}
+	s.count(reason)
+	s.refusals.log(r.Context(), s.log, s.now(), "client refused",
+		slog.String("method", logPath(r.Method)), slog.String("path", logPath(r.URL.Path)),
+		slog.String("remote", r.RemoteAddr), slog.Int("status", status))
+	w.Header().Set("Connection", "close")
+	writeError(w, status, e)
+	dropBody(w)
+}
+
+// dropBody ends a request whose body the proxy will not read, once its
+// answer (with "Connection: close") is written: the server's own read of
+// what is left of the body (up to 256 KiB, at the client's pace) ends at
+// once, and so does the connection.
+func dropBody(w http.ResponseWriter) {
+	http.NewResponseController(w).SetReadDeadline(time.Now())
+}
+
+// Stats counts what the proxy refused or cut off itself since it started,
+// by reason, for metrics: unauthorized, forbidden, too_large, bad_model,
+// body_memory, body_idle, bad_path.
+func (s *Server) Stats() map[string]uint64 {
+	out := make(map[string]uint64, len(refusalReasons))
+	for i, r := range refusalReasons {
+		out[r] = s.refused[i].Load()
+	}
+	return out
+}
+
+var refusalReasons = [...]string{"unauthorized", "forbidden", "too_large", "bad_model", "body_memory", "body_idle", "bad_path"}
+
+func (s *Server) count(reason string) {
+	for i, r := range refusalReasons {
+		if r == reason {
+			s.refused[i].Add(1)
+			return
+		}
+	}
 }
 
 // authorize returns the upstreams r may use: nil for all of them, and ok
