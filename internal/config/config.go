@@ -12,7 +12,7 @@
 //	retry_time: 6m              # no new attempt after this; default: the sum of the 4 longest timeouts
 //	idle_timeout: 2m            # an answer silent this long once started is cut off (off: never)
 //	body_idle_timeout: 30s      # a client silent this long while sending its body gets a 408
-//	body_memory: 512MiB         # request bodies held at once for failover; beyond, 503
+//	body_memory: 256MiB         # request bodies held at once for failover; beyond, 503
 //	max_connections: 4096       # open client connections
 //	dbtype: sqlite              # request records: sqlite (the default), postgres or none
 //	dbaddr: ./db.sqlite         # the SQLite file, or PostgreSQL's DSN
@@ -105,7 +105,7 @@ type Config struct {
 	// (30s), Off no limit.
 	BodyIdleTimeout time.Duration
 	// BodyMemory bounds the request bodies held in memory at once for
-	// failover (body_memory); 0 means the server's default (512 MiB).
+	// failover (body_memory); 0 means the server's default (256 MiB).
 	BodyMemory int64
 	// MaxConnections bounds the open client connections (max_connections);
 	// 0 means the server's default (4096).

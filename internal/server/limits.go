@@ -27,7 +27,7 @@ const (
 	// DefaultBodyMemory bounds the request bodies held in memory at once:
 	// each is kept whole until its answer is done, to be sent again on
 	// failover. Past it, requests get 503 with Retry-After.
-	DefaultBodyMemory = 512 << 20
+	DefaultBodyMemory = 256 << 20
 	// DefaultMaxConns bounds the open client connections (LimitListener).
 	DefaultMaxConns = 4096
 	// maxLogPath bounds a request path in a log line.
