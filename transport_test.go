@@ -702,14 +702,31 @@ func TestURLRewrite(t *testing.T) {
 // TestConcurrentRateLimitedKeys sends 200 concurrent requests over 10 keys of
 // 10 requests per minute each: no key may be sent more than its limit, and
 // every request either succeeds or gets a clear answer.
+//
+// It runs under synctest (the fake over in-memory pipes, in fake time), so
+// a loaded machine cannot make a busy key's answer outlast the wait budget.
 func TestConcurrentRateLimitedKeys(t *testing.T) {
+	synctest.Test(t, testConcurrentRateLimitedKeys)
+}
+
+func testConcurrentRateLimitedKeys(t *testing.T) {
 	var keys []fakeopenai.Key
+	var creds []keypool.Key
 	for i := range 10 {
 		keys = append(keys, fakeopenai.Key{Secret: fmt.Sprintf("sk-rl-%02d", i), RPM: 10})
+		creds = append(creds, keypool.NewKey(keys[i].Secret))
 	}
+	fake := fakeopenai.New(fakeopenai.Config{}, keys...)
+	pipe, closePipe := fakeopenai.ServePipe(fake)
+	defer closePipe()
+	defer fake.Close()
 	// A short wait budget: busy keys answer within it, but an exhausted key
 	// frees a slot only after 6s, so requests beyond 10 per key are refused.
-	fake, tr, _ := setup(t, []keypool.Option{keypool.WithMaxWait(2 * time.Second)}, keys...)
+	tr, err := keypool.New(keypool.WithBase(pipe), keypool.WithMaxWait(2*time.Second),
+		keypool.WithUpstreams(keypool.Upstream{BaseURL: fakeopenai.PipeBaseURL, Keys: creds}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	var ok, refused atomic.Int32
 	for range 200 {
