@@ -3,9 +3,17 @@
 //
 // A Server answers for a set of scripted keys the way the real API does (see
 // OPENAI-WIRE.md): error bodies, x-ratelimit-* headers computed from real
-// continuously refilling buckets, per-organization quotas, chat and Responses
-// streams, embeddings, transcriptions. It records which key and organization
-// served every request, so tests can assert where a client sent its traffic.
+// buckets (refilling continuously, or counting in fixed windows), chat and
+// Responses streams, embeddings, transcriptions. It records which key and
+// organization served every request, so tests can assert where a client sent
+// its traffic.
+//
+// Rate limits belong to organizations, not keys, as the real API's do: every
+// key that lists an Org ID spends that organization's one pair of buckets
+// (per model family for a PerModel key), so two keys of one org do not
+// double its capacity. A key without Orgs has a personal org of its own, and
+// so budgets of its own. A key with a Project and a ProjectTPM also spends
+// its project's token bucket, shared by the keys of that org and project.
 //
 // Like the real API behind its CDN edge, a Server compresses every answer
 // (gzip, or deflate when only that is accepted) whose request's
@@ -81,14 +89,25 @@ func (b Behavior) String() string {
 	return fmt.Sprintf("Behavior(%d)", int(b))
 }
 
-// Org is an organization a key belongs to. Each org of a key has its own
-// request and token buckets, as real per-organization quotas do.
+// Org is an organization a key belongs to. The org, not the key, owns the
+// request and token buckets: every key that lists the same ID spends the same
+// buckets, as keys of one real organization do.
+//
+// An org is one thing however many keys list it: its Title, Slug, RPM, TPM
+// and Window are those of the first key added that lists the ID, any field
+// that key left zero filled in from the next keys that set it (an org that
+// no other key lists is defined afresh by a key that replaces its only key).
+// Default is each key's own.
 type Org struct {
 	ID       string // "org-…"; sent back in OpenAI-Organization checks and 429 messages
 	Title    string
-	Slug     string // the openai-organization response header; "" = derived from Title (or ID)
-	Default  bool   // charged when no OpenAI-Organization header is sent; none marked = the first
-	RPM, TPM int    // 0 = the key's limits
+	Slug     string // the openai-organization response header and the name in /v1/me and /v1/organizations; "" = derived from Title (or ID)
+	Default  bool   // this key's org charged when no OpenAI-Organization header is sent; none marked = the first
+	RPM, TPM int    // the org's limits; 0 = those of the key whose request first created the org's buckets
+	// Window, when > 0, makes the org's requests bucket count in fixed
+	// windows of this length; 0 = as the key that first created the buckets
+	// says (Key.Window).
+	Window time.Duration
 }
 
 // Key is one scripted API key. The zero value of every field but Secret means
@@ -101,13 +120,49 @@ type Key struct {
 	// token bucket 40000 (or TPM) per minute, and adds the free-tier sentence
 	// to rate-limit messages.
 	Trial bool
-	// RPM and TPM size the buckets; 0 = 3000 and 150000 (200 and 40000 for a
-	// trial). RPM is requests per day for a trial.
+	// RPM and TPM size the buckets of the key's orgs when the Org sets no
+	// limit of its own; 0 = 3000 and 150000 (200 and 40000 for a trial). RPM
+	// is requests per day for a trial. The buckets belong to the org: the
+	// first request to draw on them sizes them, from its org's RPM and TPM
+	// when set, else from its key's; later keys' RPM, TPM, Trial and Window
+	// do not resize them.
 	RPM, TPM int
 	// PerModel gives every model family (a model id without its dated
-	// snapshot suffix) its own buckets, as the real API limits each model
-	// separately. false = all models of an org share one pair of buckets.
+	// snapshot suffix) its own buckets in each org, as the real API limits
+	// each model separately. false = all models of an org share one pair of
+	// buckets. Keys of one org should agree on it: each key's requests draw on
+	// the buckets its own PerModel names.
 	PerModel bool
+	// Window, when > 0, makes the requests bucket count in fixed windows of
+	// this length instead of refilling continuously, as many
+	// OpenAI-compatible services (and per-day limits) do: it holds RPM (or the
+	// org's RPM; the defaults above otherwise) requests per window, windows
+	// start when the bucket is created, remaining is the limit less what the
+	// current window spent, x-ratelimit-reset-requests counts down to the
+	// window's end whatever is spent, and nothing frees before that end, when
+	// the bucket is full again. An Org's Window wins over the key's. 0 =
+	// continuous refill (per minute, or per day for a trial). The token
+	// bucket always refills continuously.
+	Window time.Duration
+	// NoRetryAfter leaves the Retry-After header off this key's 429s, as
+	// some services do; the message and the reset headers still tell the
+	// wait.
+	NoRetryAfter bool
+
+	// Project, when set ("proj_…"), is the project the key belongs to in
+	// each of its orgs: every answer to the key names it in openai-project,
+	// and a request whose OpenAI-Project header names another project gets
+	// 401 mismatched_project. "" = no project (the header is then accepted
+	// and ignored).
+	Project string
+	// ProjectTPM is the project's own tokens-per-minute limit, below its
+	// org's: the keys of one org and one Project share one project token
+	// bucket (per model family with PerModel), which a request must fit as
+	// well as its org's buckets, and answers carry
+	// x-ratelimit-{limit,remaining,reset}-project-tokens. As with org
+	// buckets, the first request to draw on it sizes it. 0 = no project
+	// limit: the project's keys spend only their org's buckets.
+	ProjectTPM int
 
 	Models []string // nil = DefaultModels()
 	Orgs   []Org    // nil = one personal default org derived from Secret
@@ -172,6 +227,9 @@ type Server struct {
 
 	mu       sync.Mutex // guards everything below, and every Record reachable from records
 	keys     map[string]*keyState
+	orgs     map[string]*orgState // every org some key lists, by ID
+	buckets  map[bucketID]*limits // orgs' buckets (bucketID.project "")
+	projects map[bucketID]*bucket // projects' token buckets
 	records  []*Record
 	seq      uint64
 	inFlight int
@@ -184,14 +242,21 @@ type keyState struct {
 	key       Key
 	models    map[string]bool
 	modelList json.RawMessage // the /v1/models answer
-	orgs      []Org
-	flaky     int                  // generation requests seen by the Flaky script; guarded by Server.mu
-	buckets   map[bucketID]*limits // guarded by Server.mu
+	orgs      []Org           // as the key lists them; Server.org resolves one to the org's own description
+	flaky     int             // generation requests seen by the Flaky script; guarded by Server.mu
+}
+
+// orgState is one organization: its description, merged from the keys that
+// list it, and how many of the Server's keys list it.
+type orgState struct {
+	org  Org
+	keys int
 }
 
 // New returns a Server that answers for keys.
 func New(cfg Config, keys ...Key) *Server {
-	s := &Server{now: cfg.Now, noCompression: cfg.NoCompression, closed: make(chan struct{}), keys: map[string]*keyState{}}
+	s := &Server{now: cfg.Now, noCompression: cfg.NoCompression, closed: make(chan struct{}), keys: map[string]*keyState{},
+		orgs: map[string]*orgState{}, buckets: map[bucketID]*limits{}, projects: map[bucketID]*bucket{}}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -201,8 +266,11 @@ func New(cfg Config, keys ...Key) *Server {
 	return s
 }
 
-// AddKey adds k, or replaces the key with the same Secret (its buckets and
-// Flaky count start afresh). It is safe while serving. An empty Secret panics.
+// AddKey adds k, or replaces the key with the same Secret (its Flaky count
+// starts afresh). Buckets belong to orgs, not keys: the buckets (and project
+// buckets) of an org that no other key lists start afresh, a personal org's
+// among them, while an org shared with other keys keeps what they spent. It
+// is safe while serving. An empty Secret panics.
 func (s *Server) AddKey(k Key) {
 	if k.Secret == "" {
 		panic("fakeopenai: AddKey: empty Secret")
@@ -210,7 +278,47 @@ func (s *Server) AddKey(k Key) {
 	ks := newKeyState(k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var gone []string // orgs the replaced key listed
+	if old := s.keys[k.Secret]; old != nil {
+		for _, o := range old.orgs {
+			s.orgs[o.ID].keys--
+			gone = append(gone, o.ID)
+		}
+	}
+	fresh := map[string]bool{} // orgs whose buckets start afresh
+	for _, o := range ks.orgs {
+		st := s.orgs[o.ID]
+		if st == nil || st.keys == 0 { // no other key lists it: k defines it
+			if st != nil { // the replaced key's alone: it may have buckets
+				fresh[o.ID] = true
+			}
+			st = &orgState{org: o}
+			s.orgs[o.ID] = st
+		} else {
+			st.org.fill(o)
+		}
+		st.keys++
+	}
 	s.keys[k.Secret] = ks
+	for _, id := range gone {
+		if s.orgs[id].keys == 0 {
+			delete(s.orgs, id)
+			fresh[id] = true
+		}
+	}
+	if len(fresh) == 0 {
+		return
+	}
+	for id := range s.buckets {
+		if fresh[id.org] {
+			delete(s.buckets, id)
+		}
+	}
+	for id := range s.projects {
+		if fresh[id.org] {
+			delete(s.projects, id)
+		}
+	}
 }
 
 // SetBehavior changes the script of the key with secret while serving and
@@ -316,7 +424,7 @@ func newKeyState(k Key) *keyState {
 	if k.Models == nil {
 		k.Models = DefaultModels()
 	}
-	ks := &keyState{key: k, models: map[string]bool{}, buckets: map[bucketID]*limits{}}
+	ks := &keyState{key: k, models: map[string]bool{}}
 	for _, m := range k.Models {
 		ks.models[m] = true
 	}
@@ -348,6 +456,36 @@ func (ks *keyState) org(id string) (Org, bool) {
 		return Org{}, false
 	}
 	return ks.orgs[i], true
+}
+
+// org is o as the Server knows it: the org's own description (merged from
+// every key that lists it) with o's Default. It requires Server.mu held.
+func (s *Server) org(o Org) Org {
+	if st := s.orgs[o.ID]; st != nil {
+		def := o.Default
+		o = st.org
+		o.Default = def
+	}
+	return o
+}
+
+// fill sets the fields of o that are zero from from; ID and Default are left alone.
+func (o *Org) fill(from Org) {
+	if o.Title == "" {
+		o.Title = from.Title
+	}
+	if o.Slug == "" {
+		o.Slug = from.Slug
+	}
+	if o.RPM == 0 {
+		o.RPM = from.RPM
+	}
+	if o.TPM == 0 {
+		o.TPM = from.TPM
+	}
+	if o.Window == 0 {
+		o.Window = from.Window
+	}
 }
 
 // slug is what the openai-organization header says for o: a slug, never the org- id.

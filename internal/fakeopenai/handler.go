@@ -39,7 +39,7 @@ type exchange struct {
 	// Set once the key is accepted.
 	ks  *keyState
 	key Key // the key's script as the request found it
-	org Org
+	org Org // the org the request is attributed to, as the Server knows it (Server.org)
 }
 
 // ServeHTTP answers r as api.openai.com would for the scripted keys.
@@ -163,7 +163,10 @@ func (x *exchange) authenticate() *apiError {
 		}
 		org = o
 	}
-	x.ks, x.key, x.org = ks, ks.key, org
+	if p := x.rec.Project; p != "" && ks.key.Project != "" && p != ks.key.Project {
+		return errMismatchedProject()
+	}
+	x.ks, x.key, x.org = ks, ks.key, x.s.org(org)
 	x.rec.OrgUsed = org.ID
 	return nil
 }
@@ -184,9 +187,11 @@ func (x *exchange) serveAccount() {
 		x.fail(errRestricted(), nil)
 	default:
 		orgs := make([]any, len(x.ks.orgs))
+		x.s.mu.Lock()
 		for i, o := range x.ks.orgs {
-			orgs[i] = orgObject(o)
+			orgs[i] = orgObject(x.s.org(o))
 		}
+		x.s.mu.Unlock()
 		list := object{"object": "list", "data": orgs}
 		if path == "/v1/organizations" {
 			x.writeJSON(http.StatusOK, list, nil)
@@ -336,24 +341,25 @@ func (x *exchange) hang(done <-chan time.Time) bool {
 	return false
 }
 
-// admit charges req to the buckets of the request's org, or returns the 429
-// that refuses it; either way with the headers describing the buckets.
+// admit charges req to the buckets of the request's org (and project), or
+// returns the 429 that refuses it; either way with the headers describing
+// the buckets.
 func (x *exchange) admit(req *request) (*rateHeaders, *apiError) {
 	now := x.s.now()
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	l := x.ks.bucketsFor(x.org, req.Model, now)
-	e := l.take(req.Model, x.org.ID, req.cost())
-	return l.headers(), e
+	c := x.s.chargeFor(x.ks, x.org, req.Model, now)
+	e := c.take(req.Model, req.cost())
+	return c.headers(), e
 }
 
 // refuseIfEmpty returns the 429 an empty request or token bucket gives,
-// charging nothing; nil when both hold something.
+// charging nothing; nil when every bucket holds something.
 func (x *exchange) refuseIfEmpty(model string) *apiError {
 	now := x.s.now()
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	return x.ks.bucketsFor(x.org, model, now).refuseIfEmpty(model, x.org.ID)
+	return x.s.chargeFor(x.ks, x.org, model, now).refuseIfEmpty(model)
 }
 
 // peek describes the buckets without charging them.
@@ -361,7 +367,7 @@ func (x *exchange) peek(model string) *rateHeaders {
 	now := x.s.now()
 	x.s.mu.Lock()
 	defer x.s.mu.Unlock()
-	return x.ks.bucketsFor(x.org, model, now).headers()
+	return x.s.chargeFor(x.ks, x.org, model, now).headers()
 }
 
 func (x *exchange) update(f func(*Record)) {
@@ -374,8 +380,10 @@ func (x *exchange) spent(prompt, completion int) {
 	x.update(func(r *Record) { r.Spent, r.PromptTokens, r.CompletionTokens = true, prompt, completion })
 }
 
+// fail answers e. A 429 that has a wait says it in Retry-After too, unless
+// the key's script is NoRetryAfter.
 func (x *exchange) fail(e *apiError, rl *rateHeaders) {
-	if e.retryAfter > 0 {
+	if e.retryAfter > 0 && !x.key.NoRetryAfter {
 		x.w.Header().Set("Retry-After", retryAfter(e.retryAfter))
 	}
 	x.writeJSON(e.status, errorEnvelope(e), rl)
@@ -399,6 +407,9 @@ func (x *exchange) writeHeader(status int, contentType string, rl *rateHeaders) 
 	h.Set("openai-processing-ms", strconv.FormatInt(max(0, x.s.now().Sub(x.start).Milliseconds()), 10))
 	if x.org.ID != "" {
 		h.Set("openai-organization", x.org.slug())
+	}
+	if x.key.Project != "" {
+		h.Set("openai-project", x.key.Project)
 	}
 	if rl != nil {
 		rl.set(h)

@@ -18,114 +18,201 @@ const (
 	trialSuffix   = " You can increase your rate limit by adding a payment method to your account at https://platform.openai.com/account/billing."
 )
 
-// bucketID names one pair of buckets: per key, per org, and per model family
-// when the key has PerModel.
-type bucketID struct{ org, model string }
+// bucketID names one pair of buckets: an organization's (project "") or a
+// project's token bucket in it, per model family when the key has PerModel.
+// Keys do not appear: every key of an org draws on the same buckets.
+type bucketID struct{ org, project, model string }
 
-// limits is the pair of buckets a request draws on.
+// limits is the pair of buckets of one org (and model family).
 type limits struct {
 	requests, tokens bucket
 	trial            bool
 }
 
-// A bucket refills continuously: it holds up to capacity units and regains
-// capacity units per window. It starts full.
+// A bucket holds up to capacity units and regains capacity units per
+// period. It starts full. It refills continuously, unless fixed: then it
+// counts in fixed windows of period, the first starting when the bucket was
+// created; nothing frees before a window's end, and each new window starts
+// full.
 type bucket struct {
 	capacity float64
-	window   time.Duration
+	period   time.Duration
+	fixed    bool
 	level    float64
-	at       time.Time
+	at       time.Time // the time level is computed for
+	start    time.Time // fixed: the current window's start
 }
 
-func newBucket(capacity int, window time.Duration, now time.Time) bucket {
-	return bucket{capacity: float64(capacity), window: window, level: float64(capacity), at: now}
+func newBucket(capacity int, period time.Duration, now time.Time) bucket {
+	return bucket{capacity: float64(capacity), period: period, level: float64(capacity), at: now, start: now}
 }
 
-// advance refills b up to now. A clock that goes backwards refills nothing.
+// advance brings b up to now. A clock that goes backwards changes nothing.
 func (b *bucket) advance(now time.Time) {
-	if now.After(b.at) {
-		b.level = min(b.capacity, b.level+b.perSecond()*now.Sub(b.at).Seconds())
-		b.at = now
+	if !now.After(b.at) {
+		return
 	}
+	if b.fixed {
+		if n := now.Sub(b.start) / b.period; n > 0 {
+			b.start = b.start.Add(n * b.period)
+			b.level = b.capacity
+		}
+	} else {
+		b.level = min(b.capacity, b.level+b.perSecond()*now.Sub(b.at).Seconds())
+	}
+	b.at = now
 }
 
-func (b *bucket) perSecond() float64 { return b.capacity / b.window.Seconds() }
+func (b *bucket) perSecond() float64 { return b.capacity / b.period.Seconds() }
 
-// until is how long until b holds n units; 0 if it already does.
+// windowLeft is the time from b's last advance to the end of its window.
+func (b *bucket) windowLeft() time.Duration { return b.start.Add(b.period).Sub(b.at) }
+
+// until is how long until b holds n (at most its capacity) units; 0 if it
+// already does. A fixed bucket holds more only once its window ends.
 func (b *bucket) until(n float64) time.Duration {
-	if b.level >= n {
+	switch {
+	case b.level >= n:
 		return 0
+	case b.fixed:
+		return b.windowLeft()
 	}
 	return time.Duration((n - b.level) / b.perSecond() * float64(time.Second))
+}
+
+// reset is what an x-ratelimit-reset-* header says: the time until b is
+// full again, or for a fixed bucket the time to its window's end, whatever
+// it holds.
+func (b *bucket) reset() time.Duration {
+	if b.fixed {
+		return b.windowLeft()
+	}
+	return b.until(b.capacity)
 }
 
 // remaining is what the x-ratelimit-remaining-* headers say: whole units left.
 func (b *bucket) remaining() int { return int(math.Floor(b.level + 1e-9)) }
 
-// bucketsFor returns the buckets a request of org for model draws on, created
-// full and refilled up to now. It requires Server.mu held.
-func (ks *keyState) bucketsFor(org Org, model string, now time.Time) *limits {
+// used is what a 429 message says was used: whole units spent.
+func (b *bucket) used() int { return int(b.capacity) - b.remaining() }
+
+// requestsUnit names a requests bucket's limit in 429 messages.
+func (b *bucket) requestsUnit() string {
+	switch b.period {
+	case time.Minute:
+		return "requests per min (RPM)"
+	case day:
+		return "requests per day (RPD)"
+	}
+	return "requests per " + formatDuration(b.period)
+}
+
+// charge is what one request draws on: its org's buckets and, for a key
+// with a project limit, its project's token bucket.
+type charge struct {
+	*limits
+	org       string  // the org's ID, for messages
+	project   *bucket // nil = no project limit
+	projectID string
+}
+
+// chargeFor returns what a request of ks in org for model draws on, the
+// buckets created full and brought up to now. An org's buckets are sized
+// by the first request that needs them: the org's RPM, TPM and Window when
+// set, else its key's (Key.RPM, TPM, Window, Trial). It requires Server.mu
+// held.
+func (s *Server) chargeFor(ks *keyState, org Org, model string, now time.Time) *charge {
+	k := &ks.key
 	id := bucketID{org: org.ID}
-	if ks.key.PerModel {
+	if k.PerModel {
 		id.model = modelFamily(model)
 	}
-	l := ks.buckets[id]
+	l := s.buckets[id]
 	if l == nil {
-		rpm, window := firstPositive(org.RPM, ks.key.RPM, paidRPM), time.Minute
-		tpm := firstPositive(org.TPM, ks.key.TPM, paidTPM)
-		if ks.key.Trial {
-			rpm, window = firstPositive(org.RPM, ks.key.RPM, trialRPD), day
-			tpm = firstPositive(org.TPM, ks.key.TPM, trialTPM)
+		rpm, period := firstPositive(org.RPM, k.RPM, paidRPM), time.Minute
+		tpm := firstPositive(org.TPM, k.TPM, paidTPM)
+		if k.Trial {
+			rpm, period = firstPositive(org.RPM, k.RPM, trialRPD), day
+			tpm = firstPositive(org.TPM, k.TPM, trialTPM)
 		}
-		l = &limits{requests: newBucket(rpm, window, now), tokens: newBucket(tpm, time.Minute, now), trial: ks.key.Trial}
-		ks.buckets[id] = l
+		l = &limits{requests: newBucket(rpm, period, now), tokens: newBucket(tpm, time.Minute, now), trial: k.Trial}
+		if w := firstPositive(org.Window, k.Window); w > 0 {
+			l.requests.period, l.requests.fixed = w, true
+		}
+		s.buckets[id] = l
 	}
 	l.requests.advance(now)
 	l.tokens.advance(now)
-	return l
+	c := &charge{limits: l, org: org.ID}
+	if k.Project != "" && k.ProjectTPM > 0 {
+		id.project = k.Project
+		p := s.projects[id]
+		if p == nil {
+			b := newBucket(k.ProjectTPM, time.Minute, now)
+			p = &b
+			s.projects[id] = p
+		}
+		p.advance(now)
+		c.project, c.projectID = p, k.Project
+	}
+	return c
 }
 
-// take charges one request of tokens tokens, or returns the 429 that refuses
-// it (charging nothing).
-func (l *limits) take(model, org string, tokens int) *apiError {
-	req, tok := &l.requests, &l.tokens
+// take charges one request of tokens tokens, or returns the 429 that
+// refuses it (charging nothing).
+func (c *charge) take(model string, tokens int) *apiError {
+	req, tok, proj := &c.requests, &c.tokens, c.project
 	cost := float64(tokens)
 	switch {
 	case cost > tok.capacity:
-		msg := fmt.Sprintf("Request too large for %s in organization %s on tokens per min (TPM): Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully. %s",
-			model, org, int(tok.capacity), tokens, rateLimitsURL)
-		return l.rateLimitError("tokens", msg, 0)
+		return c.tooLarge(model, "organization "+c.org, tok, tokens)
+	case proj != nil && cost > proj.capacity:
+		return c.tooLarge(model, "project "+c.projectID, proj, tokens)
 	case req.level < 1:
 		wait := req.until(1)
-		unit := "requests per min (RPM)"
-		if l.trial {
-			unit = "requests per day (RPD)"
-		}
 		msg := fmt.Sprintf("Rate limit reached for %s in organization %s on %s: Limit %d, Used %d, Requested 1. Please try again in %s. %s",
-			model, org, unit, int(req.capacity), int(req.capacity)-req.remaining(), formatDuration(wait), rateLimitsURL)
-		return l.rateLimitError("requests", msg, wait)
+			model, c.org, req.requestsUnit(), int(req.capacity), req.used(), formatDuration(wait), rateLimitsURL)
+		return c.rateLimitError("requests", msg, wait)
 	case tok.level < cost:
-		wait := tok.until(cost)
-		msg := fmt.Sprintf("Rate limit reached for %s in organization %s on tokens per min (TPM): Limit %d, Used %d, Requested %d. Please try again in %s. %s",
-			model, org, int(tok.capacity), int(tok.capacity)-tok.remaining(), tokens, formatDuration(wait), rateLimitsURL)
-		return l.rateLimitError("tokens", msg, wait)
+		return c.tokensLimited(model, "organization "+c.org, tok, tokens)
+	case proj != nil && proj.level < cost:
+		return c.tokensLimited(model, "project "+c.projectID, proj, tokens)
 	}
 	req.level--
 	tok.level -= cost
+	if proj != nil {
+		proj.level -= cost
+	}
 	return nil
+}
+
+// tooLarge refuses a request that costs more tokens than the bucket of
+// scope ("organization org-…" or "project proj_…") ever holds: no wait helps.
+func (c *charge) tooLarge(model, scope string, tok *bucket, tokens int) *apiError {
+	msg := fmt.Sprintf("Request too large for %s in %s on tokens per min (TPM): Limit %d, Requested %d. The input or output tokens must be reduced in order to run successfully. %s",
+		model, scope, int(tok.capacity), tokens, rateLimitsURL)
+	return c.rateLimitError("tokens", msg, 0)
+}
+
+// tokensLimited refuses a request the token bucket of scope cannot hold yet.
+func (c *charge) tokensLimited(model, scope string, tok *bucket, tokens int) *apiError {
+	wait := tok.until(float64(tokens))
+	msg := fmt.Sprintf("Rate limit reached for %s in %s on tokens per min (TPM): Limit %d, Used %d, Requested %d. Please try again in %s. %s",
+		model, scope, int(tok.capacity), tok.used(), tokens, formatDuration(wait), rateLimitsURL)
+	return c.rateLimitError("tokens", msg, wait)
 }
 
 // refuseIfEmpty is take's 429 for an empty bucket, for a request that costs
 // no tokens of its own (the refused probe).
-func (l *limits) refuseIfEmpty(model, org string) *apiError {
-	if l.requests.level >= 1 && l.tokens.level >= 1 {
+func (c *charge) refuseIfEmpty(model string) *apiError {
+	if c.requests.level >= 1 && c.tokens.level >= 1 && (c.project == nil || c.project.level >= 1) {
 		return nil
 	}
-	return l.take(model, org, 1)
+	return c.take(model, 1)
 }
 
-func (l *limits) rateLimitError(typ, msg string, wait time.Duration) *apiError {
-	if l.trial {
+func (c *charge) rateLimitError(typ, msg string, wait time.Duration) *apiError {
+	if c.trial {
 		msg += trialSuffix
 	}
 	return &apiError{status: http.StatusTooManyRequests, retryAfter: wait, Message: msg, Type: typ, Code: "rate_limit_exceeded"}
@@ -137,15 +224,24 @@ type rateHeaders struct {
 	resetRequests                    time.Duration
 	limitTokens, remainingTokens     int
 	resetTokens                      time.Duration
+
+	project                                    bool // the project-tokens headers are sent
+	limitProjectTokens, remainingProjectTokens int
+	resetProjectTokens                         time.Duration
 }
 
-func (l *limits) headers() *rateHeaders {
-	return &rateHeaders{
-		limitRequests: int(l.requests.capacity), remainingRequests: l.requests.remaining(),
-		resetRequests: l.requests.until(l.requests.capacity),
-		limitTokens:   int(l.tokens.capacity), remainingTokens: l.tokens.remaining(),
-		resetTokens: l.tokens.until(l.tokens.capacity),
+func (c *charge) headers() *rateHeaders {
+	h := &rateHeaders{
+		limitRequests: int(c.requests.capacity), remainingRequests: c.requests.remaining(),
+		resetRequests: c.requests.reset(),
+		limitTokens:   int(c.tokens.capacity), remainingTokens: c.tokens.remaining(),
+		resetTokens: c.tokens.reset(),
 	}
+	if p := c.project; p != nil {
+		h.project = true
+		h.limitProjectTokens, h.remainingProjectTokens, h.resetProjectTokens = int(p.capacity), p.remaining(), p.reset()
+	}
+	return h
 }
 
 func (h *rateHeaders) set(hdr http.Header) {
@@ -155,6 +251,11 @@ func (h *rateHeaders) set(hdr http.Header) {
 	hdr.Set("x-ratelimit-limit-tokens", strconv.Itoa(h.limitTokens))
 	hdr.Set("x-ratelimit-remaining-tokens", strconv.Itoa(h.remainingTokens))
 	hdr.Set("x-ratelimit-reset-tokens", formatDuration(h.resetTokens))
+	if h.project {
+		hdr.Set("x-ratelimit-limit-project-tokens", strconv.Itoa(h.limitProjectTokens))
+		hdr.Set("x-ratelimit-remaining-project-tokens", strconv.Itoa(h.remainingProjectTokens))
+		hdr.Set("x-ratelimit-reset-project-tokens", formatDuration(h.resetProjectTokens))
+	}
 }
 
 // formatDuration renders d as the API's reset headers and 429 messages do:
@@ -188,7 +289,7 @@ func modelFamily(model string) string {
 	return model
 }
 
-func firstPositive(vs ...int) int {
+func firstPositive[T int | time.Duration](vs ...T) T {
 	for _, v := range vs {
 		if v > 0 {
 			return v

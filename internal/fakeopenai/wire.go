@@ -52,6 +52,10 @@ func errMismatchedOrg() *apiError {
 	return invalidRequest(http.StatusUnauthorized, "OpenAI-Organization header should match organization for API key", nil, "mismatched_organization")
 }
 
+func errMismatchedProject() *apiError {
+	return invalidRequest(http.StatusUnauthorized, "OpenAI-Project header should match project for API key", nil, "mismatched_project")
+}
+
 // errRestricted answers org listing for project and service-account keys,
 // which cannot read organizations.
 func errRestricted() *apiError {
