@@ -7,6 +7,10 @@
 //
 // With -records it compares keypool with request records in SQLite against
 // keypool with records off instead.
+//
+// With -goodput it says how to run the goodput harness (Goodput), which
+// measures how much of the upstream's rate-limit capacity the pool serves:
+// it runs in fake time under testing/synctest, which only a test can enter.
 package main
 
 import (
@@ -26,7 +30,15 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", 2*time.Minute, "cap on the whole run (0 = none)")
 	flag.IntVar(&cfg.Rounds, "rounds", 4, "alternating rounds per proxy")
 	flag.BoolVar(&cfg.Records, "records", false, "compare keypool with request records in SQLite against keypool with records off")
+	goodput := flag.Bool("goodput", false, "say how to run the goodput harness (rate-limit capacity served, in fake time)")
 	flag.Parse()
+	if *goodput {
+		// synctest.Test needs a *testing.T, and Go 1.26 has no other way
+		// into a bubble (synctest.Run is gone), so the harness runs as a test.
+		fmt.Fprintln(os.Stderr, "the goodput harness runs in fake time under testing/synctest, which only a test can enter; run:\n\n"+
+			"\tgo test -run TestGoodput -v ./internal/loadtest")
+		os.Exit(2)
+	}
 	if cfg.Records {
 		dir, err := os.MkdirTemp("", "keypool-loadtest-")
 		if err != nil {
