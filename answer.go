@@ -136,3 +136,58 @@ func scrubBytes(b []byte, k *key) []byte {
 	}
 	return b
 }
+
+// refusal is the answer to a request the pool found no key for before any
+// attempt: in OpenAI's shape, so that SDKs in front of the transport read
+// it as they read the API's own, and marked so that they do not retry what
+// cannot succeed. A model no upstream serves is a 404 model_not_found; a
+// lack of capacity is a 429 that says when a key frees up (Retry-After and
+// retry-after-ms); anything else (every key revoked, over quota or
+// disabled) a 503 no_key_available. Refusal gives the *NoKeyError back.
+func (r *roundTrip) refusal(e *NoKeyError) *http.Response {
+	now := r.t.now()
+	status, typ, code := http.StatusServiceUnavailable, "server_error", "no_key_available"
+	msg := fmt.Sprintf("No key of the pool can serve model %q: %s.", e.Model, e.Reason)
+	switch {
+	case e.NotFound:
+		status, typ, code = http.StatusNotFound, "invalid_request_error", "model_not_found"
+		msg = fmt.Sprintf("The model %q does not exist, or no upstream this client may use serves it (%s).", e.Model, e.Reason)
+	case e.FreeAt.After(now):
+		status, typ, code = http.StatusTooManyRequests, "requests", "rate_limit_exceeded"
+		msg = fmt.Sprintf("Every key of the pool that can serve model %q is busy or rate-limited; one frees up in %s.",
+			e.Model, e.FreeAt.Sub(now).Round(time.Millisecond))
+	}
+	body := errorJSON(msg, typ, code)
+	resp := &http.Response{
+		Status:     fmt.Sprintf("%d %s", status, http.StatusText(status)),
+		StatusCode: status, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}},
+		Body:          &refusalBody{Reader: bytes.NewReader(body), err: e},
+		ContentLength: int64(len(body)),
+		Request:       r.req,
+	}
+	return markFinal(resp, e.FreeAt, now)
+}
+
+// refusalBody is the body of a refusal; it carries the pool's reason.
+type refusalBody struct {
+	*bytes.Reader
+	err *NoKeyError
+}
+
+func (*refusalBody) Close() error { return nil }
+
+// Refusal reports whether resp is the transport's own answer to a request
+// no key could take, and returns why: the *NoKeyError the pool gave, with
+// its model, reason, FreeAt and NotFound. A caller that must tell "no key"
+// from the API's own answers uses it; SDKs read the answer as it is.
+func Refusal(resp *http.Response) (*NoKeyError, bool) {
+	if resp == nil {
+		return nil, false
+	}
+	b, ok := resp.Body.(*refusalBody)
+	if !ok {
+		return nil, false
+	}
+	return b.err, true
+}

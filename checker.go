@@ -343,7 +343,7 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 			return c.failed(res, k, err, start), nil
 		}
 		if known {
-			clones = c.p.setOrganizations(k, orgs, c.t.now())
+			clones = c.p.orgsFound(k, orgs, c.t.now())
 		}
 		for _, cl := range clones {
 			res.Clones = append(res.Clones, cl.cred.id)
@@ -363,7 +363,7 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 		return c.failed(res, k, err, start), clones
 	}
 	now := c.t.now()
-	c.p.applyCheck(k, state, reason, models, limits, now)
+	c.p.checked(k, state, reason, models, limits, now)
 	info, _ := c.p.Key(k.cred.id, now)
 	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
 	res.LimitRequests, res.LimitTokens, res.Models = info.LimitRequests, info.LimitTokens, info.Models
@@ -393,6 +393,7 @@ type organization struct {
 	ID        string `json:"id"`
 	IsDefault bool   `json:"is_default"`
 	Title     string `json:"title"`
+	Name      string `json:"name"` // its slug, as answers' openai-organization header names it
 }
 
 // organizations lists k's organizations: /v1/me, else /v1/organizations.
@@ -518,9 +519,10 @@ func (c *Checker) probe(ctx context.Context, k *key) (State, string, RateLimits,
 
 // probeVerdict reads the probe's answer, as the seed does: a 400 is a live
 // key; 401 is revoked; insufficient_quota or billing_not_active is over
-// quota; access_terminated is revoked; a requests 429 on a trial key is over
-// quota (it is drained elsewhere); a tokens 429 is alive; anything else lets
-// the key through ("unexpected").
+// quota; access_terminated is revoked; a requests or tokens 429 is a live
+// key whose budget is spent for now (the seed took a trial key's for over
+// quota, which took a daily-limited key out until an operator's recheck);
+// anything else lets the key through ("unexpected").
 func probeVerdict(status int, apiErr *APIError, l RateLimits) (State, string) {
 	var typ, code string
 	if apiErr != nil {
@@ -539,8 +541,6 @@ func probeVerdict(status int, apiErr *APIError, l RateLimits) (State, string) {
 			return StateOverQuota, "check: 429 insufficient_quota"
 		case typ == "billing_not_active" || code == "billing_not_active":
 			return StateOverQuota, "check: 429 billing_not_active"
-		case typ == "requests" && l.Trial():
-			return StateOverQuota, "check: trial key out of requests"
 		case typ == "tokens" || typ == "requests":
 			return StateReady, "checked (rate-limited)"
 		}
@@ -608,107 +608,6 @@ func setKeyHeaders(h http.Header, k *key) {
 	if k.cred.project != "" {
 		h["Openai-Project"] = []string{k.cred.project}
 	}
-}
-
-// live returns the keys a periodic recheck looks at: those that may take
-// requests (stand-ins aside). Over-quota and revoked keys wait for Recheck (the seed's rule).
-func (p *Pool) live() []*key {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]*key, 0, len(p.keys))
-	for _, k := range p.keys {
-		if k.state.selectable() && !k.standIn() {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-// checkable returns the keys a pass checks: all but disabled ones and the
-// stand-ins of upstreams without keys.
-func (p *Pool) checkable() []*key {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make([]*key, 0, len(p.keys))
-	for _, k := range p.keys {
-		if k.state != StateDisabled && !k.standIn() {
-			out = append(out, k)
-		}
-	}
-	return out
-}
-
-func (p *Pool) orgsKnown(k *key) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return k.orgsKnown
-}
-
-// setOrganizations records k's organizations: the default one (or the first)
-// becomes k's organization, every other one a clone in k's upstream. It
-// returns the clones it created (none for organizations already cloned).
-func (p *Pool) setOrganizations(k *key, orgs []organization, now time.Time) []*key {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	k.orgsKnown = true
-	if len(orgs) == 0 {
-		return nil
-	}
-	def := 0
-	for i, o := range orgs {
-		if o.IsDefault {
-			def = i
-			break
-		}
-	}
-	k.org = orgs[def].ID
-	var clones []*key
-	for i, o := range orgs {
-		if i == def {
-			continue
-		}
-		cred := k.cred.WithOrganization(o.ID)
-		if _, exists := p.byID[cred.id]; exists {
-			continue
-		}
-		cl := p.addKeyLocked(k.up, cred, now)
-		cl.clone, cl.orgsKnown = true, true
-		clones = append(clones, cl)
-	}
-	return clones
-}
-
-// applyCheck records what a check found. Requires nothing held.
-func (p *Pool) applyCheck(k *key, state State, reason string, models []string, limits RateLimits, now time.Time) {
-	p.mu.Lock()
-	k.checked = now
-	k.probe = limits
-	if limits.LimitRequests >= 0 {
-		k.trial = limits.Trial()
-	}
-	if models != nil {
-		set := p.internModels(models)
-		k.models, k.families = set.models, set.families
-		k.lacks = nil // a new list overrules what answers taught
-		if k.scope != "" {
-			delete(k.up.scopeLacks, k.scope)
-		}
-	}
-	// An organization may have been verified since: a recheck gives streaming
-	// a new try (at worst one failover per key per recheck interval).
-	k.noStream = nil
-	switch {
-	case k.state == StateDisabled:
-	case k.state == state || k.state == StateReady && state == StateUnchecked:
-		k.reason = reason // no change of state, no event
-	default:
-		p.setState(k, state, reason, now)
-	}
-	p.placeKey(k, now)
-	p.wakeWaiters()
-	evs := p.takeEvents()
-	p.mu.Unlock()
-	p.flushEvents(evs)
 }
 
 // modelSet is one model list and its families. Keys of one organization

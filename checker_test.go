@@ -134,7 +134,10 @@ func TestCheckFirstCheck(t *testing.T) {
 	}
 }
 
-func TestCheckDrainedTrialIsOverQuota(t *testing.T) {
+// TestCheckDrainedTrialIsRateLimited: a trial key whose requests for the day
+// are spent is alive, only resting (the seed's rule took it for over quota,
+// which kept it out until an operator asked for a recheck).
+func TestCheckDrainedTrialIsRateLimited(t *testing.T) {
 	_, base, _, c := checkSetupURL(t, nil, nil, fakeopenai.Key{Secret: "sk-trial", Trial: true, RPM: 1}, fakeopenai.Key{Secret: "sk-paid", TPM: 100})
 	// Both keys spent elsewhere: the trial key's requests for the day, the
 	// paid key's tokens for the minute (3 prompt tokens + 97 = 100).
@@ -149,7 +152,7 @@ func TestCheckDrainedTrialIsOverQuota(t *testing.T) {
 		resp.Body.Close()
 	}
 	results, _ := c.CheckAll(context.Background())
-	if r := resultFor(t, results, "sk-trial"); r.State != keypool.StateOverQuota {
+	if r := resultFor(t, results, "sk-trial"); r.State != keypool.StateReady || r.Reason != "checked (rate-limited)" || !r.Trial {
 		t.Fatalf("drained trial key: %+v", r)
 	}
 	if r := resultFor(t, results, "sk-paid"); r.State != keypool.StateReady {
@@ -292,7 +295,8 @@ func TestCheckedKeysOnly(t *testing.T) {
 	fake, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(), keypool.WithMaxWait(0)}, nil,
 		fakeopenai.Key{Secret: "sk-a"})
 	req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
-	if _, err := tr.RoundTrip(req); !errors.Is(err, keypool.ErrNoKey) || len(fake.Records()) != 0 {
+	resp, err := tr.RoundTrip(req)
+	if nk, ok := keypool.Refusal(resp); err != nil || !ok || !errors.Is(nk, keypool.ErrNoKey) || len(fake.Records()) != 0 {
 		t.Fatalf("an unchecked key was used: %v", err)
 	}
 	c.CheckAll(context.Background())

@@ -195,6 +195,9 @@ func TestRequestModelAsTheUpstreamSeesIt(t *testing.T) {
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
+			if nk, ok := keypool.Refusal(resp); ok {
+				return nk // the pool's refusal, as an error for the table
+			}
 		}
 		return err
 	}

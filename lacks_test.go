@@ -41,14 +41,14 @@ func TestUnknownModelsAreBounded(t *testing.T) {
 	}
 	size := 0
 	for _, k := range tr.Snapshot() {
-		if len(k.Lacks) > 32 {
-			t.Errorf("key %s remembers %d missing models, want at most 32", k.ID, len(k.Lacks))
+		if len(k.Lacks) > 64 {
+			t.Errorf("key %s remembers %d missing models, want at most 64", k.ID, len(k.Lacks))
 		}
 		for _, m := range k.Lacks {
 			size += len(m)
 		}
 	}
-	if size > 32*9*256 {
+	if size > 64*9*256 {
 		t.Errorf("snapshot holds %d bytes of missing models", size)
 	}
 	// A real model is still served by the organization's keys.

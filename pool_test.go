@@ -34,25 +34,46 @@ func testPool(t testing.TB, mutate func(*poolConfig), ups ...Upstream) *Pool {
 	return p
 }
 
+// held is a test's lease, with the model it was taken for.
+type held struct {
+	lease
+	model string
+}
+
 // takeKey picks a key for model at now, failing the test if none.
-func takeKey(t testing.TB, p *Pool, model string, now time.Time, tried ...*key) *entry {
+func takeKey(t testing.TB, p *Pool, model string, now time.Time, tried ...*key) held {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	e, _, _, reason := p.take(&pick{model: model, tried: tried}, now)
-	if e == nil {
-		t.Fatalf("no key for %s: %s", model, reason)
+	l, ref := p.take(&pick{model: model, tried: tried}, now)
+	if l.k == nil {
+		t.Fatalf("no key for %s: %s", model, ref.reason)
 	}
-	return e
+	return held{l, model}
 }
 
-// answer feeds a synthetic answer to e, as the transport does.
-func answer(p *Pool, e *entry, a *Answer, now time.Time) {
+// tryTake is take under the lock: a lease with a nil key when none is free.
+func tryTake(p *Pool, r *pick, now time.Time) (lease, refusal) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := DefaultPolicy.Classify(a)
-	p.observe(e, a, out, now)
-	p.release(e, now)
+	return p.take(r, now)
+}
+
+// answer feeds a synthetic answer to h, as the transport does.
+func answer(p *Pool, h held, a *Answer, now time.Time) {
+	p.answered(h.lease, a, DefaultPolicy.Classify(a), h.model, now)
+	if DefaultPolicy.Classify(a) == OutcomeSuccess {
+		p.mu.Lock()
+		p.release(h.lease, now)
+		p.mu.Unlock()
+	}
+}
+
+// drop ends a hold without an answer.
+func drop(p *Pool, h held, now time.Time) {
+	p.mu.Lock()
+	p.release(h.lease, now)
+	p.mu.Unlock()
 }
 
 func okAnswer(limit, remaining int64, reset time.Duration) *Answer {
@@ -77,11 +98,17 @@ func TestSelectOrder(t *testing.T) {
 			p := testPool(t, func(c *poolConfig) { c.trialsFirst = trialsFirst },
 				Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 2)})
 			trial := p.keys[1]
+			reply := func(e held) {
+				if e.k == trial {
+					answer(p, e, okAnswer(200, 150, time.Hour), t0) // trial, less headroom
+				} else {
+					answer(p, e, okAnswer(3000, 2990, time.Second), t0) // paid, lots of headroom
+				}
+			}
 			for _, model := range []string{"gpt-4o", "text-embedding-3-small"} {
 				e := takeKey(t, p, model, t0)
-				answer(p, e, okAnswer(3000, 2990, time.Second), t0) // paid, lots of headroom
-				e = takeKey(t, p, model, t0, e.k)
-				answer(p, e, okAnswer(200, 150, time.Hour), t0) // trial, less headroom
+				reply(e)
+				reply(takeKey(t, p, model, t0, e.k))
 			}
 			if !trial.trial && !p.keys[0].trial {
 				t.Fatal("no key learned it is a trial")
@@ -113,9 +140,7 @@ func TestSelectOrder(t *testing.T) {
 		for range 6 {
 			e := takeKey(t, q, "m", t0)
 			seen[e.k]++
-			q.mu.Lock()
-			q.release(e, t0)
-			q.mu.Unlock()
+			drop(q, e, t0)
 		}
 		for _, k := range q.keys {
 			if seen[k] != 2 {
@@ -131,10 +156,7 @@ func TestSelectOrder(t *testing.T) {
 		if a.k == b.k || b.k == c.k || a.k == c.k {
 			t.Fatal("a tried key was picked again")
 		}
-		p.mu.Lock()
-		e, _, _, _ := p.take(&pick{model: "m", tried: []*key{a.k, b.k, c.k}}, t0)
-		p.mu.Unlock()
-		if e != nil {
+		if l, _ := tryTake(p, &pick{model: "m", tried: []*key{a.k, b.k, c.k}}, t0); l.k != nil {
 			t.Fatal("picked a key although all were tried")
 		}
 	})
@@ -166,11 +188,11 @@ func TestAllowDeny(t *testing.T) {
 			}
 		})
 	}
-	t.Run("denied everywhere is a NoKeyError", func(t *testing.T) {
+	t.Run("denied everywhere is a NoKeyError for a model not found", func(t *testing.T) {
 		p := testPool(t, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 1), Deny: []string{"gpt-*"}})
 		_, err := p.acquireWait(context.Background(), &pick{model: "gpt-5"}, t0.Add(time.Minute), func() time.Time { return t0 })
 		var nk *NoKeyError
-		if !errors.As(err, &nk) || !errors.Is(err, ErrNoKey) || nk.Reason != "no upstream serves this model" {
+		if !errors.As(err, &nk) || !errors.Is(err, ErrNoKey) || !errors.Is(err, ErrModelNotFound) || nk.Reason != "no upstream serves this model" {
 			t.Fatalf("err = %v", err)
 		}
 	})
@@ -230,28 +252,26 @@ func contains(s, sub string) bool {
 
 func TestNoFloodBeforeFirstAnswer(t *testing.T) {
 	p := testPool(t, func(c *poolConfig) { c.probeLimit = 2 }, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 3)})
-	var held []*entry
+	var hold []held
 	for range 6 {
-		held = append(held, takeKey(t, p, "m", t0))
+		hold = append(hold, takeKey(t, p, "m", t0))
 	}
-	p.mu.Lock()
-	e, busy, _, _ := p.take(&pick{model: "m"}, t0)
-	p.mu.Unlock()
-	if e != nil || !busy {
-		t.Fatalf("a 7th request went out before any answer (busy=%v)", busy)
+	if l, ref := tryTake(p, &pick{model: "m"}, t0); l.k != nil || !ref.busy {
+		t.Fatalf("a 7th request went out before any answer (busy=%v)", ref.busy)
 	}
-	// One answer says 10 remain: that key may now take 10 - in flight.
-	answer(p, held[0], okAnswer(100, 10, time.Minute), t0)
-	k := held[0].k
+	// One answer says 10 remain: that key's scope may now take 10 less the
+	// one still in flight on the model's own bucket (made by this answer),
+	// while the keys that have not answered still hold their probe limit:
+	// what went out on the shared bucket counts.
+	answer(p, hold[0], okAnswer(100, 10, time.Minute), t0)
+	k := hold[0].k
 	n := 0
 	for {
-		p.mu.Lock()
-		e, _, _, _ := p.take(&pick{model: "m"}, t0)
-		p.mu.Unlock()
-		if e == nil {
+		l, _ := tryTake(p, &pick{model: "m"}, t0)
+		if l.k == nil {
 			break
 		}
-		if e.k != k {
+		if l.k != k {
 			t.Fatalf("a key still unanswered took more than its probe limit")
 		}
 		n++
@@ -266,21 +286,17 @@ func TestCooldownAndRefill(t *testing.T) {
 	e := takeKey(t, p, "gpt-4o", t0)
 	// 3000 RPM: empty now, one slot back every 20ms.
 	answer(p, e, okAnswer(3000, 0, time.Minute), t0)
-	p.mu.Lock()
-	got, _, freeAt, _ := p.take(&pick{model: "gpt-4o"}, t0)
-	p.mu.Unlock()
-	if got != nil || !freeAt.Equal(t0.Add(20*time.Millisecond)) {
-		t.Fatalf("exhausted key picked or wrong free time %v", freeAt)
+	got, ref := tryTake(p, &pick{model: "gpt-4o"}, t0)
+	if got.k != nil || !ref.freeAt.Equal(t0.Add(20*time.Millisecond)) {
+		t.Fatalf("exhausted key picked or wrong free time %v", ref.freeAt)
 	}
 	// Another model is not affected: limits are per model.
-	if e := takeKey(t, p, "gpt-4o-mini", t0); e == nil {
-		t.Fatal("unreachable")
-	}
+	takeKey(t, p, "gpt-4o-mini", t0)
 	e = takeKey(t, p, "gpt-4o", t0.Add(20*time.Millisecond))
-	if e.remReq != 1 {
-		t.Fatalf("after one slot refilled, remaining = %d", e.remReq)
+	if e.bud.remReq != 1 {
+		t.Fatalf("after one slot refilled, remaining = %d", e.bud.remReq)
 	}
-	if est := e.estimate(t0.Add(time.Second)); est != 50 {
+	if est := e.bud.estimate(t0.Add(time.Second)); est != 50 {
 		t.Fatalf("estimate after 1s = %d, want 50", est)
 	}
 	info := p.Snapshot(t0.Add(20 * time.Millisecond))[0]
@@ -296,13 +312,11 @@ func TestRateLimitedCoolsOneModel(t *testing.T) {
 	e := takeKey(t, p, "gpt-4o", t0)
 	a := okAnswer(500, 0, 2*time.Minute)
 	a.Status = 429
+	// The 429 shows the model is served: it gets a bucket of its own, and
+	// only it rests.
 	a.Error = &APIError{Status: 429, Type: "requests", Code: "rate_limit_exceeded"}
 	a.Limits.RetryAfter = 7 * time.Second
 	answer(p, e, a, t0)
-	p.mu.Lock()
-	evs := p.takeEvents()
-	p.mu.Unlock()
-	p.flushEvents(evs)
 	info := p.Snapshot(t0)[0]
 	if info.State != StateCooling || !info.CoolingUntil.Equal(t0.Add(7*time.Second)) {
 		t.Fatalf("state %v until %v", info.State, info.CoolingUntil)
@@ -342,9 +356,7 @@ func TestStateTransitions(t *testing.T) {
 					if got.k == e.k {
 						t.Fatal("an unusable key was picked")
 					}
-					p.mu.Lock()
-					p.release(got, t0)
-					p.mu.Unlock()
+					drop(p, got, t0)
 				}
 				if err := p.Enable(e.k.cred.id, t0); err != nil {
 					t.Fatal(err)
@@ -361,10 +373,7 @@ func TestStateTransitions(t *testing.T) {
 		if err := p.Disable(id, "maintenance", t0); err != nil {
 			t.Fatal(err)
 		}
-		p.mu.Lock()
-		e, _, _, _ := p.take(&pick{model: "m"}, t0)
-		p.mu.Unlock()
-		if e != nil {
+		if l, _ := tryTake(p, &pick{model: "m"}, t0); l.k != nil {
 			t.Fatal("disabled key picked")
 		}
 		if err := p.Enable(id, t0); err != nil {
@@ -379,11 +388,9 @@ func TestStateTransitions(t *testing.T) {
 		p := testPool(t, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 1)})
 		e := takeKey(t, p, "gpt-5", t0)
 		answer(p, e, &Answer{Status: 404, Error: &APIError{Code: "model_not_found"}, Limits: noLimits}, t0)
-		p.mu.Lock()
-		got, busy, freeAt, _ := p.take(&pick{model: "gpt-5"}, t0)
-		p.mu.Unlock()
-		if got != nil || busy || !freeAt.IsZero() {
-			t.Fatal("key still offered for a model it lacks")
+		got, ref := tryTake(p, &pick{model: "gpt-5"}, t0)
+		if got.k != nil || ref.busy || !ref.freeAt.IsZero() || !ref.notFound {
+			t.Fatalf("key still offered for a model it lacks: %+v", ref)
 		}
 		takeKey(t, p, "gpt-4o", t0)
 		if info := p.Snapshot(t0)[0]; len(info.Lacks) != 1 || info.Lacks[0] != "gpt-5" {
@@ -397,16 +404,14 @@ func TestStateTransitions(t *testing.T) {
 		answer(p, e, fail, t0)
 		e = takeKey(t, p, "m", t0) // one failure: still usable
 		answer(p, e, fail, t0)
-		p.mu.Lock()
-		got, _, freeAt, _ := p.take(&pick{model: "m"}, t0)
-		p.mu.Unlock()
-		if got != nil || !freeAt.Equal(t0.Add(2*time.Second)) {
-			t.Fatalf("after two failures: picked=%v freeAt=%v", got != nil, freeAt)
+		got, ref := tryTake(p, &pick{model: "m"}, t0)
+		if got.k != nil || !ref.freeAt.Equal(t0.Add(2*time.Second)) {
+			t.Fatalf("after two failures: picked=%v freeAt=%v", got.k != nil, ref.freeAt)
 		}
 		e = takeKey(t, p, "m", t0.Add(2*time.Second))
 		answer(p, e, okAnswer(100, 99, time.Second), t0.Add(2*time.Second))
-		if p.keys[0].failures != 0 {
-			t.Fatal("success did not reset failures")
+		if p.keys[0].health.inARow != 0 {
+			t.Fatal("success did not reset the failures in a row")
 		}
 	})
 }
@@ -419,7 +424,7 @@ func TestWaitForKey(t *testing.T) {
 			e := takeKey(t, p, "m", start)
 			answer(p, e, okAnswer(60, 0, time.Minute), start) // a slot back in 1s
 			got, err := p.acquireWait(context.Background(), &pick{model: "m"}, start.Add(5*time.Second), time.Now)
-			if err != nil || got == nil {
+			if err != nil || got.k == nil {
 				t.Fatal(err)
 			}
 			if waited := time.Since(start); waited != time.Second {
@@ -459,14 +464,11 @@ func TestWaitForKey(t *testing.T) {
 			// Now busy again (probe limit 1 does not apply after an answer, but
 			// hold every slot): a cancelled caller stops waiting at once.
 			ctx, cancel := context.WithCancel(context.Background())
-			p.mu.Lock()
 			for {
-				x, _, _, _ := p.take(&pick{model: "m"}, time.Now())
-				if x == nil {
+				if x, _ := tryTake(p, &pick{model: "m"}, time.Now()); x.k == nil {
 					break
 				}
 			}
-			p.mu.Unlock()
 			go func() { time.Sleep(time.Second); cancel() }()
 			_, err = p.acquireWait(ctx, &pick{model: "m"}, time.Now().Add(10*time.Second), time.Now)
 			if !errors.Is(err, context.Canceled) {
@@ -516,27 +518,27 @@ func TestPoolConcurrent(t *testing.T) {
 
 func TestBucketEviction(t *testing.T) {
 	p := testPool(t, func(c *poolConfig) { c.maxBuckets = 2 }, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 1)})
-	a := takeKey(t, p, "a", t0) // held: bucket a busy
-	takeKeyRelease(t, p, "b")
-	takeKeyRelease(t, p, "c") // evicts b, the idle one
-	if len(p.ups[0].buckets) != 2 || p.ups[0].buckets["a"] == nil || p.ups[0].buckets["c"] == nil {
-		t.Fatalf("buckets after eviction: %v", len(p.ups[0].buckets))
+	// A model gets a bucket once an answer shows it is served.
+	serve := func(model string) held {
+		h := takeKey(t, p, model, t0)
+		answer(p, h, okAnswer(100, 90, time.Minute), t0)
+		return takeKey(t, p, model, t0)
 	}
-	takeKey(t, p, "d", t0) // evicts c; a is still busy
-	p.mu.Lock()
-	e, _, _, reason := p.take(&pick{model: "e"}, t0) // a and d busy: no room
-	p.mu.Unlock()
-	if e != nil || reason != "too many distinct models in flight" {
-		t.Fatalf("got %v, %q", e, reason)
+	a := serve("a") // held: bucket a busy
+	drop(p, serve("b"), t0)
+	drop(p, serve("c"), t0) // evicts b, the idle one
+	if u := p.ups[0]; len(u.buckets) != 2 || u.buckets["a"] == nil || u.buckets["c"] == nil {
+		t.Fatalf("buckets after eviction: %v", len(u.buckets))
 	}
-	_ = a
-}
-
-func takeKeyRelease(t *testing.T, p *Pool, model string) {
-	e := takeKey(t, p, model, t0)
-	p.mu.Lock()
-	p.release(e, t0)
-	p.mu.Unlock()
+	d := serve("d") // evicts c; a is still busy
+	// a and d busy: no room for e, which is served from the shared bucket.
+	e := takeKey(t, p, "e", t0)
+	answer(p, e, okAnswer(100, 90, time.Minute), t0)
+	if u := p.ups[0]; len(u.buckets) != 2 || u.buckets["e"] != nil {
+		t.Fatalf("buckets %d, e has one: %v", len(u.buckets), u.buckets["e"] != nil)
+	}
+	takeKey(t, p, "e", t0)
+	_, _ = a, d
 }
 
 // benchPool builds a pool of n keys for one model with half of them cooling
@@ -545,14 +547,17 @@ func benchPool(b *testing.B, n int) *Pool {
 	p := testPool(b, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("bench", n)})
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	bk := p.bucketFor(p.ups[0], "gpt-4o", t0)
-	for i, e := range bk.entries {
+	u := p.ups[0]
+	u.served["gpt-4o"] = true
+	bk := p.makeBucket(u, "gpt-4o", "gpt-4o", false, t0)
+	for i, k := range p.keys {
+		bud := bk.budgets[k.s.index]
 		l := noLimits
 		l.LimitRequests, l.RemainingRequests, l.ResetRequests = 10000, int64(5000+i%997), time.Minute
-		p.learn(e, &l, t0)
-		p.place(e, t0)
+		p.learn(bud, k, &l, t0)
+		p.place(bud, t0)
 		if i%2 == 0 {
-			p.coolEntry(e, t0.Add(time.Hour), "bench", t0)
+			p.restBudget(bud, k, t0.Add(time.Hour), "bench", t0)
 		}
 	}
 	p.events = nil
@@ -568,8 +573,8 @@ func BenchmarkSelect(b *testing.B) {
 			b.ResetTimer()
 			for b.Loop() {
 				p.mu.Lock()
-				e, _, _, _ := p.take(r, t0)
-				p.release(e, t0)
+				l, _ := p.take(r, t0)
+				p.release(l, t0)
 				p.mu.Unlock()
 			}
 		})
@@ -582,23 +587,26 @@ func BenchmarkSelect(b *testing.B) {
 func BenchmarkStreamPickManyUnverified(b *testing.B) {
 	p := testPool(b, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("unv", 10_000)})
 	p.mu.Lock()
-	p.bucketFor(p.ups[0], "gpt-5", t0)
+	u := p.ups[0]
+	u.served["gpt-5"] = true
+	p.noStream["gpt-5"] = true
 	for i, k := range p.keys {
 		if i%10 != 0 {
-			k.noStream = map[string]bool{"gpt-5": true}
+			k.s.noStream = map[string]bool{"gpt-5": true}
 		}
 	}
-	p.noStream["gpt-5"] = true
+	p.makeBucket(u, "gpt-5", "gpt-5", false, t0)
+	p.makeBucket(u, "gpt-5\x00stream", "gpt-5", true, t0) // the streams' bucket, made at the first stream otherwise
 	p.mu.Unlock()
 	r := &pick{model: "gpt-5", stream: true}
 	b.ReportAllocs()
 	for b.Loop() {
 		p.mu.Lock()
-		e, _, _, _ := p.take(r, t0)
-		if e == nil || e.k.noStream["gpt-5"] {
+		l, _ := p.take(r, t0)
+		if l.k == nil || l.k.s.noStream["gpt-5"] {
 			b.Fatal("picked a key that may not stream gpt-5")
 		}
-		p.release(e, t0)
+		p.release(l, t0)
 		p.mu.Unlock()
 	}
 }

@@ -50,9 +50,11 @@ type FamilyUsage struct {
 	Usage
 }
 
-// ModelLimits is what a key's last answers said of one model's rate limits.
+// ModelLimits is what the answers of a key's scope said of one model's rate
+// limits: the budget every key of its organization (or project) spends.
 // Counts are Unknown (-1) until an answer states them; remaining counts are
-// estimates at the snapshot's time (refilled at the rate the headers imply).
+// estimates at the snapshot's time (refilled at the rate the headers imply,
+// or at the window's end for a windowed budget).
 type ModelLimits struct {
 	Model             string    `json:"model"`
 	LimitRequests     int64     `json:"limit_requests"`
@@ -61,6 +63,9 @@ type ModelLimits struct {
 	RemainingTokens   int64     `json:"remaining_tokens"`
 	InFlight          int       `json:"in_flight"`
 	CoolingUntil      time.Time `json:"cooling_until,omitzero"`
+	// Windowed reports a budget whose limit resets in fixed windows rather
+	// than refilling continuously, as its answers showed.
+	Windowed bool `json:"windowed,omitempty"`
 }
 
 // KeyInfo is a snapshot of one key: its ID and what the pool knows of it,
@@ -74,6 +79,11 @@ type KeyInfo struct {
 	// Organization is the one the key is sent with, or for a key sent with
 	// none, its default organization as the checker found it.
 	Organization string `json:"organization,omitempty"`
+	// Scope names the budget the key spends: its organization (and
+	// project) as answers name them ("acme", "acme/proj_…"), "id:org-…" for
+	// a configured organization not yet named by an answer, and "" for a
+	// key whose organization is not known (a budget of its own).
+	Scope string `json:"scope,omitempty"`
 	// Clone marks an organization clone: the checker found the key in
 	// several organizations and made one key per extra organization.
 	Clone  bool      `json:"clone,omitempty"`

@@ -454,11 +454,11 @@ func (r *roundTrip) run() (*http.Response, error) {
 	t := r.t
 	ctx := r.req.Context()
 	for attempt := 1; ; attempt++ {
-		deadline := t.now().Add(t.maxWait) // wait budget of this pick
+		deadline := r.start.Add(t.maxWait) // the request's wait budget, over all its picks
 		if end := r.start.Add(t.retryTime); end.Before(deadline) {
 			deadline = end
 		}
-		e, err := t.pool.acquireWait(ctx, &r.pick, deadline, t.now)
+		l, err := t.pool.acquireWait(ctx, &r.pick, deadline, t.now)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, err
@@ -467,7 +467,7 @@ func (r *roundTrip) run() (*http.Response, error) {
 			errors.As(err, &noKey)
 			return r.giveUp(attempt-1, err, noKey)
 		}
-		resp, a, out := r.attempt(ctx, e, attempt)
+		resp, a, out := r.attempt(ctx, l, attempt)
 		switch {
 		case out == OutcomeSuccess:
 			return resp, nil
@@ -480,12 +480,21 @@ func (r *roundTrip) run() (*http.Response, error) {
 			if resp == nil {
 				return r.giveUp(attempt, a.Err, nil)
 			}
-			return r.final(resp, a, out, e.k), nil
+			return r.final(resp, a, out, l.k), nil
 		}
 		// Retryable: decide whether another attempt may go.
-		r.pick.tried = append(r.pick.tried, e.k)
-		if out == OutcomeServerError && e.k.up.index < 64 {
-			r.pick.avoid |= 1 << e.k.up.index
+		r.pick.tried = append(r.pick.tried, l.k)
+		if out == OutcomeServerError {
+			// Its upstream is tried last, and a key that failed quickly
+			// (a 5xx, a refused connection; not a timeout, which would
+			// cost the caller the whole timeout again) may be tried again
+			// when nothing else is left, after the backoff below.
+			if !errors.Is(a.Err, ErrAttemptTimeout) {
+				r.pick.transient = append(r.pick.transient, l.k)
+			}
+			if l.k.up.index < 64 {
+				r.pick.avoid |= 1 << l.k.up.index
+			}
 		}
 		last := attempt >= t.maxAttempts || !r.body.replayable() || t.now().Sub(r.start) >= t.retryTime
 		var delay time.Duration
@@ -503,12 +512,12 @@ func (r *roundTrip) run() (*http.Response, error) {
 		}
 		if last {
 			if resp != nil {
-				return r.final(resp, a, out, e.k), nil
+				return r.final(resp, a, out, l.k), nil
 			}
 			return r.giveUp(attempt, a.Err, nil)
 		}
 		if resp != nil {
-			r.keep(resp, a, out, e.k)
+			r.keep(resp, a, out, l.k)
 		} else {
 			r.lastErr = a.Err
 		}
@@ -534,7 +543,10 @@ func (r *roundTrip) keep(resp *http.Response, a *Answer, out Outcome, k *key) {
 // there was one, else a typed error.
 func (r *roundTrip) giveUp(attempts int, err error, noKey *NoKeyError) (*http.Response, error) {
 	if r.last == nil {
-		if attempts == 0 || noKey != nil && r.lastErr == nil {
+		if noKey != nil && r.lastErr == nil {
+			return r.refusal(noKey), nil
+		}
+		if attempts == 0 {
 			return nil, err
 		}
 		if r.lastErr != nil {
@@ -574,12 +586,13 @@ func (r *roundTrip) giveUp(attempts int, err error, noKey *NoKeyError) (*http.Re
 }
 
 // markFinal tells SDKs in front of the transport not to retry an answer the
-// pool has already retried, and when a key frees up if that is soon.
+// pool has already retried, and when a key frees up (Retry-After and
+// retry-after-ms), whenever that is known: the caller may come back then.
 func markFinal(resp *http.Response, freeAt, now time.Time) *http.Response {
 	resp.Header.Set(hShouldRetry, "false")
-	if d := freeAt.Sub(now); !freeAt.IsZero() && d > 0 && d <= time.Minute {
+	if d := freeAt.Sub(now); !freeAt.IsZero() && d > 0 {
 		resp.Header.Set(hRetryAfter, strconv.Itoa(int(math.Ceil(d.Seconds()))))
-		resp.Header.Set(hRetryAfterMs, strconv.FormatInt(d.Milliseconds(), 10))
+		resp.Header.Set(hRetryAfterMs, strconv.FormatInt(max(d.Milliseconds(), 1), 10))
 	}
 	return resp
 }
@@ -600,8 +613,8 @@ func sleep(ctx context.Context, d time.Duration) error {
 // the response still open (nil for a transport error); and the answer and its
 // outcome. The key is observed and, unless the response body is handed back
 // to be read, released.
-func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Response, *Answer, Outcome) {
-	t, k := r.t, e.k
+func (r *roundTrip) attempt(ctx context.Context, l lease, n int) (*http.Response, *Answer, Outcome) {
+	t, k := r.t, l.k
 	start := t.now()
 	ev := AttemptEvent{Request: r.number, Attempt: n, Key: k.cred.id, Upstream: k.up.Name,
 		Model: r.pick.bucketName(), Stream: r.stream, Start: start, reqObs: r.obs}
@@ -615,7 +628,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	}
 	timer := time.AfterFunc(timeout, func() { cancel(ErrAttemptTimeout) })
 
-	out, err := r.outgoing(actx, e)
+	out, err := r.outgoing(actx, l)
 	var resp *http.Response
 	if err == nil {
 		resp, err = t.base.RoundTrip(out)
@@ -682,14 +695,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 	ev.Status, ev.Outcome, ev.Err = a.Status, outcome, a.Err
 
 	success := outcome == OutcomeSuccess
-	t.pool.mu.Lock()
-	t.pool.observe(e, a, outcome, now)
-	if !success {
-		t.pool.release(e, now)
-	}
-	evs := t.pool.takeEvents()
-	t.pool.mu.Unlock()
-	t.pool.flushEvents(evs)
+	t.pool.answered(l, a, outcome, r.pick.bucketName(), now)
 
 	if resp == nil {
 		cancel(nil)
@@ -709,7 +715,7 @@ func (r *roundTrip) attempt(ctx context.Context, e *entry, n int) (*http.Respons
 		return resp, a, outcome
 	}
 	ev.Final = true
-	resp.Body = r.metered.start(t, e, resp.Body, ev, actx, cancel, r.stream || isEventStream(resp.Header))
+	resp.Body = r.metered.start(t, l, r.pick.bucketName(), resp.Body, ev, actx, cancel, r.stream || isEventStream(resp.Header))
 	return resp, a, outcome
 }
 
@@ -738,8 +744,8 @@ func (t *Transport) emit(ev AttemptEvent) {
 
 // outgoing builds one attempt's request: req moved onto e's upstream with e's
 // credentials. The caller's request is not changed.
-func (r *roundTrip) outgoing(ctx context.Context, e *entry) (*http.Request, error) {
-	k := e.k
+func (r *roundTrip) outgoing(ctx context.Context, l lease) (*http.Request, error) {
+	k := l.k
 	// A shallow copy with a header map of its own: the caller's request is
 	// not changed, and its header values are shared, never appended to
 	// (req.Clone would copy every value and the URL for nothing).
@@ -958,7 +964,8 @@ func (c *cancelOnClose) Close() error {
 type meteredBody struct {
 	rc     io.ReadCloser
 	t      *Transport
-	e      *entry
+	l      lease
+	model  string // the request's bucket name, for usage
 	ev     AttemptEvent
 	ctx    context.Context // the attempt's
 	cancel context.CancelCauseFunc
@@ -978,12 +985,12 @@ var ErrIdleTimeout = errors.New("keypool: upstream sent nothing for too long")
 var meterPool = sync.Pool{New: func() any { return new(usageMeter) }}
 
 // start readies b to pass rc through for the attempt ev on e.
-func (b *meteredBody) start(t *Transport, e *entry, rc io.ReadCloser, ev AttemptEvent,
+func (b *meteredBody) start(t *Transport, l lease, model string, rc io.ReadCloser, ev AttemptEvent,
 	ctx context.Context, cancel context.CancelCauseFunc, sse bool) *meteredBody {
 	m := meterPool.Get().(*usageMeter)
 	m.reset(sse)
-	b.rc, b.t, b.e, b.ev, b.ctx, b.cancel, b.meter, b.sse = rc, t, e, ev, ctx, cancel, m, sse
-	if b.idle = e.k.up.IdleTimeout; b.idle > 0 {
+	b.rc, b.t, b.l, b.model, b.ev, b.ctx, b.cancel, b.meter, b.sse = rc, t, l, model, ev, ctx, cancel, m, sse
+	if b.idle = l.k.up.IdleTimeout; b.idle > 0 {
 		b.timer = time.AfterFunc(b.idle, func() { cancel(ErrIdleTimeout) })
 	}
 	return b
@@ -1048,18 +1055,9 @@ func (b *meteredBody) finish(failed error) {
 	b.meter = nil
 	b.mu.Unlock()
 
-	t, e := b.t, b.e
+	t := b.t
 	now := t.now()
-	t.pool.mu.Lock()
-	t.pool.addUsage(e.k, e.b.model, usage)
-	if failed != nil {
-		a := Answer{Err: failed, Limits: noLimits}
-		t.pool.observe(e, &a, OutcomeServerError, now)
-	}
-	t.pool.release(e, now)
-	evs := t.pool.takeEvents()
-	t.pool.mu.Unlock()
-	t.pool.flushEvents(evs)
+	t.pool.finished(b.l, usage, failed, b.model, now)
 	b.cancel(nil)
 
 	b.ev.Duration = now.Sub(b.ev.Start)

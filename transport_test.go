@@ -335,12 +335,13 @@ func TestAllFailedReturnsLastAnswerNotToRetry(t *testing.T) {
 	if fake.Count("sk-r1") != 1 || fake.Count("sk-r2") != 1 {
 		t.Fatal("a key was tried twice")
 	}
-	// Now nothing is usable: a typed error at once, no request upstream.
-	req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
-	_, err := tr.RoundTrip(req)
-	var nk *keypool.NoKeyError
-	if !errors.As(err, &nk) || len(fake.Records()) != 2 {
-		t.Fatalf("err = %v", err)
+	// Now nothing is usable: keypool's refusal at once, a 503 the SDKs do
+	// not retry, no request upstream, and the reason for Go callers.
+	resp, b = post(t, tr, chatBody("gpt-4o", false))
+	nk, ok := keypool.Refusal(resp)
+	if !ok || resp.StatusCode != 503 || resp.Header.Get("X-Should-Retry") != "false" || len(fake.Records()) != 2 ||
+		!errors.Is(nk, keypool.ErrNoKey) || errors.Is(nk, keypool.ErrModelNotFound) || !bytes.Contains(b, []byte("no_key_available")) {
+		t.Fatalf("status %d, refusal %v, body %s", resp.StatusCode, nk, b)
 	}
 	_ = rec
 }
@@ -351,11 +352,12 @@ func TestAllFailedWithRetryAfterWhenAKeyFreesSoon(t *testing.T) {
 	_, tr, _ := setup(t, []keypool.Option{keypool.WithMaxWait(0), keypool.WithProbeLimit(1)},
 		fakeopenai.Key{Secret: "sk-one", RPM: 1})
 	post(t, tr, chatBody("gpt-4o", false)) // spends the only request; pool learns remaining 0
-	req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
-	_, err := tr.RoundTrip(req)
-	var nk *keypool.NoKeyError
-	if !errors.As(err, &nk) || nk.FreeAt.IsZero() || time.Until(nk.FreeAt) > time.Minute {
-		t.Fatalf("err = %v", err)
+	resp, b := post(t, tr, chatBody("gpt-4o", false))
+	nk, ok := keypool.Refusal(resp)
+	ra, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+	if !ok || resp.StatusCode != 429 || nk.FreeAt.IsZero() || time.Until(nk.FreeAt) > time.Minute ||
+		ra < 1 || ra > 60 || resp.Header.Get("Retry-After-Ms") == "" || !bytes.Contains(b, []byte("rate_limit_exceeded")) {
+		t.Fatalf("status %d, headers %v, refusal %v", resp.StatusCode, resp.Header, nk)
 	}
 }
 
@@ -890,10 +892,11 @@ func TestUpstreamsOnly(t *testing.T) {
 	if r := fake.Records(); len(r) != 1 || r[0].Key != "sk-second" {
 		t.Fatalf("records %+v", r)
 	}
-	_, err = send(keypool.WithUpstreamsOnly(context.Background()))
-	var nk *keypool.NoKeyError
-	if !errors.As(err, &nk) || nk.Reason != "no upstream this client may use serves this model" || len(fake.Records()) != 1 {
-		t.Fatalf("err = %v", err)
+	resp, err := send(keypool.WithUpstreamsOnly(context.Background()))
+	nk, ok := keypool.Refusal(resp)
+	if err != nil || !ok || resp.StatusCode != 404 || nk.Reason != "no upstream this client may use serves this model" ||
+		!errors.Is(nk, keypool.ErrModelNotFound) || len(fake.Records()) != 1 {
+		t.Fatalf("err %v, refusal %v", err, nk)
 	}
 }
 

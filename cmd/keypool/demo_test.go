@@ -26,7 +26,7 @@ func TestRunDemo(t *testing.T) {
 	for _, want := range []string{
 		"fake OpenAI API on http://127.0.0.1:",
 		"keypool proxy on http://127.0.0.1:",
-		"attempt 1: revoked ", "attempt 1: over-quota ", "failing over",
+		"attempt 1: revoked ", "attempt 2: over-quota ", "failing over",
 		"checker started", "after the check:", "what the pool learned:",
 		"request 20", " stream\n", " json\n", "events", "done:",
 	} {

@@ -214,8 +214,12 @@ func TestOpenAIAPIRouteSample(t *testing.T) {
 		{name: "no token", req: request{model: "gpt-3.5-trubo"}, status: 401},
 		{name: "wrong token", req: request{token: "iampassword", model: "gpt-3.5-trubo"}, status: 401},
 		{name: "first upstream first", req: woshimima, status: 200, want: []attempt{{v2, bearK + "secret_key_1"}}},
+		// In order; and a quick transient failure with nothing else left
+		// is tried again after a backoff (keypool's retry, within 4
+		// attempts).
 		{name: "failover in order", req: woshimima, script: func(s *upstreamScript) { s.set("api.openai.com", 500) },
-			status: 500, want: []attempt{{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"}}},
+			status: 500, want: []attempt{{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"},
+				{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"}}},
 		{name: "allowed nowhere", req: request{token: "woshimima", model: "gpt-4o"}},
 		{name: "denied", req: request{token: "woshimima", model: "gpt-4"}},
 		{name: "replicate skipped", req: request{token: "woshimima", model: "mistralai/mixtral-8x7b-instruct-v0.1"}},
@@ -237,7 +241,8 @@ func TestOpenAIAPIRouteReadmeConfig(t *testing.T) {
 		{name: "denied on the third", req: request{token: "woshimima", model: "gpt-4"}},
 		{name: "a failed upstream fails over", req: request{token: "woshimima", model: "gpt-3.5-trubo"},
 			script: func(s *upstreamScript) { s.set("api.openai.com", 502) }, status: 502,
-			want: []attempt{{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"}}},
+			want: []attempt{{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"},
+				{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"}}},
 	})
 }
 
@@ -355,9 +360,14 @@ upstreams:
 		for _, h := range hits {
 			hosts = append(hosts, strings.Split(h.URL, "/")[2])
 		}
+		// Each once in a shuffled order, then each again (a transient
+		// failure with nothing else left is retried after a backoff).
+		if len(hosts) != 4 || hosts[0] == hosts[1] {
+			t.Fatalf("failover went to %v, want a and b once each first", hosts)
+		}
 		slices.Sort(hosts)
-		if !slices.Equal(hosts, []string{"a.example", "b.example"}) {
-			t.Fatalf("failover went to %v, want a and b once each", hosts)
+		if !slices.Equal(hosts, []string{"a.example", "a.example", "b.example", "b.example"}) {
+			t.Fatalf("failover went to %v, want a and b twice each", hosts)
 		}
 	}
 }

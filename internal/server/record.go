@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/http"
@@ -50,8 +51,31 @@ func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request) (*recording
 			r.Body = &teeBody{ReadCloser: r.Body, c: rec.reqBody}
 		}
 	}
-	r = r.WithContext(keypool.WithRequestObserver(r.Context(), &rec.pending))
-	return rec, r
+	ctx := context.WithValue(keypool.WithRequestObserver(r.Context(), &rec.pending), recordingKey{}, rec)
+	return rec, r.WithContext(ctx)
+}
+
+type recordingKey struct{}
+
+// noteRefusal notes on the request's record, when it has one, that the
+// transport refused it for want of a key: the error class, and the model.
+func noteRefusal(resp *http.Response) {
+	e, ok := keypool.Refusal(resp)
+	if !ok || resp.Request == nil {
+		return
+	}
+	rec, ok := resp.Request.Context().Value(recordingKey{}).(*recording)
+	if !ok {
+		return
+	}
+	kind := "no_key"
+	if e.NotFound {
+		kind = "model_not_found"
+	}
+	if rec.errKind == "" {
+		rec.errKind = kind
+	}
+	rec.pending.SetModel(e.Model, false)
 }
 
 // finish hands the record to the sink once the response is written.

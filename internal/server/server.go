@@ -254,6 +254,7 @@ func (copyBuffers) Put(b []byte) {
 // sends stay with the proxy; status and body pass through as they are.
 func filterAnswer(resp *http.Response) error {
 	keepOnly(resp.Header, responseHeaders, responsePrefixes)
+	noteRefusal(resp)
 	return nil
 }
 
