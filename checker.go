@@ -329,8 +329,12 @@ func (c *Checker) scheduleRetry(ctx context.Context, k *key, err error) {
 	})
 }
 
-// check checks one key: organizations (which may create clones), models,
-// then the zero-cost probe. It returns the result and the new clones.
+// check checks one key, stopping at the first answer that settles it:
+// organizations (which may create clones; a 401 invalid_api_key there
+// already says the key is revoked), then the zero-cost probe (revoked or
+// over quota ends it), then the models only of a key that is alive. A
+// revoked key costs one request, an over-quota one two. It returns the
+// result and the new clones.
 func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	start := c.t.now()
 	res := CheckResult{Key: k.cred.id, Upstream: k.up.Name, Clone: k.clone,
@@ -338,9 +342,12 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	var clones []*key
 
 	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
-		orgs, known, err := c.organizations(ctx, k)
+		orgs, known, verdict, err := c.organizations(ctx, k)
 		if err != nil {
 			return c.failed(res, k, err, start), nil
+		}
+		if verdict != "" {
+			return c.settled(res, k, StateRevoked, verdict, nil, noLimits, start), nil
 		}
 		if known {
 			clones = c.p.orgsFound(k, orgs, c.t.now())
@@ -350,25 +357,33 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 		}
 	}
 
-	models, status, err := c.models(ctx, k)
-	if err != nil {
-		return c.failed(res, k, err, start), clones
-	}
-	if status != http.StatusOK || len(models) == 0 {
-		models = nil // not listable (or listed nothing): any model is tried
-	}
-
 	state, reason, limits, err := c.probe(ctx, k)
 	if err != nil {
 		return c.failed(res, k, err, start), clones
 	}
+	var models []string
+	if state.selectable() {
+		var status int
+		models, status, err = c.models(ctx, k)
+		if err != nil {
+			return c.failed(res, k, err, start), clones
+		}
+		if status != http.StatusOK || len(models) == 0 {
+			models = nil // not listable (or listed nothing): any model is tried
+		}
+	}
+	return c.settled(res, k, state, reason, models, limits, start), clones
+}
+
+// settled records what a check found and fills in its result.
+func (c *Checker) settled(res CheckResult, k *key, state State, reason string, models []string, limits RateLimits, start time.Time) CheckResult {
 	now := c.t.now()
 	c.p.checked(k, state, reason, models, limits, now)
 	info, _ := c.p.Key(k.cred.id, now)
 	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
 	res.LimitRequests, res.LimitTokens, res.Models = info.LimitRequests, info.LimitTokens, info.Models
 	res.Duration = now.Sub(start)
-	return res, clones
+	return res
 }
 
 func (c *Checker) failed(res CheckResult, k *key, err error, start time.Time) CheckResult {
@@ -396,32 +411,56 @@ type organization struct {
 	Name      string `json:"name"` // its slug, as answers' openai-organization header names it
 }
 
-// organizations lists k's organizations: /v1/me, else /v1/organizations.
-// Answers that mean "this key cannot list organizations" (401, 403,
-// no_organization, …) give none, quietly; only a network error is an error.
-func (c *Checker) organizations(ctx context.Context, k *key) ([]organization, bool, error) {
+// organizations lists k's organizations: /v1/me, else (an API without it,
+// a 404 or 405) /v1/organizations. Answers that mean "this key cannot list
+// organizations" (403, no_organization, …) give none, quietly; a 401
+// invalid_api_key gives a verdict instead: the key is revoked, and nothing
+// more need be asked. Only a network error is an error.
+func (c *Checker) organizations(ctx context.Context, k *key) (orgs []organization, known bool, revoked string, err error) {
 	status, _, body, err := c.call(ctx, k, http.MethodGet, "/me", nil)
 	if err != nil {
-		return nil, false, err
+		return nil, false, "", err
 	}
 	if status == http.StatusOK {
 		if orgs, ok := parseMe(body); ok {
-			return orgs, true, nil
+			return orgs, true, "", nil
 		}
+	}
+	if v := revokedBy(status, body); v != "" {
+		return nil, false, v, nil
 	}
 	transient := status == http.StatusTooManyRequests || status >= 500
-	status, _, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
-	if err != nil {
-		return nil, false, err
-	}
-	if status == http.StatusOK {
-		if orgs, ok := parseOrganizations(body); ok {
-			return orgs, true, nil
+	if status == http.StatusNotFound || status == http.StatusMethodNotAllowed {
+		status, _, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
+		if err != nil {
+			return nil, false, "", err
 		}
+		if status == http.StatusOK {
+			if orgs, ok := parseOrganizations(body); ok {
+				return orgs, true, "", nil
+			}
+		}
+		if v := revokedBy(status, body); v != "" {
+			return nil, false, v, nil
+		}
+		transient = status == http.StatusTooManyRequests || status >= 500
 	}
 	// A 5xx or 429 says nothing about the key: list again next check.
-	transient = transient || status == http.StatusTooManyRequests || status >= 500
-	return nil, !transient, nil
+	return nil, !transient, "", nil
+}
+
+// revokedBy returns the reason an answer settles a key as revoked: a 401
+// invalid_api_key, or access_terminated; "" for any other answer.
+func revokedBy(status int, body []byte) string {
+	e := ParseAPIError(status, body)
+	switch {
+	case e == nil:
+	case status == http.StatusUnauthorized && e.Code == "invalid_api_key":
+		return "check: 401 invalid_api_key"
+	case e.Type == "access_terminated" || e.Code == "access_terminated":
+		return fmt.Sprintf("check: %d access_terminated", status)
+	}
+	return ""
 }
 
 // parseMe reads /v1/me's organizations; ok is false if the body is not a
