@@ -166,6 +166,12 @@ func (r *roundTrip) refusal(e *NoKeyError) *http.Response {
 		ContentLength: int64(len(body)),
 		Request:       r.req,
 	}
+	if d := e.FreeAt.Sub(now); status == http.StatusTooManyRequests && d <= time.Minute {
+		// No attempt was made: an SDK that comes back after Retry-After
+		// (as they do, up to a minute) multiplies no work upstream.
+		setRetryAfter(resp.Header, d)
+		return resp
+	}
 	return markFinal(resp, e.FreeAt, now)
 }
 

@@ -591,10 +591,15 @@ func (r *roundTrip) giveUp(attempts int, err error, noKey *NoKeyError) (*http.Re
 func markFinal(resp *http.Response, freeAt, now time.Time) *http.Response {
 	resp.Header.Set(hShouldRetry, "false")
 	if d := freeAt.Sub(now); !freeAt.IsZero() && d > 0 {
-		resp.Header.Set(hRetryAfter, strconv.Itoa(int(math.Ceil(d.Seconds()))))
-		resp.Header.Set(hRetryAfterMs, strconv.FormatInt(max(d.Milliseconds(), 1), 10))
+		setRetryAfter(resp.Header, d)
 	}
 	return resp
+}
+
+// setRetryAfter says when to come back, in both forms the SDKs read.
+func setRetryAfter(h http.Header, d time.Duration) {
+	h.Set(hRetryAfter, strconv.Itoa(max(1, int(math.Ceil(d.Seconds())))))
+	h.Set(hRetryAfterMs, strconv.FormatInt(max(d.Milliseconds(), 1), 10))
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

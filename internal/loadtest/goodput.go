@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -52,6 +53,12 @@ type GoodputConfig struct {
 	// Patience is how long a client waits for an answer before it gives up;
 	// 0 means 30s.
 	Patience time.Duration
+	// Retries is how often a client tries a request again, as the OpenAI
+	// SDKs do (2 by default): after a 408, 409, 429 or 5xx that does not
+	// say x-should-retry: false, waiting retry-after-ms or Retry-After
+	// when the answer gives one of up to 60 s, else the SDKs' backoff. 0
+	// means 2; negative, none.
+	Retries int
 	// Loads are the offered loads, as multiples of the capacity over the
 	// clients' sending time; nil means 1.2 and 0.8.
 	Loads []float64
@@ -81,6 +88,10 @@ func (c GoodputConfig) withDefaults() GoodputConfig {
 	if c.Windows <= 0 {
 		c.Windows = 5
 	}
+	if c.Retries == 0 {
+		c.Retries = 2
+	}
+	c.Retries = max(c.Retries, 0)
 	if c.Patience <= 0 {
 		c.Patience = 30 * time.Second
 	}
@@ -107,6 +118,9 @@ type GoodputRow struct {
 	// requests wait as long as their clients do (see limitPlan.ideal).
 	Capacity float64
 	Ideal    int
+	// Budgets is how many independent budgets the keys spend: one per key,
+	// or one for an organization's keys.
+	Budgets int
 
 	Sent   int // requests the clients sent
 	Served int // answered 2xx
@@ -210,7 +224,7 @@ func runGoodput(t *testing.T, cfg GoodputConfig, plan limitPlan, row GoodputRow)
 	start := time.Now()
 	for i, at := range arrivals {
 		time.Sleep(time.Until(start.Add(at)))
-		wg.Go(func() { results[i] = sendChat(t.Context(), proxy.handler, cfg.Patience) })
+		wg.Go(func() { results[i] = sendChat(t.Context(), proxy.handler, cfg.Patience, cfg.Retries) })
 	}
 	wg.Wait()
 	row.Span = time.Since(start)
@@ -219,6 +233,7 @@ func runGoodput(t *testing.T, cfg GoodputConfig, plan limitPlan, row GoodputRow)
 		row.KeysAtEnd[k.State.String()]++
 	}
 	row.Capacity = plan.capacity(row.Span)
+	row.Budgets = plan.budgets
 	row.Ideal = plan.ideal(arrivals, cfg.Patience)
 
 	row.Sent = len(results)
@@ -334,26 +349,68 @@ func newGoodputProxy(keys []fakeopenai.Key, base http.RoundTripper, logger *slog
 	}}, nil
 }
 
-// clientResult is what one client request got.
+// clientResult is what one client request got (its last try).
 type clientResult struct {
-	status     int
-	retryAfter bool // the answer had Retry-After
-	gaveUp     bool // the client stopped waiting before a 2xx answer
-	wait       time.Duration
+	status      int
+	retryAfter  bool // the answer had Retry-After
+	retryAfterD time.Duration
+	shouldRetry string // x-should-retry
+	gaveUp      bool   // the client stopped waiting before a 2xx answer
+	wait        time.Duration
 }
 
-// sendChat sends one chat completion to the proxy's handler as a client
+// sendChat sends one chat completion to the proxy's handler as an OpenAI
+// SDK does: each try given up after patience, and tried again up to retries
+// times after an answer the SDKs retry (see GoodputConfig.Retries).
+func sendChat(ctx context.Context, proxy http.Handler, patience time.Duration, retries int) clientResult {
+	start := time.Now()
+	var r clientResult
+	for try := 0; ; try++ {
+		r = sendOnce(ctx, proxy, patience)
+		r.wait = time.Since(start)
+		wait, again := sdkRetry(r, try)
+		if !again || try >= retries {
+			return r
+		}
+		time.Sleep(wait)
+	}
+}
+
+// sdkRetry says whether the OpenAI SDKs try an answer again, and after how
+// long: retry-after-ms, else Retry-After, when 60 s or less; else their
+// backoff (0.5 s doubling to 8 s; the SDKs add jitter).
+func sdkRetry(r clientResult, try int) (time.Duration, bool) {
+	if r.gaveUp || r.shouldRetry == "false" {
+		return 0, false
+	}
+	switch s := r.status; {
+	case r.shouldRetry == "true", s == 408, s == 409, s == 429, s >= 500:
+	default:
+		return 0, false
+	}
+	if r.retryAfterD > 0 && r.retryAfterD <= time.Minute {
+		return r.retryAfterD, true
+	}
+	return min(500*time.Millisecond<<try, 8*time.Second), true
+}
+
+// sendOnce sends one chat completion to the proxy's handler as a client
 // that gives up after patience.
-func sendChat(ctx context.Context, proxy http.Handler, patience time.Duration) clientResult {
+func sendOnce(ctx context.Context, proxy http.Handler, patience time.Duration) clientResult {
 	ctx, cancel := context.WithTimeout(ctx, patience)
 	defer cancel()
 	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/v1/chat/completions", bytes.NewReader(chatBody))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+clientToken)
 	w := httptest.NewRecorder()
-	start := time.Now()
 	proxy.ServeHTTP(w, req)
-	r := clientResult{status: w.Code, wait: time.Since(start), retryAfter: w.Header().Get("Retry-After") != ""}
+	h := w.Header()
+	r := clientResult{status: w.Code, retryAfter: h.Get("Retry-After") != "", shouldRetry: h.Get("X-Should-Retry")}
+	if ms, err := strconv.ParseFloat(h.Get("Retry-After-Ms"), 64); err == nil && ms > 0 {
+		r.retryAfterD = time.Duration(ms * float64(time.Millisecond))
+	} else if sec, err := strconv.ParseFloat(h.Get("Retry-After"), 64); err == nil && sec > 0 {
+		r.retryAfterD = time.Duration(sec * float64(time.Second))
+	}
 	r.gaveUp = ctx.Err() != nil && (r.status < 200 || r.status >= 300)
 	return r
 }
@@ -375,7 +432,8 @@ func (t GoodputTable) Print(out io.Writer) {
 	}
 	fmt.Fprintf(out, "goodput, in fake time: %d keys per kind, %d requests per %v each (shared-org: per organization; daily: per day);\n",
 		c.Keys, c.Limit, c.Window)
-	fmt.Fprintf(out, "clients send %s for %d windows (daily: %d days) and give up after %v.\n", arrivals, c.Windows, c.Windows, c.Patience)
+	fmt.Fprintf(out, "clients send %s for %d windows (daily: %d days), give up a try after %v, and try again up to %d times as the OpenAI SDKs do.\n",
+		arrivals, c.Windows, c.Windows, c.Patience, c.Retries)
 	fmt.Fprintln(out, "capacity = what the upstream's limits allow from the first request to the end of the last;")
 	fmt.Fprintln(out, "ideal = what a perfect pool could serve of the requests sent (every budget spent as soon as a request waits,")
 	fmt.Fprintln(out, "each request waiting as long as its client); refused = answers of the proxy that are not 2xx.")

@@ -11,8 +11,11 @@ import (
 //
 //	go test -run TestGoodput -v ./internal/loadtest
 //
-// It checks only that the harness ran and that its numbers add up; how
-// close the pool comes to the capacity is not asserted yet.
+// It checks that the numbers add up, and the goals the pool meets: at 1.2x
+// at least 95% of the capacity served with upstream 429s at most 1% of the
+// attempts plus one per budget (the one that teaches a fixed window); at
+// 0.8x no client sees an error; and every refusal says when to come back
+// (Retry-After).
 func TestGoodput(t *testing.T) {
 	start := time.Now()
 	table := Goodput(t, GoodputConfig{})
@@ -45,8 +48,19 @@ func TestGoodput(t *testing.T) {
 			t.Errorf("%s: %d upstream 429s and %d served of %d attempts", name, r.Upstream429, r.Spent, r.Attempts)
 		case r.RetryAfter > r.Refused:
 			t.Errorf("%s: %d refusals with Retry-After, of %d", name, r.RetryAfter, r.Refused)
-		case r.P50 > r.P99 || r.P99 > table.Config.Patience:
+		case r.P50 > r.P99 || r.P99 > time.Duration(table.Config.Retries+1)*(table.Config.Patience+time.Minute):
 			t.Errorf("%s: waits p50 %v, p99 %v, patience %v", name, r.P50, r.P99, table.Config.Patience)
+		}
+		if r.RetryAfter != r.Refused {
+			t.Errorf("%s: %d of %d refusals said when to come back", name, r.RetryAfter, r.Refused)
+		}
+		switch {
+		case r.Load > 1 && float64(r.Served) < 0.95*r.Capacity:
+			t.Errorf("%s: served %d, under 95%% of the capacity %.0f", name, r.Served, r.Capacity)
+		case r.Load > 1 && float64(r.Upstream429) > 0.01*float64(r.Attempts)+float64(r.Budgets):
+			t.Errorf("%s: %d upstream 429s of %d attempts, over 1%% plus one per budget (%d)", name, r.Upstream429, r.Attempts, r.Budgets)
+		case r.Load < 1 && (r.Refused > 0 || r.GaveUp > 0):
+			t.Errorf("%s: %d refused and %d gave up below capacity", name, r.Refused, r.GaveUp)
 		}
 	}
 	if ran == 0 {
