@@ -115,7 +115,10 @@ func (p *Pool) sharedInflight(bud *budget) int64 {
 	if bud.b == sh || bud.s.index >= len(sh.budgets) || sh.budgets[bud.s.index] == nil {
 		return 0
 	}
-	return sh.budgets[bud.s.index].byModel[bud.b.model]
+	if sb := sh.budgets[bud.s.index]; sb.inflight > 0 {
+		return sb.byModel[bud.b.model]
+	}
+	return 0
 }
 
 // estimate returns bud's remaining requests at now: refilled one per slot
