@@ -137,6 +137,7 @@ type CheckResult struct {
 	Key           KeyID         `json:"id"`
 	Upstream      string        `json:"upstream"`
 	Organization  string        `json:"organization,omitempty"`
+	Scope         string        `json:"scope,omitempty"` // the budget it spends (KeyInfo.Scope)
 	Clone         bool          `json:"clone,omitempty"`
 	State         State         `json:"state"`
 	Reason        string        `json:"reason,omitempty"`
@@ -381,7 +382,7 @@ func (c *Checker) settled(res CheckResult, k *key, state State, reason string, m
 	c.p.checked(k, state, reason, models, limits, now)
 	info, _ := c.p.Key(k.cred.id, now)
 	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
-	res.LimitRequests, res.LimitTokens, res.Models = info.LimitRequests, info.LimitTokens, info.Models
+	res.LimitRequests, res.LimitTokens, res.Models, res.Scope = info.LimitRequests, info.LimitTokens, info.Models, info.Scope
 	res.Duration = now.Sub(start)
 	return res
 }

@@ -56,7 +56,7 @@ func secretsOf(keys []fakeopenai.Key) []string {
 func tableRows(t *testing.T, table string) map[string][]string {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(table), "\n")
-	if len(lines) == 0 || !slices.Equal(strings.Fields(lines[0]), []string{"ID", "UPSTREAM", "ORG", "STATE", "TRIAL", "RPM", "TPM", "MODELS", "REASON"}) {
+	if len(lines) == 0 || !slices.Equal(strings.Fields(lines[0]), []string{"ID", "UPSTREAM", "ORG", "SCOPE", "STATE", "TRIAL", "RPM", "TPM", "MODELS", "REASON"}) {
 		t.Fatalf("no table header:\n%s", table)
 	}
 	rows := map[string][]string{}
@@ -95,14 +95,14 @@ func TestCheckTable(t *testing.T) {
 				t.Fatalf("%d rows, want 3:\n%s", len(rows), out)
 			}
 			paid, trial, revoked := rows[id(secrets[0])], rows[id(secrets[1])], rows[id(secrets[2])]
-			// ID UPSTREAM ORG STATE TRIAL RPM TPM MODELS REASON
-			if paid == nil || paid[3] != "ready" || paid[4] != "no" || paid[5] != "3000" || paid[6] != "150000" || paid[7] != "36" {
+			// ID UPSTREAM ORG SCOPE STATE TRIAL RPM TPM MODELS REASON
+			if paid == nil || paid[3] == "-" || paid[4] != "ready" || paid[5] != "no" || paid[6] != "3000" || paid[7] != "150000" || paid[8] != "36" {
 				t.Errorf("paid row %q", paid)
 			}
-			if trial == nil || trial[3] != "ready" || trial[4] != "yes" || trial[5] != "200" {
+			if trial == nil || trial[4] != "ready" || trial[5] != "yes" || trial[6] != "200" {
 				t.Errorf("trial row %q", trial)
 			}
-			if revoked == nil || revoked[3] != "revoked" {
+			if revoked == nil || revoked[4] != "revoked" {
 				t.Errorf("revoked row %q", revoked)
 			}
 			// Progress: plain lines, since stderr is not a terminal.
@@ -188,7 +188,7 @@ func TestCheckKeysFile(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, errOut)
 	}
 	rows := tableRows(t, out)
-	if len(rows) != 2 || rows[id(secrets[0])] == nil || rows[id(secrets[1])][4] != "yes" {
+	if len(rows) != 2 || rows[id(secrets[0])] == nil || rows[id(secrets[1])][5] != "yes" {
 		t.Errorf("table:\n%s", out)
 	}
 }

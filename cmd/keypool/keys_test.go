@@ -50,7 +50,7 @@ func TestKeysTable(t *testing.T) {
 			t.Errorf("row %d is not key %s:\n%s", i, id(k.Secret), out)
 		}
 	}
-	if f := strings.Fields(lines[1]); !strings.Contains(lines[1], "disabled: rotated") || f[3] != "disabled" {
+	if f := strings.Fields(lines[1]); !strings.Contains(lines[1], "disabled: rotated") || f[4] != "disabled" {
 		t.Errorf("the disabled key's row: %q", lines[1])
 	}
 

@@ -99,6 +99,7 @@ type checkRow struct {
 	ID           keypool.KeyID `json:"id"`
 	Upstream     string        `json:"upstream"`
 	Organization string        `json:"organization,omitempty"`
+	Scope        string        `json:"scope,omitempty"` // the budget it spends: its organization (and project)
 	Clone        bool          `json:"clone"`
 	State        string        `json:"state"` // a keypool.State's name
 	Trial        bool          `json:"trial"`
@@ -115,7 +116,7 @@ type checkRow struct {
 
 func newCheckRow(r keypool.CheckResult) checkRow {
 	row := checkRow{
-		ID: r.Key, Upstream: r.Upstream, Organization: r.Organization, Clone: r.Clone,
+		ID: r.Key, Upstream: r.Upstream, Organization: r.Organization, Scope: r.Scope, Clone: r.Clone,
 		State: r.State.String(), Trial: r.Trial, RPM: r.LimitRequests, TPM: r.LimitTokens,
 		ModelCount: len(r.Models), Models: r.Models, Reason: r.Reason,
 	}
@@ -130,7 +131,7 @@ func newCheckRow(r keypool.CheckResult) checkRow {
 
 func writeTable(w io.Writer, rows []checkRow) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tUPSTREAM\tORG\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREASON")
+	fmt.Fprintln(tw, "ID\tUPSTREAM\tORG\tSCOPE\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREASON")
 	for _, r := range rows {
 		org := orDash(r.Organization)
 		if r.Clone {
@@ -148,7 +149,7 @@ func writeTable(w io.Writer, rows []checkRow) error {
 		if r.Error != "" {
 			reason = "not checked: " + r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, orDash(r.Upstream), org, r.State, trial,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, orDash(r.Upstream), org, orDash(r.Scope), r.State, trial,
 			limit(r.RPM), limit(r.TPM), models, orDash(reason))
 	}
 	return tw.Flush()

@@ -36,6 +36,7 @@ const namespace = "keypool"
 //	key_in_flight{key,upstream}                       at scrape time
 //	key_remaining_requests{key,upstream,model}        at scrape time, when known
 //	key_remaining_tokens{key,upstream,model}          at scrape time, when known
+//	key_scope{key,upstream,scope}                     at scrape time: 1, naming the budget the key spends
 //
 // The model and family labels are capped at [MaxModelLabels] values each.
 type Metrics struct {

@@ -18,6 +18,7 @@ type snapshotCollector struct {
 	inFlight          *prometheus.Desc
 	remainingRequests *prometheus.Desc
 	remainingTokens   *prometheus.Desc
+	scope             *prometheus.Desc
 }
 
 func newSnapshotCollector(snapshot func() []keypool.KeyInfo) *snapshotCollector {
@@ -34,6 +35,9 @@ func newSnapshotCollector(snapshot func() []keypool.KeyInfo) *snapshotCollector 
 		remainingTokens: prometheus.NewDesc(name("key_remaining_tokens"),
 			"Estimated tokens a key has left for a model before its limit resets; only when known.",
 			[]string{"key", "upstream", "model"}, nil),
+		scope: prometheus.NewDesc(name("key_scope"),
+			"Always 1: the scope (organization and project) whose rate-limit budget a key spends; \"\" while not known.",
+			[]string{"key", "upstream", "scope"}, nil),
 	}
 }
 
@@ -42,6 +46,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.inFlight
 	ch <- c.remainingRequests
 	ch <- c.remainingTokens
+	ch <- c.scope
 }
 
 func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
@@ -61,6 +66,9 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 			counts[k.State]++
 		}
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(k.InFlight), string(k.ID), k.Upstream)
+		if utf8.ValidString(k.Scope) {
+			ch <- prometheus.MustNewConstMetric(c.scope, prometheus.GaugeValue, 1, string(k.ID), k.Upstream, k.Scope)
+		}
 		for _, l := range k.Limits {
 			if !utf8.ValidString(l.Model) {
 				continue // the Prometheus client refuses such a label value
