@@ -15,8 +15,12 @@
 // is a whole keypool request, which already tries up to WithMaxAttempts keys
 // (4 by default). When keypool gives up, it has tried every key that could
 // help, so it marks its answer "x-should-retry: false" and the SDK does not
-// retry: the work is not multiplied (3 SDK attempts × 4 keys). When a key
-// frees up soon, keypool adds Retry-After instead of failing for good.
+// retry: the work is not multiplied (3 SDK attempts × 4 keys). A request no
+// key can take gets keypool's own answer, in the API's shape: 503
+// no_key_available when every key is revoked or out of quota (not retried),
+// 404 model_not_found for a model no upstream serves, and 429 with
+// Retry-After when a key frees up soon, which the SDK honours by coming back
+// then (refusal_test.go shows each).
 //
 // Which settings to use:
 //   - option.WithMaxRetries: the default (2) is fine and still helps with
