@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"math"
 	"time"
 )
 
@@ -43,12 +44,12 @@ func (p *Pool) selectable(k *key) bool {
 	return k.state.selectable() && !(p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn())
 }
 
-// keyScore orders the ready keys of a scope, lowest first: healthy ones,
-// then those with the fewest requests in flight, then the least recently
-// used.
-func keyScore(k *key) uint64 {
+// keyScore orders the ready keys of a scope at now, lowest first: healthy
+// ones, then those with the fewest requests in flight, then the least
+// recently used.
+func keyScore(k *key, now time.Time) uint64 {
 	const inflightBits, seqBits = 20, 40
-	s := uint64(k.health.class()) << (inflightBits + seqBits)
+	s := uint64(k.health.class(now)) << (inflightBits + seqBits)
 	s |= uint64(min(k.inflight, 1<<inflightBits-1)) << seqBits
 	return s | k.seq&(1<<seqBits-1)
 }
@@ -69,7 +70,7 @@ func (p *Pool) placeKey(k *key, now time.Time) {
 	before := len(s.ready)
 	switch {
 	case k.where == want && want == heapReady:
-		s.ready.fix(k, keyScore(k))
+		s.ready.fix(k, keyScore(k, now))
 		return
 	case k.where == want && want == heapCooling:
 		k.wakeAt = p.offset(k.coolUntil)
@@ -83,7 +84,7 @@ func (p *Pool) placeKey(k *key, now time.Time) {
 	k.where = want
 	switch want {
 	case heapReady:
-		s.ready.push(k, keyScore(k))
+		s.ready.push(k, keyScore(k, now))
 	case heapCooling:
 		k.wakeAt = p.offset(k.coolUntil)
 		k.up.cooling.push(k)
@@ -158,41 +159,52 @@ func (p *Pool) derivedState(k *key, now time.Time) (State, time.Time) {
 }
 
 // health is what recent outcomes say of a key: an exponentially weighted
-// rate of failures (server errors, network errors, timeouts), and how many
-// times in a row it has been rested for them. A key that fails often rests,
-// with a rest that grows each time, even when successes come between; when
-// it comes back it is tried again (a probe), and answers that go well
-// bring its rate down until it counts as healthy.
+// rate of failures (server errors, network errors, timeouts) that fades
+// with time, and how many times it has been rested for them. A key that
+// fails often rests, with a rest that grows each time, even when successes
+// come between; once its rest is over it is tried again (a probe), and
+// answers that go well, or time, bring its rate down until it counts as
+// healthy.
 type health struct {
-	failRate float64 // 0…1, weighted towards recent outcomes
-	answers  int     // outcomes seen, up to healthWarmup
-	inARow   int     // failures since the last success
-	strikes  int     // rests since it last counted as healthy
+	failRate float64   // 0…1 as of at, weighted towards recent outcomes
+	at       time.Time // when failRate was last updated
+	answers  int       // outcomes seen, up to healthWarmup
+	inARow   int       // failures since the last success
+	strikes  int       // rests since it last counted as healthy
 }
 
 const (
-	healthWeight = 0.25 // of the newest outcome
-	healthWarmup = 4    // outcomes before the rate alone may rest a key
-	healthRest   = 0.3  // a failure rate that rests the key
-	healthGood   = 0.05 // a failure rate that counts as healthy again
+	healthWeight   = 0.25        // of the newest outcome
+	healthWarmup   = 4           // outcomes before the rate alone may rest a key
+	healthRest     = 0.3         // a failure rate that rests the key
+	healthGood     = 0.05        // a failure rate that counts as healthy again
+	healthHalfLife = time.Minute // a failure counts half as much a minute later
 )
 
-// class sorts keys by health: 0 healthy … 3 failing most.
-func (h health) class() int {
-	switch {
-	case h.failRate < healthGood:
+// rate is the failure rate at now, faded since the last outcome.
+func (h *health) rate(now time.Time) float64 {
+	if h.failRate == 0 || h.at.IsZero() || !now.After(h.at) {
+		return h.failRate
+	}
+	return h.failRate * math.Exp2(-float64(now.Sub(h.at))/float64(healthHalfLife))
+}
+
+// class sorts keys by health at now: 0 healthy … 3 failing most.
+func (h *health) class(now time.Time) int {
+	switch r := h.rate(now); {
+	case r < healthGood:
 		return 0
-	case h.failRate < 0.2:
+	case r < 0.3:
 		return 1
-	case h.failRate < 0.4:
+	case r < 0.6:
 		return 2
 	}
 	return 3
 }
 
-// succeeded counts a good answer.
-func (h *health) succeeded() {
-	h.failRate *= 1 - healthWeight
+// succeeded counts a good answer at now.
+func (h *health) succeeded(now time.Time) {
+	h.failRate, h.at = h.rate(now)*(1-healthWeight), now
 	h.answers = min(h.answers+1, healthWarmup)
 	h.inARow = 0
 	if h.failRate < healthGood {
@@ -200,11 +212,11 @@ func (h *health) succeeded() {
 	}
 }
 
-// failed counts a failure and reports whether the key should rest, and for
-// how long: base doubling with each rest since it last counted as healthy,
-// up to most; retryAfter, when the answer said so, is a floor.
-func (h *health) failed(threshold int, base, most, retryAfter time.Duration) time.Duration {
-	h.failRate = h.failRate*(1-healthWeight) + healthWeight
+// failed counts a failure at now and reports whether the key should rest,
+// and for how long: base doubling with each rest since it last counted as
+// healthy, up to most; retryAfter, when the answer said so, is a floor.
+func (h *health) failed(now time.Time, threshold int, base, most, retryAfter time.Duration) time.Duration {
+	h.failRate, h.at = h.rate(now)*(1-healthWeight)+healthWeight, now
 	h.answers = min(h.answers+1, healthWarmup)
 	h.inARow++
 	wait := retryAfter

@@ -172,7 +172,7 @@ func (p *Pool) usable(bud *budget) bool {
 // budgetScore orders ready budgets, lowest first: those with headroom, then
 // trial scopes (where the bucket spends trials first), then the healthiest
 // best key, then most headroom, then least recently used.
-func (p *Pool) budgetScore(bud *budget) uint64 {
+func (p *Pool) budgetScore(bud *budget, now time.Time) uint64 {
 	const headBits, seqBits = 20, 40
 	h := p.headroomStored(bud)
 	var s uint64
@@ -184,7 +184,7 @@ func (p *Pool) budgetScore(bud *budget) uint64 {
 		s |= 1 << 62
 	}
 	if len(bud.s.ready) > 0 {
-		s |= uint64(bud.s.ready[0].v.health.class()) << (headBits + seqBits)
+		s |= uint64(bud.s.ready[0].v.health.class(now)) << (headBits + seqBits)
 	}
 	h = min(h, 1<<headBits-1)
 	s |= uint64(1<<headBits-1-h) << seqBits
@@ -225,7 +225,7 @@ func (p *Pool) place(bud *budget, now time.Time) {
 	b := bud.b
 	switch {
 	case bud.where == want && want == heapReady:
-		b.ready.fix(bud, p.budgetScore(bud))
+		b.ready.fix(bud, p.budgetScore(bud, now))
 		return
 	case bud.where == want && want == heapCooling:
 		bud.wakeAt = p.offset(bud.until)
@@ -239,7 +239,7 @@ func (p *Pool) place(bud *budget, now time.Time) {
 	bud.where = want
 	switch want {
 	case heapReady:
-		b.ready.push(bud, p.budgetScore(bud))
+		b.ready.push(bud, p.budgetScore(bud, now))
 	case heapCooling:
 		bud.wakeAt = p.offset(bud.until)
 		b.cooling.push(bud)
@@ -409,7 +409,7 @@ func (p *Pool) best(b *bucket, r *pick, now time.Time) (lease, bool) {
 	for len(b.ready) > 0 && n < len(stash) {
 		bud := b.ready[0].v
 		if b != b.up.shared || bud.s.servesModel(r.model, r.stream) {
-			if k := p.bestKey(bud.s, r); k != nil {
+			if k := p.bestKey(bud.s, r, now); k != nil {
 				found, ok = lease{k: k, bud: bud, model: r.bucketName()}, true
 				break
 			}
@@ -419,14 +419,14 @@ func (p *Pool) best(b *bucket, r *pick, now time.Time) (lease, bool) {
 		n++
 	}
 	for _, bud := range stash[:n] {
-		b.ready.push(bud, p.budgetScore(bud))
+		b.ready.push(bud, p.budgetScore(bud, now))
 	}
 	return found, ok
 }
 
 // bestKey returns the best ready key of s that r may use, nil if none.
 // Requires p.mu.
-func (p *Pool) bestKey(s *scope, r *pick) *key {
+func (p *Pool) bestKey(s *scope, r *pick, now time.Time) *key {
 	if len(s.ready) == 0 {
 		return nil
 	}
@@ -447,9 +447,56 @@ func (p *Pool) bestKey(s *scope, r *pick) *key {
 		n++
 	}
 	for _, k := range stash[:n] {
-		s.ready.push(k, keyScore(k))
+		s.ready.push(k, keyScore(k, now))
 	}
 	return found
+}
+
+// takeResting takes the key of an upstream r may use whose rest for
+// failures ends first, when its budget has room. Requires p.mu.
+func (p *Pool) takeResting(r *pick, now time.Time) (lease, bool) {
+	for _, u := range p.ups {
+		k, _, ok := u.cooling.next()
+		if !ok || r.excluded(k) {
+			continue
+		}
+		if l, ok := p.takeThis(k, r, now); ok {
+			return l, true
+		}
+	}
+	return lease{}, false
+}
+
+// takeTransient takes a key that failed this request transiently, resting
+// for its failures or not, when its budget has room. Requires p.mu.
+func (p *Pool) takeTransient(r *pick, now time.Time) (lease, bool) {
+	for _, k := range r.transient {
+		if l, ok := p.takeThis(k, r, now); ok {
+			return l, true
+		}
+	}
+	return lease{}, false
+}
+
+// takeThis takes k for r when k may serve it and its budget has room, its
+// own rest aside. Requires p.mu.
+func (p *Pool) takeThis(k *key, r *pick, now time.Time) (lease, bool) {
+	u := k.up
+	if !p.selectable(k) || !u.allows(r.model) || r.only != nil && !slices.Contains(r.only, u.Name) ||
+		r.unreadable && u.hasLists() || u.missing.has(r.bucketName(), now) {
+		return lease{}, false
+	}
+	b := p.bucketFor(u, r, now)
+	bud := b.budgets[k.s.index]
+	if bud == nil || bud.s != k.s || bud.until.After(now) || p.headroom(bud, now) <= 0 {
+		return lease{}, false
+	}
+	if b == u.shared && (k.s.families != nil || !k.s.servesModel(r.model, r.stream)) || b != u.shared && !k.s.canServe(b) {
+		return lease{}, false
+	}
+	l := lease{k: k, bud: bud, model: r.bucketName()}
+	p.acquire(l, now)
+	return l, true
 }
 
 // acquire counts a pick of l. Requires p.mu.
@@ -539,11 +586,25 @@ func (p *Pool) acquireWait(ctx context.Context, r *pick, deadline time.Time, now
 		t := now()
 		p.mu.Lock()
 		l, ref := p.take(r, t)
-		if l.k == nil && !ref.notFound && !r.retrying && len(r.transient) > 0 && !ref.busy && ref.freeAt.IsZero() {
+		if l.k == nil && !ref.notFound && !ref.busy {
+			// A rest for failures steers traffic to other keys; with none
+			// free, a key resting for its failures is better than none (a
+			// lone flaky key still serves).
+			if rl, ok := p.takeResting(r, t); ok {
+				l = rl
+			}
+		}
+		if l.k == nil && !ref.notFound && len(r.transient) > 0 {
 			// Nothing else is left: the keys that failed only transiently
-			// may be tried again (the transport has waited a backoff).
+			// may be tried again (the transport has waited a backoff),
+			// even those resting for their failures: a rest steers traffic
+			// to other keys, and there is none.
 			r.retrying = true
-			l, ref = p.take(r, t)
+			if l, ref = p.take(r, t); l.k == nil {
+				if tl, ok := p.takeTransient(r, t); ok {
+					l = tl
+				}
+			}
 		}
 		var w *waiter
 		if l.k == nil && !ref.notFound && t.Before(deadline) && (ref.busy || !ref.freeAt.IsZero() && !ref.freeAt.After(deadline)) {

@@ -93,7 +93,7 @@ func (p *Pool) observe(l lease, a *Answer, out Outcome, model string, now time.T
 	}
 	switch out {
 	case OutcomeSuccess:
-		k.health.succeeded()
+		k.health.succeeded(now)
 		if k.state == StateUnchecked {
 			p.setState(k, StateReady, "answered", now)
 		}
@@ -102,10 +102,10 @@ func (p *Pool) observe(l lease, a *Answer, out Outcome, model string, now time.T
 	case OutcomeOverQuota:
 		p.setState(k, StateOverQuota, answerReason(a), now)
 	case OutcomeRateLimited:
-		k.health.succeeded()
+		k.health.succeeded(now)
 		p.restBudget(target, k, now.Add(p.rateLimitWait(target, a)), answerReason(a), now)
 	case OutcomeModelNotFound:
-		k.health.succeeded()
+		k.health.succeeded(now)
 		p.lacks(k.s, target.b, model, now)
 	case OutcomeNotPermitted:
 		if a.Error != nil && a.Error.Param == "stream" && target.b != u.shared {
@@ -119,13 +119,13 @@ func (p *Pool) observe(l lease, a *Answer, out Outcome, model string, now time.T
 			p.lacks(k.s, target.b, model, now)
 		}
 	case OutcomeServerError:
-		wait := k.health.failed(p.cfg.failures, p.cfg.failCooldown, p.cfg.maxCooldown, a.Limits.RetryAfter)
+		wait := k.health.failed(now, p.cfg.failures, p.cfg.failCooldown, p.cfg.maxCooldown, a.Limits.RetryAfter)
 		if wait > 0 {
 			p.restKey(k, now.Add(min(wait, p.cfg.maxRest)), answerReason(a), now)
 		}
 	case OutcomeClientError, OutcomeTooLarge, OutcomeKeyRejected:
 		if answered {
-			k.health.succeeded()
+			k.health.succeeded(now)
 		}
 	}
 	p.placeKey(k, now) // health and load changed: re-score
