@@ -31,10 +31,9 @@ type budget struct {
 	limitTok int64
 	remTok   int64
 	inflight int64
-	byModel  map[string]int64 // the shared bucket's: requests in flight per model
-	fwd      *budget          // where a gone scope's budget handed over to; releases follow it
-	seq      uint64           // last pick
-	until    time.Time        // rest for this model
+	fwd      *budget   // where a gone scope's budget handed over to; releases follow it
+	seq      uint64    // last pick
+	until    time.Time // rest for this model
 }
 
 func (bud *budget) node() *heapNode { return &bud.heapNode }
@@ -44,13 +43,15 @@ func (bud *budget) node() *heapNode { return &bud.heapNode }
 // to to from now on. Requires p.mu; to is placed by the caller.
 func (bud *budget) handOver(to *budget) {
 	to.inflight += bud.inflight
-	for m, n := range bud.byModel {
-		if to.byModel == nil {
-			to.byModel = map[string]int64{}
+	if sh := bud.b; sh == sh.up.shared {
+		for sm, n := range sh.byModel {
+			if sm.s == bud.s {
+				sh.byModel[scopeModel{to.s, sm.model}] += n
+				delete(sh.byModel, sm)
+			}
 		}
-		to.byModel[m] += n
 	}
-	bud.inflight, bud.byModel = 0, nil
+	bud.inflight = 0
 	if !to.answered && bud.answered {
 		to.answered, to.limitReq, to.remReq, to.obsAt, to.perSlot = true, bud.limitReq, bud.remReq, bud.obsAt, bud.perSlot
 		to.windowed, to.end, to.lastRem, to.evidence = bud.windowed, bud.end, bud.lastRem, bud.evidence
@@ -116,9 +117,15 @@ func (p *Pool) sharedInflight(bud *budget) int64 {
 		return 0
 	}
 	if sb := sh.budgets[bud.s.index]; sb.inflight > 0 {
-		return sb.byModel[bud.b.model]
+		return sh.byModel[scopeModel{bud.s, bud.b.model}]
 	}
 	return 0
+}
+
+// scopeModel keys a shared bucket's requests in flight per scope and model.
+type scopeModel struct {
+	s     *scope
+	model string
 }
 
 // estimate returns bud's remaining requests at now: refilled one per slot

@@ -26,6 +26,10 @@ type bucket struct {
 	inflight    int
 	lastUsed    uint64
 	waiters     []*waiter // requests waiting for one of its budgets
+	// byModel counts, on the shared bucket, the requests in flight per scope
+	// and model: a model's own bucket, once made, counts them against the
+	// scope's headroom (sharedInflight).
+	byModel map[scopeModel]int64
 }
 
 // sharedBucket names an upstream's bucket for every model that no key has
@@ -507,11 +511,11 @@ func (p *Pool) acquire(l lease, now time.Time) {
 	bud.inflight++
 	k.inflight++
 	bud.b.inflight++
-	if bud.b == bud.b.up.shared {
-		if bud.byModel == nil {
-			bud.byModel = map[string]int64{}
+	if b := bud.b; b == b.up.shared {
+		if b.byModel == nil {
+			b.byModel = map[scopeModel]int64{}
 		}
-		bud.byModel[l.model]++
+		b.byModel[scopeModel{bud.s, l.model}]++
 	}
 	bud.b.lastUsed = p.seq
 	k.lastUsed = now
@@ -527,10 +531,13 @@ func (p *Pool) release(l lease, now time.Time) {
 		bud.inflight--
 		bud.b.inflight--
 	}
-	if n := bud.byModel[l.model]; n > 1 {
-		bud.byModel[l.model] = n - 1
-	} else if n == 1 {
-		delete(bud.byModel, l.model)
+	if b := bud.b; b == b.up.shared {
+		sm := scopeModel{bud.s, l.model}
+		if n := b.byModel[sm]; n > 1 {
+			b.byModel[sm] = n - 1
+		} else {
+			delete(b.byModel, sm)
+		}
 	}
 	if k.inflight > 0 {
 		k.inflight--

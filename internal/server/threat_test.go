@@ -382,3 +382,43 @@ func TestCompressingUpstreamThroughTheProxy(t *testing.T) {
 	}
 	fmt.Fprint(io.Discard, r)
 }
+
+// TestUnknownModelIsTheClientsMistake: a model no upstream allows, or that
+// every key answered model_not_found for, gets 404 model_not_found (as the
+// API answers a typo), not a 5xx that would page someone; the second time
+// without asking the upstream.
+func TestUnknownModelIsTheClientsMistake(t *testing.T) {
+	fake, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA}, fakeopenai.Key{Secret: keyB})
+	tr, _ := keypool.New(keypool.WithUpstreams(
+		keypool.Upstream{Name: "main", BaseURL: url, Keys: []keypool.Key{keypool.NewKey(keyA)}, Allow: []string{"gpt-4o*", "gpt-typo*"}},
+		keypool.Upstream{Name: "backup", BaseURL: url, Keys: []keypool.Key{keypool.NewKey(keyB)}, Allow: []string{"gpt-4o*", "gpt-typo*"}}))
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}})
+	ts := httptest.NewServer(srv.Handler())
+	defer ts.Close()
+	ask := func(model string) (int, string) {
+		req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions",
+			strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+clientToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, b := ask("o3-mini"); code != 404 || !strings.Contains(b, `"model_not_found"`) || len(fake.Records()) != 0 {
+		t.Fatalf("not allowed: %d %s", code, b)
+	}
+	// Allowed, but no key has it: each upstream's key says so once.
+	if code, b := ask("gpt-typo-1"); code != 404 || !strings.Contains(b, `"model_not_found"`) || strings.Contains(b, keyA) {
+		t.Fatalf("no key has it: %d %s", code, b)
+	}
+	asked := len(fake.Records())
+	if code, b := ask("gpt-typo-1"); code != 404 || len(fake.Records()) != asked {
+		t.Fatalf("again: %d %s, %d more upstream requests", code, b, len(fake.Records())-asked)
+	}
+	if code, _ := ask("gpt-4o"); code != 200 {
+		t.Fatalf("a real model: %d", code)
+	}
+}
