@@ -149,9 +149,9 @@ func (p *Pool) lacks(s *scope, b *bucket, model string, now time.Time) {
 		}
 		return
 	}
-	if bud := b.budgets[s.index]; bud != nil {
-		p.place(bud, now) // out of the heaps; in-flight leases still release it
-	}
+	// Out of the model's heaps, its streams' bucket included; in-flight
+	// leases still release their budgets.
+	p.placeScope(s, now)
 }
 
 func answerReason(a *Answer) string {
