@@ -173,13 +173,20 @@ func (p *Pool) learn(bud *budget, k *key, l *RateLimits, now time.Time) {
 		p.learnTrial(bud.s, l, now)
 	}
 	if r := l.RemainingRequests; r >= 0 {
+		prevEnd := bud.end
 		if l.ResetRequests >= 0 {
 			bud.observeShape(r, now.Add(min(l.ResetRequests, p.cfg.maxRest)), now)
 		}
 		// An answer that arrives late can show more than is left; the
-		// estimate from the previous answer bounds it.
-		if !bud.windowed && bud.remReq >= 0 && bud.perSlot > 0 && bud.limitReq >= 0 {
+		// estimate from the previous answer bounds it: a continuous
+		// bucket's refilled since, or the same window's count, which only
+		// falls until the window ends.
+		switch {
+		case bud.remReq < 0 || bud.limitReq < 0:
+		case !bud.windowed && bud.perSlot > 0:
 			r = min(r, bud.estimate(now))
+		case bud.windowed && now.Before(prevEnd) && absDuration(bud.end.Sub(prevEnd)) <= shapeMinMove:
+			r = min(r, bud.remReq)
 		}
 		bud.remReq, bud.obsAt = r, now
 		if !bud.windowed && l.ResetRequests > 0 && bud.limitReq > l.RemainingRequests {
@@ -247,8 +254,8 @@ func (p *Pool) spentWait(bud *budget, reset time.Duration) time.Duration {
 //   - continuous: spending requests moves the end later by a slot each;
 //     an end that stays put while requests are spent is a window's;
 //   - windowed: nothing refills before the end; remaining requests that
-//     rise, or an end that moves later, before the window is over show a
-//     continuous refill.
+//     rise while no other request is in flight, or an end that moves
+//     later, before the window is over show a continuous refill.
 func (bud *budget) observeShape(rem int64, end, now time.Time) {
 	prevRem, prevEnd := bud.lastRem, bud.end
 	bud.lastRem, bud.end = rem, end
@@ -270,7 +277,10 @@ func (bud *budget) observeShape(rem int64, end, now time.Time) {
 		if !now.Before(prevEnd) {
 			return // a new window: nothing to compare with the old one
 		}
-		contradicts = rem > prevRem || end.Sub(prevEnd) > shapeMinMove
+		// Remaining requests that rise can be a refill, or answers out of
+		// order: only with no other request in flight (the answer's own
+		// still counts) do they show a refill.
+		contradicts = rem > prevRem && bud.inflight <= 1 || end.Sub(prevEnd) > shapeMinMove
 	}
 	if !contradicts {
 		bud.evidence = 0
@@ -279,6 +289,13 @@ func (bud *budget) observeShape(rem int64, end, now time.Time) {
 	if bud.evidence++; bud.evidence >= shapeEvidence {
 		bud.setShape(!bud.windowed)
 	}
+}
+
+func absDuration(d time.Duration) time.Duration {
+	if d < 0 {
+		return -d
+	}
+	return d
 }
 
 func (bud *budget) setShape(windowed bool) {

@@ -67,6 +67,46 @@ func TestBudgetShape(t *testing.T) {
 	}
 }
 
+// TestWindowedAnswersOutOfOrder: ten requests go out at once when a window
+// opens and their answers come back in any order. The count of a window only
+// falls, so a late answer that shows more left neither gives headroom the
+// window does not have nor passes for a continuous refill (the goodput
+// harness under -race sent 16 requests to a window of 10 before this).
+func TestWindowedAnswersOutOfOrder(t *testing.T) {
+	p, bud, k := testBudget(t)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Two windows' answers teach the shape: 10 a minute, in windows.
+	for i, rem := range []int64{9, 8, 7} {
+		l := limits(10, rem, time.Minute-time.Duration(i)*time.Second)
+		p.learn(bud, k, &l, t0.Add(time.Duration(i)*time.Second))
+	}
+	if !bud.windowed {
+		t.Fatal("not windowed after a window's answers")
+	}
+	open := t0.Add(time.Minute)
+	if h := p.headroom(bud, open); h != 10 {
+		t.Fatalf("headroom at the window's start = %d, want 10", h)
+	}
+	bud.inflight = 10
+	// The upstream served them in order (remaining 9 … 0); the answers
+	// arrive shuffled, each released after it is learned.
+	for _, rem := range []int64{3, 7, 9, 0, 8, 2, 6, 1, 5, 4} {
+		l := limits(10, rem, time.Minute)
+		p.learn(bud, k, &l, open)
+		bud.inflight--
+		if h := p.headroom(bud, open); h > 0 {
+			t.Fatalf("after the answer with %d left: headroom %d, but the window is spent once all are in", rem, h)
+		}
+	}
+	if !bud.windowed {
+		t.Fatal("answers out of order passed for a continuous refill")
+	}
+	if want := open.Add(time.Minute); !bud.until.Equal(want) {
+		t.Fatalf("rest until %v, want the window's end %v", bud.until, want)
+	}
+}
+
 // TestBudgetSpent: a budget with no request left rests until a slot frees
 // (continuous) or until its window ends (windowed), and is full again after
 // the window.
