@@ -147,6 +147,13 @@ func (p *Pool) lacks(s *scope, b *bucket, model string, now time.Time) {
 		if !u.served[model] {
 			u.missing.vote(model, s, u.unlisted, now)
 		}
+		// The model's own buckets may exist beside the shared one (this
+		// request found no room for its own): the scope leaves them.
+		for _, name := range [...]string{model, model + "\x00stream"} {
+			if mb := u.buckets[name]; mb != nil && s.index < len(mb.budgets) && mb.budgets[s.index] != nil {
+				p.place(mb.budgets[s.index], now)
+			}
+		}
 		return
 	}
 	// Out of the model's heaps, its streams' bucket included; in-flight
