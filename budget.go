@@ -93,10 +93,14 @@ const (
 // requests at once, so that none is flooded before it has said what its
 // limits are; an upstream that states no limits is not limited.
 func (p *Pool) headroom(bud *budget, now time.Time) int64 {
+	return p.headroomOf(bud, bud.estimate(now))
+}
+
+// headroomOf is headroom with rem as the remaining requests.
+func (p *Pool) headroomOf(bud *budget, rem int64) int64 {
 	if bud.s.up.Auth == AuthCaller {
 		return 1<<20 - bud.inflight // every caller brings a key of its own
 	}
-	rem := bud.estimate(now)
 	if rem < 0 {
 		if bud.answered {
 			rem = 1 << 20

@@ -200,18 +200,7 @@ const fullBit = 1 << 63
 // headroomStored is headroom by the budget's last answer, without the
 // refill since: scores must not change with time alone.
 func (p *Pool) headroomStored(bud *budget) int64 {
-	if bud.s.up.Auth == AuthCaller {
-		return 1<<20 - bud.inflight
-	}
-	rem := bud.remReq
-	if rem < 0 {
-		if bud.answered {
-			rem = 1 << 20
-		} else {
-			rem = p.cfg.probeLimit
-		}
-	}
-	return rem - bud.inflight - p.sharedInflight(bud)
+	return p.headroomOf(bud, bud.remReq)
 }
 
 // place puts bud in the heap its state calls for at now. Requires p.mu.
