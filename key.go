@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"unicode"
 )
@@ -75,6 +74,20 @@ func makeKeyID(secretText, org, project string) KeyID {
 	return KeyID("kp_" + hex.EncodeToString(sum[:8]))
 }
 
+// valid reports whether id has the form of a key's ID: "kp_" and 16
+// lowercase hex digits.
+func (id KeyID) valid() bool {
+	if len(id) != len("kp_")+16 || id[:3] != "kp_" {
+		return false
+	}
+	for _, c := range []byte(id[3:]) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // ID returns the key's public name.
 func (k Key) ID() KeyID { return k.id }
 
@@ -136,22 +149,15 @@ func (k Key) LogValue() slog.Value { return slog.StringValue(string(k.id)) }
 // duplicates. An entry with space inside is an error that names its position,
 // never its text.
 func ParseKeys(list string) ([]Key, error) {
-	return KeysFrom(strings.Split(list, ","))
-}
-
-// KeysFrom turns secrets into keys with the rules of ParseKeys (trimmed, empty
-// entries and duplicates dropped); an entry with space or a comma inside is an
-// error.
-func KeysFrom(secrets []string) ([]Key, error) {
 	var keys []Key
 	seen := map[string]bool{}
-	for i, s := range secrets {
+	for i, s := range strings.Split(list, ",") {
 		s = strings.TrimSpace(s)
 		if s == "" || seen[s] {
 			continue
 		}
-		if strings.IndexFunc(s, isSpace) >= 0 || strings.Contains(s, ",") {
-			return nil, fmt.Errorf("keypool: key %d has white space or a comma inside", i+1)
+		if strings.IndexFunc(s, isSpace) >= 0 {
+			return nil, fmt.Errorf("keypool: key %d has white space inside", i+1)
 		}
 		seen[s] = true
 		keys = append(keys, NewKey(s))
@@ -189,20 +195,6 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("keypool: keys line %d: %w", line+1, err)
-	}
-	return keys, nil
-}
-
-// ReadKeysFile reads keys from the file at path, as ReadKeys does.
-func ReadKeysFile(path string) ([]Key, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("keypool: keys file: %w", err)
-	}
-	defer f.Close()
-	keys, err := ReadKeys(f)
-	if err != nil {
-		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
 	return keys, nil
 }

@@ -119,7 +119,7 @@ func checkSources(configFile, keysFile, baseURL string) ([]keypool.Upstream, *co
 	var err error
 	switch {
 	case keysFile != "":
-		keys, err = keypool.ReadKeysFile(keysFile)
+		keys, err = config.ReadKeysFile(keysFile)
 		if err == nil && len(keys) == 0 {
 			err = fmt.Errorf("%s holds no key", keysFile)
 		}

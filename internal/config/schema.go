@@ -329,8 +329,8 @@ func (p *parser) listKeys(f field) []keypool.Key {
 	items, lines, _ := p.list(f, true)
 	var keys []keypool.Key
 	for j, s := range items {
-		ks, err := keypool.KeysFrom([]string{s})
-		if err != nil {
+		ks, err := keypool.ParseKeys(s)
+		if err != nil || strings.Contains(s, ",") {
 			p.errorf(lines[j], "%s: entry %d has white space or a comma inside", f.label, j+1)
 			continue
 		}
