@@ -349,7 +349,7 @@ func (p *Pool) restBudget(bud *budget, k *key, t time.Time, reason string, now t
 	from, _ := p.derivedState(k, now)
 	bud.until = t
 	p.place(bud, now)
-	if k.state.selectable() && from != StateCooling {
+	if k.state.Usable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling,
 			Reason: reason, Model: bud.b.model, Until: t, At: now})
 	}

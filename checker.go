@@ -60,7 +60,7 @@ type checkConfig struct {
 	retryDelay   time.Duration
 	retries      uint64
 	timeout      time.Duration
-	observer     func(CheckResult)
+	observers    observers
 	log          *slog.Logger
 }
 
@@ -120,10 +120,16 @@ func WithCheckRetryDelay(d time.Duration) CheckOption {
 	})
 }
 
-// WithCheckObserver sets a function called after every key's check, from the
-// checking goroutines (concurrently); nil means none.
-func WithCheckObserver(f func(CheckResult)) CheckOption {
-	return checkOptionFunc(func(c *checkConfig) error { c.observer = f; return nil })
+// WithCheckObserver adds an observer of this checker's results (its Checked
+// method), after the transport's own observers (WithObserver), which hear
+// of every check too; it may be given more than once. nil is ignored.
+func WithCheckObserver(o Observer) CheckOption {
+	return checkOptionFunc(func(c *checkConfig) error {
+		if o != nil {
+			c.observers = append(c.observers, o)
+		}
+		return nil
+	})
 }
 
 // WithCheckLogger sets where unexpected answers and network errors are
@@ -266,9 +272,10 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []Chec
 			if retryLater {
 				c.scheduleRetry(ctx, k, res.Err)
 			}
-			if c.cfg.observer != nil {
-				c.cfg.observer(res)
+			if c.t.observer != nil {
+				c.t.observer.Checked(res)
 			}
+			c.cfg.observers.Checked(res)
 			mu.Lock()
 			results[k] = res
 			order = append(order, k)
@@ -363,7 +370,7 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 		return c.failed(res, k, err, start), clones
 	}
 	var models []string
-	if state.selectable() {
+	if state.Usable() {
 		var status int
 		models, status, err = c.models(ctx, k)
 		if err != nil {
@@ -418,7 +425,7 @@ type organization struct {
 // invalid_api_key gives a verdict instead: the key is revoked, and nothing
 // more need be asked. Only a network error is an error.
 func (c *Checker) organizations(ctx context.Context, k *key) (orgs []organization, known bool, revoked string, err error) {
-	status, _, body, err := c.call(ctx, k, http.MethodGet, "/me", nil)
+	status, header, body, err := c.call(ctx, k, http.MethodGet, "/me", nil)
 	if err != nil {
 		return nil, false, "", err
 	}
@@ -427,12 +434,12 @@ func (c *Checker) organizations(ctx context.Context, k *key) (orgs []organizatio
 			return orgs, true, "", nil
 		}
 	}
-	if v := revokedBy(status, body); v != "" {
+	if v := c.revokedBy(k, status, header, body); v != "" {
 		return nil, false, v, nil
 	}
 	transient := status == http.StatusTooManyRequests || status >= 500
 	if status == http.StatusNotFound || status == http.StatusMethodNotAllowed {
-		status, _, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
+		status, header, body, err = c.call(ctx, k, http.MethodGet, "/organizations", nil)
 		if err != nil {
 			return nil, false, "", err
 		}
@@ -441,7 +448,7 @@ func (c *Checker) organizations(ctx context.Context, k *key) (orgs []organizatio
 				return orgs, true, "", nil
 			}
 		}
-		if v := revokedBy(status, body); v != "" {
+		if v := c.revokedBy(k, status, header, body); v != "" {
 			return nil, false, v, nil
 		}
 		transient = status == http.StatusTooManyRequests || status >= 500
@@ -450,18 +457,27 @@ func (c *Checker) organizations(ctx context.Context, k *key) (orgs []organizatio
 	return nil, !transient, "", nil
 }
 
-// revokedBy returns the reason an answer settles a key as revoked: a 401
-// invalid_api_key, or access_terminated; "" for any other answer.
-func revokedBy(status int, body []byte) string {
-	e := ParseAPIError(status, body)
-	switch {
-	case e == nil:
-	case status == http.StatusUnauthorized && e.Code == "invalid_api_key":
-		return "check: 401 invalid_api_key"
-	case e.Type == "access_terminated" || e.Code == "access_terminated":
-		return fmt.Sprintf("check: %d access_terminated", status)
+// revokedBy returns the reason an answer settles k as revoked, as the pool's
+// Policy reads it (for the default policy: a 401 invalid_api_key or
+// account_deactivated, or access_terminated); "" for any other answer.
+func (c *Checker) revokedBy(k *key, status int, header http.Header, body []byte) string {
+	a := c.answer(k, status, header, body)
+	if c.t.policy.Classify(a) != OutcomeRevoked {
+		return ""
 	}
-	return ""
+	_, reason := probeVerdict(a, OutcomeRevoked)
+	return reason
+}
+
+// answer is what a Policy classifies of a check's answer: the fields the
+// transport fills for an attempt.
+func (c *Checker) answer(k *key, status int, header http.Header, body []byte) *Answer {
+	a := &Answer{Status: status, Header: header, Clone: k.cred.org != "" && !k.cred.ServiceAccount(),
+		Limits: responseLimits(header, c.t.now())}
+	if status/100 != 2 {
+		a.Error = ParseAPIError(status, body)
+	}
+	return a
 }
 
 // parseMe reads /v1/me's organizations; ok is false if the body is not a
@@ -542,50 +558,59 @@ func parseModels(body []byte) ([]string, bool) {
 // refusal carries the key's rate-limit headers.
 const probeBody = `{"model":"babbage-002","messages":[{"role":"user","content":"hi"}],"max_tokens":-1}`
 
-// probe sends the liveness probe and says what its answer means for k.
+// probe sends the liveness probe and says what its answer means for k, as
+// the pool's Policy classifies it.
 func (c *Checker) probe(ctx context.Context, k *key) (State, string, RateLimits, error) {
 	status, header, body, err := c.call(ctx, k, http.MethodPost, "/chat/completions", []byte(probeBody))
 	if err != nil {
 		return 0, "", RateLimits{}, err
 	}
-	limits := responseLimits(header, c.t.now())
-	state, reason := probeVerdict(status, ParseAPIError(status, body), limits)
+	a := c.answer(k, status, header, body)
+	state, reason := probeVerdict(a, c.t.policy.Classify(a))
 	if reason == "unexpected" {
 		c.logf(slog.LevelInfo, "keypool: unexpected answer to the key check; letting the key through", k, "status", status)
 		reason = fmt.Sprintf("checked (unexpected %d)", status)
 	}
-	return state, reason, limits, nil
+	return state, reason, a.Limits, nil
 }
 
-// probeVerdict reads the probe's answer, as the seed does: a 400 is a live
-// key; 401 is revoked; insufficient_quota or billing_not_active is over
-// quota; access_terminated is revoked; a requests or tokens 429 is a live
-// key whose budget is spent for now (the seed took a trial key's for over
-// quota, which took a daily-limited key out until an operator's recheck);
-// anything else lets the key through ("unexpected").
-func probeVerdict(status int, apiErr *APIError, l RateLimits) (State, string) {
+// probeVerdict says what the probe's answer a means for the key, given its
+// outcome under the pool's Policy, as the seed reads it: the 400 the probe
+// asks for is a live key; a revoked key (and, for the probe, a key refused
+// it: the plainest request there is) is revoked; an over-quota one is over
+// quota; a rate-limited one is a live key whose budget is spent for now (the
+// seed took a trial key's for over quota, which took a daily-limited key out
+// until an operator's recheck); anything else lets the key through
+// ("unexpected").
+func probeVerdict(a *Answer, out Outcome) (State, string) {
 	var typ, code string
-	if apiErr != nil {
-		typ, code = apiErr.Type, apiErr.Code
+	if a.Error != nil {
+		typ, code = a.Error.Type, a.Error.Code
 	}
-	switch {
-	case status == http.StatusBadRequest:
-		return StateReady, "checked"
-	case status == http.StatusUnauthorized:
-		return StateRevoked, fmt.Sprintf("check: 401 %s", orDash(code))
-	case status == http.StatusTooManyRequests:
-		switch {
-		case typ == "access_terminated" || code == "access_terminated":
-			return StateRevoked, "check: 429 access_terminated"
-		case typ == "insufficient_quota" || code == "insufficient_quota":
-			return StateOverQuota, "check: 429 insufficient_quota"
-		case typ == "billing_not_active" || code == "billing_not_active":
-			return StateOverQuota, "check: 429 billing_not_active"
-		case typ == "tokens" || typ == "requests":
-			return StateReady, "checked (rate-limited)"
+	switch out {
+	case OutcomeRevoked, OutcomeKeyRejected:
+		return StateRevoked, fmt.Sprintf("check: %d %s", a.Status, errorName(typ, code, "access_terminated"))
+	case OutcomeOverQuota:
+		return StateOverQuota, fmt.Sprintf("check: %d %s", a.Status, errorName(typ, code, "insufficient_quota", "billing_not_active"))
+	case OutcomeRateLimited, OutcomeTooLarge:
+		return StateReady, "checked (rate-limited)"
+	case OutcomeClientError:
+		if a.Status == http.StatusBadRequest {
+			return StateReady, "checked"
 		}
 	}
 	return StateReady, "unexpected"
+}
+
+// errorName names an error for a reason: the first of names that is its
+// type or code, else its code ("-" for none).
+func errorName(typ, code string, names ...string) string {
+	for _, n := range names {
+		if typ == n || code == n {
+			return n
+		}
+	}
+	return orDash(code)
 }
 
 // checkBodyLimit bounds what a check reads of an answer (a model list is a

@@ -41,7 +41,7 @@ func (k *key) standIn() bool { return k.up.Auth != AuthKeys }
 // selectable reports whether k may take requests, cooldowns aside.
 // Requires p.mu.
 func (p *Pool) selectable(k *key) bool {
-	return k.state.selectable() && !(p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn())
+	return k.state.Usable() && !(p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn())
 }
 
 // keyScore orders the ready keys of a scope at now, lowest first: healthy
@@ -116,8 +116,10 @@ func (p *Pool) setState(k *key, to State, reason string, now time.Time) {
 	if k.state == to && k.reason == reason {
 		return
 	}
+	p.tally(k, -1)
 	k.state, k.reason, k.since = to, reason, now
-	if to.selectable() {
+	p.tally(k, 1)
+	if to.Usable() {
 		k.coolUntil = time.Time{}
 		k.health = health{}
 	}
@@ -135,7 +137,7 @@ func (p *Pool) restKey(k *key, t time.Time, reason string, now time.Time) {
 	from, _ := p.derivedState(k, now)
 	k.coolUntil = t
 	p.placeKey(k, now)
-	if k.state.selectable() && from != StateCooling {
+	if k.state.Usable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling, Reason: reason, Until: t, At: now})
 	}
 }
@@ -152,7 +154,7 @@ func (p *Pool) derivedState(k *key, now time.Time) (State, time.Time) {
 	if !until.After(now) {
 		until = time.Time{}
 	}
-	if k.state.selectable() && !until.IsZero() {
+	if k.state.Usable() && !until.IsZero() {
 		return StateCooling, until
 	}
 	return k.state, until

@@ -23,7 +23,6 @@ type config struct {
 	policy      Policy
 	observers   observers
 	logger      *slog.Logger
-	now         func() time.Time
 	maxAttempts int
 	maxWait     time.Duration
 	retryTime   time.Duration
@@ -36,8 +35,7 @@ type config struct {
 
 func defaultConfig() config {
 	return config{
-		policy:      DefaultPolicy,
-		now:         time.Now,
+		policy:      DefaultPolicy(),
 		maxAttempts: 4,
 		maxWait:     20 * time.Second,
 		retryTime:   DefaultRetryTime,
@@ -45,13 +43,13 @@ func defaultConfig() config {
 		backoffCap:  5 * time.Second,
 		maxBody:     32 << 20,
 		pool: poolConfig{
+			now:          time.Now,
 			trialsFirst:  true,
 			probeLimit:   4,
 			maxBuckets:   64,
 			failures:     2,
 			failCooldown: 2 * time.Second,
 			maxCooldown:  time.Minute,
-			family:       ModelFamily,
 		},
 	}
 }
@@ -115,11 +113,12 @@ func WithBase(rt http.RoundTripper) Option {
 	return optionFunc(func(c *config) error { c.base = rt; return nil })
 }
 
-// WithPolicy replaces DefaultPolicy; nil means DefaultPolicy.
+// WithPolicy sets what upstream answers mean, for requests and for the
+// Checker's probes alike; nil means DefaultPolicy().
 func WithPolicy(p Policy) Option {
 	return optionFunc(func(c *config) error {
 		if p == nil {
-			p = DefaultPolicy
+			p = DefaultPolicy()
 		}
 		c.policy = p
 		return nil
@@ -217,11 +216,11 @@ func WithTrialsFirst(on bool) Option {
 	return optionFunc(func(c *config) error { c.pool.trialsFirst = on; return nil })
 }
 
-// WithCheckedKeysOnly makes unchecked keys wait for their first check (see
-// Checker) before they take requests. Without a running Checker no key is
-// ever used. By default unchecked keys are used at once.
-func WithCheckedKeysOnly() Option {
-	return optionFunc(func(c *config) error { c.pool.checkedOnly = true; return nil })
+// WithCheckedKeysOnly sets whether keys wait for their first check (see
+// Checker) before they take requests. With it on and no Checker running no
+// key is ever used. The default, false, uses unchecked keys at once.
+func WithCheckedKeysOnly(on bool) Option {
+	return optionFunc(func(c *config) error { c.pool.checkedOnly = on; return nil })
 }
 
 // WithProbeLimit sets how many requests a key may have in flight before its
@@ -262,24 +261,17 @@ func WithMaxModels(n int) Option {
 	})
 }
 
-// WithModelFamily sets how usage is grouped by model; nil means ModelFamily.
-func WithModelFamily(f func(model string) string) Option {
-	return optionFunc(func(c *config) error {
-		if f == nil {
-			f = ModelFamily
-		}
-		c.pool.family = f
-		return nil
-	})
-}
-
-// WithClock sets the clock; nil means time.Now. Tests pass a fake one.
-func WithClock(now func() time.Time) Option {
+// withClock sets the clock the pool reads (nil means time.Now), for tests
+// that feed times as data. It does not drive the transport's timers
+// (attempt and idle timeouts, backoff, waits for a key, the checker's
+// pacing), which is why it is not exported: tests that need those run under
+// testing/synctest.
+func withClock(now func() time.Time) Option {
 	return optionFunc(func(c *config) error {
 		if now == nil {
 			now = time.Now
 		}
-		c.now = now
+		c.pool.now = now
 		return nil
 	})
 }

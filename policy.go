@@ -84,8 +84,10 @@ type Answer struct {
 	Limits RateLimits
 }
 
-// Policy decides what an upstream answer means. Replace or wrap DefaultPolicy
-// with WithPolicy; Classify is called concurrently and must not keep a.
+// Policy decides what an upstream answer means: for the transport, whether a
+// request fails over and what the key learns; for the Checker, what a probe
+// found. Replace or wrap DefaultPolicy() with WithPolicy; Classify is called
+// concurrently and must not keep a.
 type Policy interface {
 	Classify(a *Answer) Outcome
 }
@@ -96,17 +98,18 @@ type PolicyFunc func(a *Answer) Outcome
 // Classify calls f(a).
 func (f PolicyFunc) Classify(a *Answer) Outcome { return f(a) }
 
-// DefaultPolicy classifies answers by status, error type and error code, never
-// by message text, per the outcome table in DESIGN.md. Wrap it to change one
-// rule:
+// DefaultPolicy returns the policy New uses unless WithPolicy says otherwise.
+// It classifies answers by status, error type and error code, never by
+// message text, per the table in the package documentation. Wrap it to
+// change one rule:
 //
 //	keypool.PolicyFunc(func(a *keypool.Answer) keypool.Outcome {
 //		if a.Status == http.StatusTeapot {
 //			return keypool.OutcomeServerError
 //		}
-//		return keypool.DefaultPolicy.Classify(a)
+//		return keypool.DefaultPolicy().Classify(a)
 //	})
-var DefaultPolicy Policy = PolicyFunc(classify)
+func DefaultPolicy() Policy { return PolicyFunc(classify) }
 
 func classify(a *Answer) Outcome {
 	if a.Cancelled {

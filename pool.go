@@ -40,11 +40,13 @@ type Pool struct {
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own
+	counts    Counts               // kept as keys are added and change state (see tally)
 	cfg       poolConfig
 	observer  Observer
 }
 
 type poolConfig struct {
+	now          func() time.Time // the pool's clock, for operator actions; nil means time.Now
 	trialsFirst  bool
 	checkedOnly  bool // unchecked keys wait for their first check
 	probeLimit   int64
@@ -53,7 +55,6 @@ type poolConfig struct {
 	failCooldown time.Duration
 	maxCooldown  time.Duration
 	maxRest      time.Duration // the longest any answer may rest a budget or key
-	family       func(model string) string
 }
 
 // firstPick is where the pick counter starts: above any key's place in the
@@ -82,6 +83,24 @@ var ErrNoKey = errors.New("keypool: no key available")
 // ErrModelNotFound matches a *NoKeyError for a model no upstream serves,
 // with errors.Is: the caller's mistake, not a lack of capacity.
 var ErrModelNotFound = errors.New("keypool: model not found")
+
+// ErrUnknownKey matches, with errors.Is, the error of an operator's action
+// (Pool.Disable, Pool.Enable) on a key the pool does not hold.
+var ErrUnknownKey = errors.New("keypool: unknown key")
+
+// unknownKeyError names the key an action asked for when the ID has the
+// form of one; anything else may be a secret pasted by mistake, and is not
+// repeated.
+type unknownKeyError struct{ id KeyID }
+
+func (e *unknownKeyError) Error() string {
+	if !e.id.valid() {
+		return ErrUnknownKey.Error() + " (not a key ID)"
+	}
+	return ErrUnknownKey.Error() + " " + string(e.id)
+}
+
+func (e *unknownKeyError) Is(target error) bool { return target == ErrUnknownKey }
 
 func (e *NoKeyError) Error() string {
 	s := fmt.Sprintf("keypool: no key available for model %q: %s", e.Model, e.Reason)
@@ -115,6 +134,9 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 	}
 	if cfg.maxRest <= 0 {
 		cfg.maxRest = DefaultMaxRest
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
 	}
 	// Picks count from firstPick: budgets and keys never picked rank below
 	// every picked one, in config order, so a fresh pool tries its keys in
@@ -203,6 +225,7 @@ func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
 	}
 	up.keys = append(up.keys, k)
 	p.keys = append(p.keys, k)
+	p.tally(k, 1)
 	p.byID[c.id] = k
 	name := ""
 	if c.org != "" && !c.ServiceAccount() {

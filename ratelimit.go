@@ -129,7 +129,7 @@ func canonicalCopy(h http.Header) (http.Header, bool) {
 }
 
 func headerCount(h http.Header, name string) int64 {
-	n, ok := ParseCount(headerValue(h, name))
+	n, ok := parseCount(headerValue(h, name))
 	if !ok {
 		return Unknown
 	}
@@ -137,17 +137,17 @@ func headerCount(h http.Header, name string) int64 {
 }
 
 func headerReset(h http.Header, name string) time.Duration {
-	d, ok := ParseResetDuration(headerValue(h, name))
+	d, ok := parseResetDuration(headerValue(h, name))
 	if !ok {
 		return Unknown
 	}
 	return d
 }
 
-// ParseCount reads a non-negative integer count such as "3000". A value like
+// parseCount reads a non-negative integer count such as "3000". A value like
 // "3000.0" is accepted; negative values (Azure's -1), garbage and overflow are
 // not (ok false).
-func ParseCount(s string) (n int64, ok bool) {
+func parseCount(s string) (n int64, ok bool) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, false
@@ -162,11 +162,11 @@ func ParseCount(s string) (n int64, ok bool) {
 	return int64(f), true
 }
 
-// ParseResetDuration reads an x-ratelimit-reset-* value: Go duration syntax as
+// parseResetDuration reads an x-ratelimit-reset-* value: Go duration syntax as
 // OpenAI sends it ("20ms", "6m0s", "11m32.334s", "23h55m16.126s"), or a bare
 // number of seconds ("1.5"). Negative, garbage and overflowing values are not
 // read (ok false); the parsed value is never capped.
-func ParseResetDuration(s string) (d time.Duration, ok bool) {
+func parseResetDuration(s string) (d time.Duration, ok bool) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return 0, false
@@ -190,14 +190,11 @@ func parseSeconds(s string) (time.Duration, bool) {
 	return time.Duration(f * float64(time.Second)), true
 }
 
-// ParseRetryAfter reads how long an answer received at now asks to wait:
+// parseRetryAfter reads how long an answer received at now asks to wait:
 // retry-after-ms (milliseconds, may be fractional) first, then Retry-After
 // (seconds, may be fractional, or an HTTP date; a date in the past means 0).
-// It returns Unknown when neither is present or readable.
-func ParseRetryAfter(h http.Header, now time.Time) time.Duration {
-	return parseRetryAfter(canonicalHeader(h), now)
-}
-
+// It returns Unknown when neither is present or readable. h's keys must be
+// canonical (see canonicalHeader).
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
 	if v := strings.TrimSpace(headerValue(h, hRetryAfterMs)); v != "" {
 		f, err := strconv.ParseFloat(v, 64)

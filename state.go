@@ -40,8 +40,14 @@ func (s State) String() string {
 // MarshalText encodes the state as its name.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-// selectable reports whether a key in lifecycle state s may take requests.
-func (s State) selectable() bool { return s == StateUnchecked || s == StateReady }
+// Usable reports whether a key in state s may take requests, now or once a
+// cooldown ends by itself: unchecked, ready or cooling. Over-quota and
+// revoked keys wait for a recheck or Enable, disabled ones for Enable. A
+// pool built with WithCheckedKeysOnly(true) also holds back the unchecked
+// keys it never checked; Pool.Counts counts what it will select.
+func (s State) Usable() bool {
+	return s == StateUnchecked || s == StateReady || s == StateCooling
+}
 
 // FamilyUsage is a key's usage of one model family since the pool started.
 type FamilyUsage struct {
@@ -136,7 +142,7 @@ type AttemptEvent struct {
 	Final bool
 	Usage Usage
 
-	reqObs Observer // the request's own observer (WithRequestObserver)
+	reqObs Observer // the request's own observer (ContextWithObserver)
 }
 
 // StateEvent describes one change of a key's state.
@@ -150,19 +156,23 @@ type StateEvent struct {
 	At       time.Time
 }
 
-// Observer receives events from the transport and the pool. Its methods are
-// called synchronously from request goroutines, concurrently, never with a
-// lock held: they must be quick and must not block. Metrics, request records
-// and notifications are observers.
+// Observer receives events from the transport, the pool and the checker:
+// every attempt, every change of a key's state, and every key's check. Its
+// methods are called synchronously from request and checking goroutines,
+// concurrently, never with a lock held: they must be quick and must not
+// block. Metrics, request records and notifications are observers. Embed
+// ObserverFuncs to implement only some of the methods.
 type Observer interface {
 	Attempt(AttemptEvent)
 	StateChange(StateEvent)
+	Checked(CheckResult)
 }
 
 // ObserverFuncs adapts functions to Observer; a nil field ignores its events.
 type ObserverFuncs struct {
 	OnAttempt     func(AttemptEvent)
 	OnStateChange func(StateEvent)
+	OnChecked     func(CheckResult)
 }
 
 // Attempt calls f.OnAttempt if set.
@@ -179,6 +189,13 @@ func (f ObserverFuncs) StateChange(e StateEvent) {
 	}
 }
 
+// Checked calls f.OnChecked if set.
+func (f ObserverFuncs) Checked(r CheckResult) {
+	if f.OnChecked != nil {
+		f.OnChecked(r)
+	}
+}
+
 // observers fans events out to several observers.
 type observers []Observer
 
@@ -191,5 +208,11 @@ func (o observers) Attempt(e AttemptEvent) {
 func (o observers) StateChange(e StateEvent) {
 	for _, x := range o {
 		x.StateChange(e)
+	}
+}
+
+func (o observers) Checked(r CheckResult) {
+	for _, x := range o {
+		x.Checked(r)
 	}
 }

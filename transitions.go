@@ -173,7 +173,7 @@ func answerReason(a *Answer) string {
 
 // addUsage counts one served request of model on k. Requires p.mu.
 func (p *Pool) addUsage(k *key, model string, u Usage) {
-	fam := p.cfg.family(model)
+	fam := ModelFamily(model)
 	if k.usage == nil {
 		k.usage = map[string]*FamilyUsage{}
 	}
@@ -198,7 +198,7 @@ func (p *Pool) live() []*key {
 	defer p.mu.Unlock()
 	out := make([]*key, 0, len(p.keys))
 	for _, k := range p.keys {
-		if k.state.selectable() && !k.standIn() {
+		if k.state.Usable() && !k.standIn() {
 			out = append(out, k)
 		}
 	}
@@ -267,6 +267,11 @@ func (p *Pool) checked(k *key, state State, reason string, models []string, limi
 	p.mu.Lock()
 	defer p.unlock()
 	s, u := k.s, k.up
+	if k.checked.IsZero() {
+		p.tally(k, -1) // under WithCheckedKeysOnly, its first check makes it usable
+		k.checked = now
+		p.tally(k, 1)
+	}
 	k.checked = now
 	k.probe = limits
 	if limits.LimitRequests >= 0 {
@@ -302,29 +307,32 @@ func (p *Pool) checked(k *key, state State, reason string, models []string, limi
 	p.wakeUpstream(u)
 }
 
-// Disable takes a key out of selection until Enable, at now.
-func (p *Pool) Disable(id KeyID, reason string, now time.Time) error {
-	return p.operate(id, func(k *key) { p.setState(k, StateDisabled, "disabled: "+reason, now) })
+// Disable takes a key out of selection until Enable, at the pool's clock.
+// A key the pool does not hold is an error that matches ErrUnknownKey.
+func (p *Pool) Disable(id KeyID, reason string) error {
+	return p.operate(id, func(k *key, now time.Time) { p.setState(k, StateDisabled, "disabled: "+reason, now) })
 }
 
 // Enable returns a disabled, revoked or over-quota key to selection, unchecked,
-// so that its next answer says what it is now.
-func (p *Pool) Enable(id KeyID, now time.Time) error {
-	return p.operate(id, func(k *key) {
-		if !k.state.selectable() {
+// so that its next answer says what it is now. A key the pool does not hold
+// is an error that matches ErrUnknownKey.
+func (p *Pool) Enable(id KeyID) error {
+	return p.operate(id, func(k *key, now time.Time) {
+		if !k.state.Usable() {
 			p.setState(k, StateUnchecked, "enabled", now)
 		}
 	})
 }
 
-func (p *Pool) operate(id KeyID, f func(k *key)) error {
+func (p *Pool) operate(id KeyID, f func(k *key, now time.Time)) error {
+	now := p.cfg.now()
 	p.mu.Lock()
 	defer p.unlock()
 	k := p.byID[id]
 	if k == nil {
-		return fmt.Errorf("keypool: no key %s", id)
+		return &unknownKeyError{id}
 	}
-	f(k)
+	f(k, now)
 	return nil
 }
 

@@ -78,7 +78,7 @@ func New(opts ...Option) (*Transport, error) {
 	default:
 		obs = c.observers
 	}
-	pool, err := newPool(c.upstreams, c.pool, obs, c.now())
+	pool, err := newPool(c.upstreams, c.pool, obs, c.pool.now())
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +87,7 @@ func New(opts ...Option) (*Transport, error) {
 		base = defaultBase()
 	}
 	return &Transport{
-		pool: pool, base: base, policy: c.policy, observer: obs, log: c.logger, now: c.now,
+		pool: pool, base: base, policy: c.policy, observer: obs, log: c.logger, now: c.pool.now,
 		maxAttempts: c.maxAttempts, maxWait: c.maxWait, retryTime: c.retryTime,
 		backoffBase: c.backoffBase, backoffCap: c.backoffCap, maxBody: c.maxBody, order: c.order,
 	}, nil
@@ -108,7 +108,7 @@ func defaultBase() http.RoundTripper {
 }
 
 // UpstreamNames returns the names of the transport's upstreams, in priority
-// order, as events, snapshots and WithUpstreamsOnly know them.
+// order, as events, snapshots and ContextWithUpstreams know them.
 func (t *Transport) UpstreamNames() []string {
 	names := make([]string, len(t.pool.ups))
 	for i, u := range t.pool.ups {
@@ -132,10 +132,10 @@ func (t *Transport) CloseIdleConnections() {
 
 type upstreamsOnlyKey struct{}
 
-// WithUpstreamsOnly returns a context under which a request may use only the
-// upstreams named (Upstream.Name); with no names it may use none. A proxy
-// uses it to keep each client token to the upstreams that allow it.
-func WithUpstreamsOnly(ctx context.Context, names ...string) context.Context {
+// ContextWithUpstreams returns a copy of ctx under which a request may use
+// only the upstreams named (Upstream.Name); with no names it may use none. A
+// proxy uses it to keep each client token to the upstreams that allow it.
+func ContextWithUpstreams(ctx context.Context, names ...string) context.Context {
 	if names == nil {
 		names = []string{}
 	}
@@ -144,11 +144,12 @@ func WithUpstreamsOnly(ctx context.Context, names ...string) context.Context {
 
 type requestObserverKey struct{}
 
-// WithRequestObserver returns a context under which the attempts of a request
-// are also sent to obs, after the transport's own observers (WithObserver):
-// a proxy uses it to gather one request's attempts into one record. obs gets
-// the request's AttemptEvents only; its rules are Observer's.
-func WithRequestObserver(ctx context.Context, obs Observer) context.Context {
+// ContextWithObserver returns a copy of ctx under which the attempts of a
+// request are also sent to obs, after the transport's own observers
+// (WithObserver): a proxy uses it to gather one request's attempts into one
+// record. obs gets the request's AttemptEvents only; its rules are
+// Observer's.
+func ContextWithObserver(ctx context.Context, obs Observer) context.Context {
 	return context.WithValue(ctx, requestObserverKey{}, obs)
 }
 
@@ -436,7 +437,7 @@ type roundTrip struct {
 	rb       requestBody // body's storage
 	answer   Answer      // the current attempt's
 	metered  meteredBody // the body handed back on success
-	obs      Observer    // the request's own (WithRequestObserver), or nil
+	obs      Observer    // the request's own (ContextWithObserver), or nil
 }
 
 // lastAnswer keeps a failed attempt's answer, so that it can be handed back

@@ -122,7 +122,7 @@ type upstream struct {
 }
 
 // uniqueName returns name, or name#2, #3 … when an earlier upstream has it:
-// names tell upstreams apart in events, metrics and WithUpstreamsOnly, and
+// names tell upstreams apart in events, metrics and ContextWithUpstreams, and
 // several upstreams often share one host.
 func uniqueName(name string, ups []*upstream) string {
 	taken := func(n string) bool {

@@ -166,12 +166,12 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	checker, err := keypool.NewChecker(t,
 		keypool.WithCheckRate(100),
 		keypool.WithCheckConcurrency(len(keys)),
-		keypool.WithCheckObserver(func(r keypool.CheckResult) {
+		keypool.WithCheckObserver(keypool.ObserverFuncs{OnChecked: func(r keypool.CheckResult) {
 			select {
 			case checked <- r:
 			default:
 			}
-		}),
+		}}),
 	)
 	if err != nil {
 		return err

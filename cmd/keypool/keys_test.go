@@ -5,7 +5,6 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
@@ -24,7 +23,7 @@ func adminServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := tr.Pool().Disable(keypool.NewKey(mixedPool[0].Secret).ID(), "rotated", time.Now()); err != nil {
+	if err := tr.Pool().Disable(keypool.NewKey(mixedPool[0].Secret).ID(), "rotated"); err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(server.NewAdmin(server.AdminOptions{Transport: tr, Token: config.Secret(keysAdminToken)}))

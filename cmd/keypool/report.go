@@ -6,7 +6,6 @@ import (
 	"io"
 	"slices"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/keypool/keypool"
@@ -20,7 +19,7 @@ func runCheck(ctx context.Context, out, errOut io.Writer, ups []keypool.Upstream
 		return err
 	}
 	prog := newProgress(errOut, func() int { return checkable(t.Snapshot()) })
-	c, err := keypool.NewChecker(t, append(opts, keypool.WithCheckObserver(prog.observe))...)
+	c, err := keypool.NewChecker(t, append(opts, keypool.WithCheckObserver(keypool.ObserverFuncs{OnChecked: prog.observe}))...)
 	if err != nil {
 		return err
 	}
@@ -60,38 +59,38 @@ func checkable(keys []keypool.KeyInfo) int {
 	return n
 }
 
-// usable reports whether a checked key can take requests: ready, or alive
-// but resting until its rate limit refills.
+// usable reports whether a check reached the key and found it usable.
 func usable(r keypool.CheckResult) bool {
-	return r.Err == nil && (r.State == keypool.StateReady || r.State == keypool.StateCooling)
+	return r.Err == nil && r.State.Usable()
 }
 
-// summary counts results by state: "3 keys: 1 ready, 2 revoked".
+// summary counts results by state, and those the check could not reach:
+// "3 keys: 1 ready, 2 revoked".
 func summary(results []keypool.CheckResult) string {
 	if len(results) == 0 {
 		return "0 keys"
 	}
-	counts := map[string]int{}
-	var order []string
+	var counts keypool.Counts
+	unreachable := 0
 	for _, r := range results {
-		s := r.State.String()
 		if r.Err != nil {
-			s = "unreachable"
+			unreachable++
+		} else {
+			counts.Add(r.State)
 		}
-		if counts[s] == 0 {
-			order = append(order, s)
-		}
-		counts[s]++
 	}
-	parts := make([]string, len(order))
-	for i, s := range order {
-		parts[i] = fmt.Sprintf("%d %s", counts[s], s)
+	parts := counts.String()
+	if unreachable > 0 {
+		if parts != "" {
+			parts += ", "
+		}
+		parts += fmt.Sprintf("%d unreachable", unreachable)
 	}
 	noun := "keys"
 	if len(results) == 1 {
 		noun = "key"
 	}
-	return fmt.Sprintf("%d %s: %s", len(results), noun, strings.Join(parts, ", "))
+	return fmt.Sprintf("%d %s: %s", len(results), noun, parts)
 }
 
 // checkRow is one key in the output: what the check found, by key ID.

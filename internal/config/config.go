@@ -255,7 +255,7 @@ func (c *Config) Upstreams() ([]keypool.Upstream, error) {
 			continue
 		}
 		if u.KeysFile != "" {
-			more, err := keypool.ReadKeysFile(u.KeysFile)
+			more, err := ReadKeysFile(u.KeysFile)
 			if err != nil {
 				errs = append(errs, &Error{File: c.name, Line: u.keysFileLine, Msg: u.label + ": keys_file", Err: err})
 				continue
@@ -341,7 +341,7 @@ func (c *Config) TransportOptions() ([]keypool.Option, error) {
 		opts = append(opts, keypool.WithMaxBodyBuffer(c.MaxBody))
 	}
 	if c.Checker.WaitForCheck {
-		opts = append(opts, keypool.WithCheckedKeysOnly())
+		opts = append(opts, keypool.WithCheckedKeysOnly(true))
 	}
 	return opts, nil
 }

@@ -166,4 +166,8 @@ func (m *Metrics) StateChange(e keypool.StateEvent) {
 	m.stateChanges.WithLabelValues(e.Upstream, e.To.String()).Inc()
 }
 
+// Checked ignores check results: the state changes they make are counted by
+// StateChange.
+func (m *Metrics) Checked(keypool.CheckResult) {}
+
 var _ keypool.Observer = (*Metrics)(nil)

@@ -213,6 +213,10 @@ func (n *Notifier) StateChange(e keypool.StateEvent) {
 	n.checkUpstream(now, e.Upstream, e.Key)
 }
 
+// Checked ignores check results: the state changes they make come to
+// StateChange.
+func (n *Notifier) Checked(keypool.CheckResult) {}
+
 // Attempt counts failed attempts (keypool.OutcomeServerError) and queues an
 // upstream_failing message when an upstream has too many of them within the
 // window. It never blocks.
@@ -264,7 +268,7 @@ func (n *Notifier) checkUpstream(now time.Time, name string, changed keypool.Key
 			return
 		}
 		u.downTold = false
-		reason := fmt.Sprintf("%d of %d keys usable", countUsable(u), len(u.keys))
+		reason := fmt.Sprintf("%d of %d keys usable", u.counts().Usable, len(u.keys))
 		if changed != "" {
 			reason = fmt.Sprintf("key %s is %v", changed, u.keys[changed])
 		}
@@ -272,16 +276,6 @@ func (n *Notifier) checkUpstream(now time.Time, name string, changed keypool.Key
 			delete(n.lastSent, dedupKey{KindUpstreamDown, name, ""})
 		}
 	}
-}
-
-func countUsable(u *upstream) int {
-	c := 0
-	for _, s := range u.keys {
-		if usable(s) {
-			c++
-		}
-	}
-	return c
 }
 
 // offered is what became of an offered event.

@@ -1,8 +1,6 @@
 package notify
 
 import (
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -19,44 +17,29 @@ type upstream struct {
 	fails          failures
 }
 
-// usable reports whether a key in state s may take requests now or soon: a
-// cooling key waits only for a rate limit to pass. A state this package does
-// not know counts as usable, so that it raises no false alarm.
-func usable(s keypool.State) bool {
-	switch s {
-	case keypool.StateRevoked, keypool.StateOverQuota, keypool.StateDisabled:
-		return false
-	}
-	return true
-}
-
-// allUnusable reports whether the upstream has keys and none is usable.
+// allUnusable reports whether the upstream has keys and none is usable
+// (keypool.State.Usable: a cooling key waits only for a rate limit to pass).
 func (u *upstream) allUnusable() bool {
 	for _, s := range u.keys {
-		if usable(s) {
+		if s.Usable() {
 			return false
 		}
 	}
 	return len(u.keys) > 0
 }
 
+// counts counts the upstream's keys by state.
+func (u *upstream) counts() keypool.Counts {
+	var c keypool.Counts
+	for _, s := range u.keys {
+		c.Add(s)
+	}
+	return c
+}
+
 // summary counts the keys by state, such as "2 revoked, 1 over_quota", in
 // the states' order.
-func (u *upstream) summary() string {
-	var counts [keypool.StateDisabled + 1]int
-	for _, s := range u.keys {
-		if int(s) < len(counts) {
-			counts[s]++
-		}
-	}
-	var parts []string
-	for s, n := range counts {
-		if n > 0 {
-			parts = append(parts, strconv.Itoa(n)+" "+keypool.State(s).String())
-		}
-	}
-	return strings.Join(parts, ", ")
-}
+func (u *upstream) summary() string { return u.counts().String() }
 
 // failures holds the times of an upstream's last failed attempts: a ring of
 // threshold entries, so memory stays O(threshold) however many fail.

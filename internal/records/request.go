@@ -59,7 +59,7 @@ const maxAttempts = 32
 
 // Pending gathers one request's record while the request runs: the proxy
 // starts one with Reset, hands it to the transport as the request's observer
-// (keypool.WithRequestObserver), and calls Finish once the response is
+// (keypool.ContextWithObserver), and calls Finish once the response is
 // written. It is safe for simultaneous use by multiple goroutines.
 type Pending struct {
 	mu   sync.Mutex
@@ -97,6 +97,9 @@ func (p *Pending) Attempt(e keypool.AttemptEvent) {
 
 // StateChange ignores key state changes (keypool.Observer).
 func (p *Pending) StateChange(keypool.StateEvent) {}
+
+// Checked ignores check results (keypool.Observer).
+func (p *Pending) Checked(keypool.CheckResult) {}
 
 // SetClient sets the client's ID (ClientID of its token).
 func (p *Pending) SetClient(id string) {

@@ -69,7 +69,7 @@ func TestPerUpstreamAccess(t *testing.T) {
 	}
 	// With main's key disabled a global token goes to the noauth upstream,
 	// never to team, which has tokens of its own.
-	tr.Pool().Disable(keypool.NewKey("sk-main").ID(), "test", tr.Snapshot()[0].Since)
+	tr.Pool().Disable(keypool.NewKey("sk-main").ID(), "test")
 	fake.Reset()
 	req0, _ := http.NewRequest("POST", proxy.URL+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
 	req0.Header.Set("Authorization", "Bearer global-token")
@@ -84,8 +84,8 @@ func TestPerUpstreamAccess(t *testing.T) {
 	}
 	// With the noauth upstream's keys all revoked, a team token may still
 	// not fall back to main.
-	tr.Pool().Disable(keypool.NewKey("sk-team").ID(), "test", tr.Snapshot()[0].Since)
-	tr.Pool().Disable(keypool.NewKey("sk-public").ID(), "test", tr.Snapshot()[0].Since)
+	tr.Pool().Disable(keypool.NewKey("sk-team").ID(), "test")
+	tr.Pool().Disable(keypool.NewKey("sk-public").ID(), "test")
 	fake.Reset()
 	req, _ := http.NewRequest("POST", proxy.URL+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","messages":[]}`))
 	req.Header.Set("Authorization", "Bearer team-token")

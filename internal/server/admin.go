@@ -2,13 +2,13 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -36,8 +36,9 @@ type AdminOptions struct {
 	// Logger receives one line per change made and per refused request;
 	// nil means silent. It never receives a token.
 	Logger *slog.Logger
-	// Now is the clock state changes are made at; nil means time.Now. It
-	// must be the transport's clock.
+	// Now is the clock key views are taken and refusals logged at; nil
+	// means time.Now. It should be the transport's clock (operator actions
+	// use the pool's own).
 	Now func() time.Time
 }
 
@@ -183,8 +184,8 @@ func (a *admin) disable(w http.ResponseWriter, r *http.Request) {
 	if body.Reason == "" {
 		body.Reason = "by the admin API"
 	}
-	a.change(w, r, "key disabled", func(id keypool.KeyID, now time.Time) error {
-		return a.pool.Disable(id, body.Reason, now)
+	a.change(w, r, "key disabled", func(id keypool.KeyID) error {
+		return a.pool.Disable(id, body.Reason)
 	})
 }
 
@@ -194,18 +195,18 @@ func (a *admin) enable(w http.ResponseWriter, r *http.Request) {
 
 // change applies op to the key of the request's {id} and answers its new
 // state, or 404 for a key the pool does not hold.
-func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op func(keypool.KeyID, time.Time) error) {
+func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op func(keypool.KeyID) error) {
 	id := keypool.KeyID(r.PathValue("id"))
-	now := a.now()
-	_, known := a.pool.Key(id, now)
-	if known {
-		known = op(id, now) == nil // keys are never removed: an error means unknown
-	}
-	if !known {
+	if err := op(id); errors.Is(err, keypool.ErrUnknownKey) {
 		writeError(w, http.StatusNotFound, apiError{
 			// The ID is not echoed: it may be a secret pasted by mistake.
 			Message: "No key with that ID in the pool; GET /admin/keys lists them.",
 			Type:    "invalid_request_error", Code: "key_not_found",
+		})
+		return
+	} else if err != nil {
+		writeError(w, http.StatusInternalServerError, apiError{
+			Message: "The pool could not change the key.", Type: "server_error", Code: "internal_error",
 		})
 		return
 	}
@@ -214,38 +215,32 @@ func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op fu
 	writeJSON(w, http.StatusOK, info)
 }
 
-// readyz answers 200 when some key may be selected (unchecked, ready, or
-// cooling, which ends by itself), else 503 with the count of keys by state.
+// readyz answers 200 when the pool may select some key (unchecked, ready,
+// or cooling, which ends by itself; see keypool.Pool.Counts), else 503 with
+// the count of keys by state. It costs the same however many keys there
+// are.
 func (a *admin) readyz(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	byState := map[keypool.State]int{}
-	for _, k := range a.snapshot() {
-		switch k.State {
-		case keypool.StateUnchecked, keypool.StateReady, keypool.StateCooling:
-			fmt.Fprintln(w, "ok")
-			return
-		}
-		byState[k.State]++
+	c := a.pool.Counts()
+	if c.Usable > 0 {
+		fmt.Fprintln(w, "ok")
+		return
 	}
 	w.WriteHeader(http.StatusServiceUnavailable)
-	fmt.Fprintln(w, "not ready: "+unusableReason(byState))
+	fmt.Fprintln(w, "not ready: "+unusableReason(c))
 }
 
 // unusableReason says why no key is usable, as "no usable key: 2 revoked, 1 disabled".
-func unusableReason(byState map[keypool.State]int) string {
-	if len(byState) == 0 {
+func unusableReason(c keypool.Counts) string {
+	switch {
+	case c.Total() == 0:
 		return "no key in the pool"
+	case c.In(keypool.StateUnchecked) > 0:
+		// Only keys that wait for their first check (WithCheckedKeysOnly)
+		// are unchecked and unusable.
+		return "no usable key: " + c.String() + " (unchecked keys wait for their first check)"
 	}
-	states := make([]keypool.State, 0, len(byState))
-	for s := range byState {
-		states = append(states, s)
-	}
-	slices.Sort(states)
-	parts := make([]string, len(states))
-	for i, s := range states {
-		parts[i] = fmt.Sprintf("%d %s", byState[s], s)
-	}
-	return "no usable key: " + strings.Join(parts, ", ")
+	return "no usable key: " + c.String()
 }
 
 // writeJSON writes v as a JSON answer with status.

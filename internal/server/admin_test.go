@@ -9,7 +9,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
@@ -267,7 +266,7 @@ func TestReadyz(t *testing.T) {
 		t.Fatalf("readyz with unchecked keys: %d %s", code, body)
 	}
 	for _, secret := range []string{keyA, keyB} {
-		if err := f.tr.Pool().Disable(keypool.NewKey(secret).ID(), "test", time.Now()); err != nil {
+		if err := f.tr.Pool().Disable(keypool.NewKey(secret).ID(), "test"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -275,7 +274,7 @@ func TestReadyz(t *testing.T) {
 	if code != 503 || !strings.Contains(body, "2 disabled") {
 		t.Fatalf("readyz with every key disabled: %d %s", code, body)
 	}
-	if err := f.tr.Pool().Enable(keypool.NewKey(keyB).ID(), time.Now()); err != nil {
+	if err := f.tr.Pool().Enable(keypool.NewKey(keyB).ID()); err != nil {
 		t.Fatal(err)
 	}
 	if code, body := f.do(t, "GET", "/readyz", remote, "", ""); code != 200 {

@@ -51,7 +51,7 @@ func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request) (*recording
 			r.Body = &teeBody{ReadCloser: r.Body, c: rec.reqBody}
 		}
 	}
-	ctx := context.WithValue(keypool.WithRequestObserver(r.Context(), &rec.pending), recordingKey{}, rec)
+	ctx := context.WithValue(keypool.ContextWithObserver(r.Context(), &rec.pending), recordingKey{}, rec)
 	return rec, r.WithContext(ctx)
 }
 

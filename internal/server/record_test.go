@@ -109,7 +109,7 @@ func TestRecordsNoKey(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
 	recs := make(sink, 4)
 	tr, base := proxy(t, server.Options{Records: recs}, keypool.WithUpstream(url, keyA))
-	tr.Pool().Disable(keypool.NewKey(keyA).ID(), "test", time.Now())
+	tr.Pool().Disable(keypool.NewKey(keyA).ID(), "test")
 	resp, _ := send(t, "POST", base+"/v1/chat/completions", "", chatBody(false))
 	r := recs.next(t)
 	if resp.StatusCode != 503 || r.Status != 503 || r.Error != "no_key" || r.Model != "gpt-4o-mini" || len(r.Attempts) != 0 || r.Client != "" {

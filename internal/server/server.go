@@ -115,7 +115,7 @@ func (u *UpstreamAccess) allows(global, own bool) bool {
 // tokens; a noauth upstream takes anyone. A request is refused when that
 // leaves no upstream (401 for a missing or wrong token, 403 for a valid one),
 // and its attempts never reach an upstream it may not use
-// (keypool.WithUpstreamsOnly). With no token configured anywhere and no
+// (keypool.ContextWithUpstreams). With no token configured anywhere and no
 // noauth upstream, every request may use every upstream.
 type Server struct {
 	transport *keypool.Transport
@@ -348,7 +348,7 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		r.Body = g
 	}
 	if only != nil {
-		r = r.WithContext(keypool.WithUpstreamsOnly(r.Context(), only...))
+		r = r.WithContext(keypool.ContextWithUpstreams(r.Context(), only...))
 	}
 	s.proxy.ServeHTTP(w, r)
 }
