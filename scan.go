@@ -228,7 +228,7 @@ const meterCaptureMax = 4096
 // token counts present) wins.
 //
 // In SSE mode the stream is cut into lines at \n, \r\n or \r, as the SSE spec
-// says, and only the values of data: lines are tokenized. Data lines of one event
+// says (sseLines), and only the values of data: lines are tokenized. Data lines of one event
 // join with a newline, a blank line ends the event and resets the tokenizer, and
 // so does a data line that ends inside a string (never valid JSON), so one broken
 // line does not poison the rest of the stream.
@@ -245,7 +245,7 @@ type usageMeter struct {
 	line     meterLine
 	fieldN   int  // bytes of "data" matched at the start of the line
 	lineSeen bool // the current line has at least one byte
-	afterCR  bool // the last line ended in '\r': a '\n' next belongs to it
+	lines    sseLines
 
 	tok meterTokenizer
 
@@ -301,7 +301,7 @@ func (m *usageMeter) reset(sse bool) {
 	m.line = meterLineField
 	m.fieldN = 0
 	m.lineSeen = false
-	m.afterCR = false
+	m.lines = sseLines{}
 	m.tok = meterTokenizer{}
 	m.captureLen = 0
 	m.captureOver = false
@@ -318,43 +318,17 @@ func (m *usageMeter) observe(p []byte) {
 		m.feed(p)
 		return
 	}
-	nl, cr := -2, -2 // next '\n' and '\r' at or after i; -1 none left, -2 not searched
-	for i := 0; i < len(p); {
-		if m.afterCR {
-			m.afterCR = false
-			if p[i] == '\n' {
-				i++
-				continue
-			}
-		}
-		if nl != -1 && nl < i {
-			nl = meterIndex(p, i, '\n')
-		}
-		if cr != -1 && cr < i {
-			cr = meterIndex(p, i, '\r')
-		}
-		end := len(p)
-		if nl >= 0 {
-			end = nl
-		}
-		if cr >= 0 && cr < end {
-			end = cr
-		}
-		m.lineBytes(p[i:end])
-		if end == len(p) {
+	c := m.lines.cut(p)
+	for {
+		start, end, ended, ok := c.next()
+		if !ok {
 			return
 		}
-		m.afterCR = p[end] == '\r'
-		m.endLine()
-		i = end + 1
+		m.lineBytes(p[start:end])
+		if ended {
+			m.endLine()
+		}
 	}
-}
-
-func meterIndex(p []byte, from int, c byte) int {
-	if k := bytes.IndexByte(p[from:], c); k >= 0 {
-		return from + k
-	}
-	return -1
 }
 
 // lineBytes takes the next bytes of the current SSE line, without line breaks.

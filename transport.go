@@ -835,54 +835,6 @@ func isEventStream(h http.Header) bool {
 	return strings.HasPrefix(headerValue(h, "Content-Type"), "text/event-stream")
 }
 
-// readFirstEvent reads a stream up to the end of its first event with data
-// (comment-only events are passed over), at most firstEventMax bytes. It
-// returns what it read, and the event's error if the event is one.
-func readFirstEvent(body io.Reader) ([]byte, *APIError, error) {
-	buf := make([]byte, 0, 1024)
-	scanned := 0
-	for {
-		if len(buf) == cap(buf) {
-			if len(buf) >= firstEventMax {
-				return buf, nil, nil // a long first event: not an error event
-			}
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := body.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		for {
-			end, next := eventEnd(buf[scanned:])
-			if end < 0 {
-				break
-			}
-			ev := buf[scanned : scanned+end]
-			scanned += next
-			if data, isErr, ok := eventData(ev); ok {
-				if isErr || bytes.Contains(data, []byte(`"error"`)) {
-					return buf, ParseAPIError(http.StatusOK, data), nil
-				}
-				return buf, nil, nil
-			}
-		}
-		if err == io.EOF {
-			if len(bytes.TrimSpace(buf)) == 0 {
-				return nil, nil, errors.New("keypool: stream ended before its first event")
-			}
-			rest := buf[scanned:]
-			if data, isErr, ok := eventData(rest); ok && (isErr || bytes.Contains(data, []byte(`"error"`))) {
-				return buf, ParseAPIError(http.StatusOK, data), nil
-			}
-			if ae := ParseAPIError(http.StatusOK, rest); ae != nil {
-				return buf, ae, nil
-			}
-			return buf, nil, nil
-		}
-		if err != nil {
-			return nil, nil, err
-		}
-	}
-}
-
 // readFirstBytes reads the first bytes of an answer (up to 4 KiB, whatever
 // one read brings); a body that ends before any byte is an error.
 func readFirstBytes(body io.Reader) ([]byte, error) {
@@ -898,48 +850,6 @@ func readFirstBytes(body io.Reader) ([]byte, error) {
 			return nil, err
 		}
 	}
-}
-
-// eventEnd finds the blank line that ends an SSE event: end is where the
-// event's text ends, next where the following event starts; -1 if none yet.
-func eventEnd(b []byte) (end, next int) {
-	for i := 0; i < len(b); i++ {
-		if b[i] != '\n' {
-			continue
-		}
-		j := i + 1
-		if j < len(b) && b[j] == '\r' {
-			j++
-		}
-		if j < len(b) && b[j] == '\n' {
-			return i, j + 1
-		}
-	}
-	return -1, -1
-}
-
-// eventData returns an event's data (its first data line is enough for the
-// check) and whether its type is "error"; ok is false for a comment-only
-// event.
-func eventData(ev []byte) (data []byte, isErr, ok bool) {
-	for len(ev) > 0 {
-		line := ev
-		if i := bytes.IndexByte(ev, '\n'); i >= 0 {
-			line, ev = ev[:i], ev[i+1:]
-		} else {
-			ev = nil
-		}
-		line = bytes.TrimRight(line, "\r")
-		switch {
-		case bytes.HasPrefix(line, []byte("data:")):
-			if !ok {
-				data, ok = bytes.TrimSpace(line[5:]), true
-			}
-		case bytes.HasPrefix(line, []byte("event:")):
-			isErr = string(bytes.TrimSpace(line[6:])) == "error"
-		}
-	}
-	return data, isErr && ok, ok
 }
 
 // cancelOnClose ends an attempt's context when its body is closed.
