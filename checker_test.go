@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -481,3 +482,86 @@ func TestCheckFallbacks(t *testing.T) {
 		t.Fatalf("unexpected probe answer: %+v", r)
 	}
 }
+
+// F1: a context with a deadline makes rate.Limiter.Wait fail at once (not
+// with ctx.Err) for every key whose turn falls after the deadline; pass()
+// drops those keys silently and CheckAll reports success.
+func TestRegressionCheckAllDeadlineDropsKeys(t *testing.T) {
+	_, _, _, c := checkSetupURL(t, nil, []keypool.CheckOption{keypool.WithCheckRate(0.1)},
+		fakeopenai.Key{Secret: "sk-a"}, fakeopenai.Key{Secret: "sk-b"}, fakeopenai.Key{Secret: "sk-c"})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	results, err := c.CheckAll(ctx)
+	if len(results) != 3 && err == nil {
+		t.Fatalf("CheckAll checked %d of 3 keys and returned no error", len(results))
+	}
+}
+
+// F3: with WithCheckedKeysOnly, Enable puts a key back as unchecked, which
+// that option keeps out of selection until the next check (an hour later by
+// default): Enable does not return the key to selection.
+func TestRegressionEnableUnderCheckedKeysOnly(t *testing.T) {
+	_, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly()}, nil, fakeopenai.Key{Secret: "sk-a"})
+	if _, err := c.CheckAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	id := keypool.NewKey("sk-a").ID()
+	p := tr.Pool()
+	if err := p.Disable(id, "ops", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Enable(id, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatalf("after Enable, the only key takes no request: %v", err)
+	}
+	resp.Body.Close()
+}
+
+// F4: a transient 5xx (or 429) from /v1/me and /v1/organizations is taken as
+// "this key cannot list organizations" for good: orgsKnown is set, and no
+// later check (Recheck, periodic, CheckAll) ever lists them again, so the
+// key's other organizations are never cloned.
+func TestRegressionTransientOrgErrorForgetsClonesForever(t *testing.T) {
+	fake := fakeopenai.New(fakeopenai.Config{},
+		fakeopenai.Key{Secret: "sk-multi", Orgs: []fakeopenai.Org{{ID: "org-home", Default: true}, {ID: "org-work"}}})
+	defer fake.Close()
+	var down atomicBool
+	down.set(true)
+	srv := httptestServer(func(w http.ResponseWriter, r *http.Request) {
+		if down.get() && (r.URL.Path == "/v1/me" || r.URL.Path == "/v1/organizations") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, `{"error":{"message":"The server is overloaded","type":"server_error","param":null,"code":null}}`)
+			return
+		}
+		fake.ServeHTTP(w, r)
+	})
+	defer srv.Close()
+	tr, _ := keypool.New(keypool.WithUpstream(srv.URL+"/v1", "sk-multi"))
+	c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+	if _, err := c.CheckAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	down.set(false) // the outage is over
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(tr.Snapshot()); n != 2 {
+		t.Fatalf("after the outage the pool still has %d key(s), no clone for org-work; results %+v", n, results)
+	}
+}
+
+type atomicBool struct{ v atomic.Bool }
+
+func (b *atomicBool) set(x bool) { b.v.Store(x) }
+
+func (b *atomicBool) get() bool { return b.v.Load() }
+
+func httptestServer(f http.HandlerFunc) *httptest.Server { return httptest.NewServer(f) }

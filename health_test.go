@@ -1,6 +1,11 @@
 package keypool_test
 
 import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -51,4 +56,40 @@ func TestLoneKeyTransientRetry(t *testing.T) {
 			t.Fatalf("%d attempts for 10 requests", n)
 		}
 	})
+}
+
+// R9: requests without a JSON model use their URL path as the model, so
+// GETs of distinct IDs each make a bucket; 64 of them evict the bucket of a
+// real model, and with it a 429 cooldown: the cooling key is hit again.
+func TestRegressionPathBucketsEvictCooldown(t *testing.T) {
+	var chat atomic.Int32
+	base := rvRT(func(r *http.Request) (*http.Response, error) {
+		if r.Body != nil {
+			r.Body.Close()
+		}
+		if r.Method == "POST" {
+			chat.Add(1)
+			return &http.Response{StatusCode: 429, Header: http.Header{"Content-Type": {"application/json"}, "Retry-After": {"600"}},
+				Body: io.NopCloser(strings.NewReader(`{"error":{"type":"requests","code":"rate_limit_exceeded"}}`)), Request: r}, nil
+		}
+		return rvOK(r, nil, io.NopCloser(strings.NewReader(`{}`))), nil
+	})
+	tr, _ := keypool.New(keypool.WithUpstream("https://api.example/v1", "sk-a"), keypool.WithBase(base), keypool.WithMaxWait(0))
+	r, _ := tr.RoundTrip(rvPost(context.Background()))
+	r.Body.Close()
+	for i := 0; i < 64; i++ {
+		req, _ := http.NewRequest("GET", "http://x/v1/files/file-"+strings.Repeat("x", i+1)+"/content", nil)
+		r, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+	}
+	r, err := tr.RoundTrip(rvPost(context.Background()))
+	if err == nil {
+		r.Body.Close()
+	}
+	if chat.Load() != 1 {
+		t.Fatalf("key told to wait 600s was sent %d chat requests within the cooldown", chat.Load())
+	}
 }

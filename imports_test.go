@@ -1,6 +1,7 @@
 package keypool_test
 
 import (
+	"encoding/json"
 	"os/exec"
 	"strings"
 	"testing"
@@ -26,6 +27,30 @@ func TestRootImports(t *testing.T) {
 		}
 		if !ok {
 			t.Errorf("the root package depends on %s", dep)
+		}
+	}
+}
+
+// TestModuleRequiresNoSDK keeps the OpenAI SDKs out of the library's
+// go.mod, so that a program that imports keypool does not get them in its
+// module graph: the tests that drive the proxy with the SDKs live in the
+// examples module (examples/e2e).
+func TestModuleRequiresNoSDK(t *testing.T) {
+	out, err := exec.Command("go", "mod", "edit", "-json").Output()
+	if err != nil {
+		t.Fatalf("go mod edit: %v", err)
+	}
+	var mod struct{ Require []struct{ Path string } }
+	if err := json.Unmarshal(out, &mod); err != nil {
+		t.Fatal(err)
+	}
+	if len(mod.Require) == 0 {
+		t.Fatal("go.mod requires nothing: go mod edit printed no requirements")
+	}
+	for _, r := range mod.Require {
+		if r.Path == "github.com/openai/openai-go" || strings.HasPrefix(r.Path, "github.com/openai/openai-go/") ||
+			r.Path == "github.com/sashabaranov/go-openai" {
+			t.Errorf("the library's go.mod requires %s, an SDK: SDK tests belong to the examples module", r.Path)
 		}
 	}
 }

@@ -952,3 +952,103 @@ func TestRequestObserver(t *testing.T) {
 		t.Fatalf("transport observer got %d attempts, want 3", len(global.attempts))
 	}
 }
+
+// R4: a 503 whose body never ends hangs RoundTrip: the attempt timer is
+// stopped before the error body is read.
+func TestRegressionErrorBodyNoDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		base := rvRT(func(r *http.Request) (*http.Response, error) {
+			r.Body.Close()
+			return &http.Response{StatusCode: 503, Header: http.Header{"Content-Type": {"application/json"}},
+				Body: ctxBody{r.Context()}, Request: r}, nil
+		})
+		up := keypool.Upstream{BaseURL: "https://api.example/v1", Keys: rvKeys("sk-a,sk-b"), Timeout: 5 * time.Second}
+		tr, _ := keypool.New(keypool.WithUpstreams(up), keypool.WithBase(base))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			tr.RoundTrip(rvPost(ctx))
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-time.After(time.Hour):
+			t.Errorf("RoundTrip still blocked after an hour with a 5s per-attempt timeout")
+			cancel()
+			<-done
+		}
+		cancel()
+	})
+}
+
+func rvKeys(s string) []keypool.Key { k, _ := keypool.ParseKeys(s); return k }
+
+// A non-2xx answer handed back and read to EOF, never closed, still ends
+// its attempt's context (a success body is released at EOF too).
+func TestRegressionContextEndsAtEOFWithoutClose(t *testing.T) {
+	var attemptCtx context.Context
+	base := rvRT(func(r *http.Request) (*http.Response, error) {
+		r.Body.Close()
+		attemptCtx = r.Context()
+		return &http.Response{StatusCode: 400, Header: http.Header{"Content-Type": {"application/json"}},
+			Body: io.NopCloser(strings.NewReader(`{"error":{"type":"invalid_request_error"}}`)), Request: r}, nil
+	})
+	tr, _ := keypool.New(keypool.WithUpstream("https://api.example/v1", "sk-a"), keypool.WithBase(base))
+	r, err := tr.RoundTrip(rvPost(context.Background()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if attemptCtx.Err() != nil {
+		t.Fatal("attempt context ended before the body was read")
+	}
+	io.ReadAll(r.Body) // to EOF, no Close
+	if attemptCtx.Err() == nil {
+		t.Fatal("attempt context still live after the body reached EOF")
+	}
+}
+
+// R7: an error event with no blank line after it, then EOF, is handed back
+// as a success instead of failing over.
+func TestRegressionStreamErrorAtEOF(t *testing.T) {
+	var n atomic.Int32
+	base := rvRT(func(r *http.Request) (*http.Response, error) {
+		r.Body.Close()
+		if n.Add(1) == 1 {
+			return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}},
+				Body: io.NopCloser(strings.NewReader(`data: {"error":{"type":"server_error","message":"overloaded"}}` + "\n")), Request: r}, nil
+		}
+		return &http.Response{StatusCode: 200, Header: http.Header{"Content-Type": {"text/event-stream"}},
+			Body: io.NopCloser(strings.NewReader("data: {\"choices\":[]}\n\ndata: [DONE]\n\n")), Request: r}, nil
+	})
+	tr, _ := keypool.New(keypool.WithUpstream("https://api.example/v1", "sk-a,sk-b"), keypool.WithBase(base))
+	req, _ := http.NewRequest("POST", "http://x/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o","stream":true}`))
+	r, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if strings.Contains(string(b), "error") {
+		t.Fatalf("error stream handed back as success after %d attempt(s): %q", n.Load(), b)
+	}
+}
+
+// R10: a policy that does not retry a transport error (here: timeouts are
+// final) makes RoundTrip return (nil, nil).
+func TestRegressionNilNilOnFinalTransportError(t *testing.T) {
+	base := rvRT(func(r *http.Request) (*http.Response, error) {
+		r.Body.Close()
+		return nil, errors.New("dial tcp: connection refused")
+	})
+	pol := keypool.PolicyFunc(func(a *keypool.Answer) keypool.Outcome {
+		if a.Err != nil {
+			return keypool.OutcomeClientError // "do not fail over on network errors"
+		}
+		return keypool.DefaultPolicy.Classify(a)
+	})
+	tr, _ := keypool.New(keypool.WithUpstream("https://api.example/v1", "sk-a"), keypool.WithBase(base), keypool.WithPolicy(pol))
+	resp, err := tr.RoundTrip(rvPost(context.Background()))
+	if resp == nil && err == nil {
+		t.Fatal("RoundTrip returned (nil, nil)")
+	}
+}

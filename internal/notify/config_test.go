@@ -61,31 +61,3 @@ func TestHugeQueueSizeRefused(t *testing.T) {
 	}()
 	New(Config{Webhook: &Webhook{URL: "http://hook.invalid/x"}, QueueSize: 1 << 62})
 }
-
-// Webhook header values are secrets, but the default client follows a
-// redirect to any host and copies every non-Authorization header there.
-func TestWebhookHeadersNeverFollowARedirect(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		evil := &receiver{}
-		hook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, "http://evil.test/steal", http.StatusTemporaryRedirect)
-		})
-		n, err := New(Config{
-			Webhook: &Webhook{URL: "http://hook.test/x", Headers: map[string]string{"X-Api-Key": "wh-secret-value"}},
-			Client:  &http.Client{Transport: handlerTransport{hostMux{"hook.test": hook, "evil.test": evil}}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.Seed([]keypool.KeyInfo{{ID: kA, Upstream: "main"}, {ID: kB, Upstream: "main"}})
-		n.StateChange(change("main", kA, keypool.StateReady, keypool.StateRevoked, "x"))
-		ctx, cancel := context.WithCancel(t.Context())
-		cancel()
-		n.Run(ctx)
-		for _, r := range evil.requests() {
-			if v := r.Header.Get("X-Api-Key"); v != "" {
-				t.Errorf("another host got the webhook's secret header: %q", v)
-			}
-		}
-	})
-}

@@ -87,32 +87,66 @@ func verifyHeaps(t *testing.T, p *Pool, now time.Time) {
 	}
 }
 
-func TestRegressionHeapInvariantsUnderChecks(t *testing.T) {
+// TestStressTrafficDuringChecks runs traffic (streamed and not, over more
+// models than a key keeps), check passes, the periodic checker, Recheck
+// and snapshots all at once, under -race. After every check pass, and
+// after a last pass without traffic, the heaps must hold their invariants
+// (verifyHeaps); at the end the pool must hold every key and every clone
+// of its organizations exactly once.
+//
+// The two cases are the two harnesses it replaces: many clones with the
+// default order, and trial keys first.
+func TestStressTrafficDuringChecks(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		keys, orgs  int
+		maxModels   int
+		trialsFirst bool
+		clients     int
+		traffic     time.Duration
+	}{
+		{name: "clones", keys: 30, orgs: 3, maxModels: 4, clients: 16, traffic: 3 * time.Second},
+		{name: "trials first", keys: 24, orgs: 2, maxModels: 5, trialsFirst: true, clients: 12, traffic: 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stressTrafficDuringChecks(t, tc.keys, tc.orgs, tc.maxModels, tc.trialsFirst, tc.clients, tc.traffic)
+		})
+	}
+}
+
+func stressTrafficDuringChecks(t *testing.T, nkeys, norgs, maxModels int, trialsFirst bool, clients int, traffic time.Duration) {
 	var keys []fakeopenai.Key
 	var secrets []string
-	for i := range 24 {
+	for i := range nkeys {
 		s := fmt.Sprintf("sk-k%02d", i)
-		keys = append(keys, fakeopenai.Key{Secret: s, Trial: i%3 == 0, Unverified: i%2 == 0, Orgs: []fakeopenai.Org{{ID: "org-a" + s, Default: true}, {ID: "org-b" + s}}})
+		orgs := []fakeopenai.Org{{ID: "org-a" + s, Default: true}}
+		for o := 1; o < norgs; o++ {
+			orgs = append(orgs, fakeopenai.Org{ID: fmt.Sprintf("org-%c%s", 'a'+o, s)})
+		}
+		keys = append(keys, fakeopenai.Key{Secret: s, Trial: i%3 == 0, Unverified: i%2 == 0, Orgs: orgs})
 		secrets = append(secrets, s)
 	}
 	_, base := fakeopenai.NewTestServer(t, fakeopenai.Config{}, keys...)
-	tr, err := New(WithUpstream(base, strings.Join(secrets, ",")), WithMaxModels(5), WithTrialsFirst(true))
+	tr, err := New(WithUpstream(base, strings.Join(secrets, ",")), WithMaxModels(maxModels), WithTrialsFirst(trialsFirst))
 	if err != nil {
 		t.Fatal(err)
 	}
 	c, _ := NewChecker(tr, WithCheckRate(1000), WithCheckConcurrency(8))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), traffic)
 	defer cancel()
 	var wg sync.WaitGroup
 	models := []string{"gpt-4o", "gpt-5", "gpt-4o-mini", "o3", "gpt-image-1", "dall-e-3", "gpt-4.1"}
-	for g := range 12 {
+	for g := range clients {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; ctx.Err() == nil; i++ {
 				m := models[(g+i)%len(models)]
-				req, _ := http.NewRequestWithContext(ctx, "POST", "http://x.invalid/v1/chat/completions",
-					strings.NewReader(fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"stream":%v}`, m, i%2 == 0)))
+				body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}]}`, m)
+				if i%2 == 0 { // streamed, with usage in the last event
+					body = fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}`, m)
+				}
+				req, _ := http.NewRequestWithContext(ctx, "POST", "http://x.invalid/v1/chat/completions", strings.NewReader(body))
 				resp, err := tr.RoundTrip(req)
 				if err == nil {
 					io.Copy(io.Discard, resp.Body)
@@ -121,6 +155,15 @@ func TestRegressionHeapInvariantsUnderChecks(t *testing.T) {
 			}
 		}()
 	}
+	// The periodic checker and snapshots run beside the check passes.
+	wg.Add(2)
+	go func() { defer wg.Done(); c.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			tr.Snapshot()
+		}
+	}()
 	// The invariants are verified after every check pass, while traffic
 	// flows: state, trial flags, model sets and clones all change in a pass.
 	passes := make(chan struct{})
@@ -130,6 +173,7 @@ func TestRegressionHeapInvariantsUnderChecks(t *testing.T) {
 		defer close(passes)
 		for ctx.Err() == nil {
 			c.CheckAll(ctx)
+			c.Recheck()
 			select {
 			case passes <- struct{}{}:
 			case <-ctx.Done():
@@ -142,12 +186,17 @@ func TestRegressionHeapInvariantsUnderChecks(t *testing.T) {
 		n++
 	}
 	wg.Wait()
-	// A loaded machine may finish no pass within the traffic's 2 s: one
+	// A loaded machine may finish no pass within the traffic's time: one
 	// more, without traffic, ends with what checks change (states, trial
 	// flags, model sets, clones), and the invariants must hold after it.
+	// Traffic, checks and snapshots at once must have corrupted nothing,
+	// so the pool ends with every key and clone once.
 	if _, err := c.CheckAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	verifyHeaps(t, tr.pool, time.Now())
+	if got, want := len(tr.Snapshot()), nkeys*norgs; got != want {
+		t.Errorf("%d keys, want %d", got, want)
+	}
 	t.Logf("%d passes verified under traffic", n)
 }
