@@ -293,7 +293,7 @@ func TestCheckUnverifiedOrganization(t *testing.T) {
 }
 
 func TestCheckedKeysOnly(t *testing.T) {
-	fake, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(), keypool.WithMaxWait(0)}, nil,
+	fake, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(true), keypool.WithMaxWait(0)}, nil,
 		fakeopenai.Key{Secret: "sk-a"})
 	req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
 	resp, err := tr.RoundTrip(req)
@@ -332,11 +332,11 @@ func TestCheckRun(t *testing.T) {
 		var checks []time.Time
 		c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(10), keypool.WithCheckConcurrency(3),
 			keypool.WithRecheckEvery(time.Hour), keypool.WithCheckRetryDelay(time.Minute),
-			keypool.WithCheckObserver(func(r keypool.CheckResult) {
+			keypool.WithCheckObserver(keypool.ObserverFuncs{OnChecked: func(r keypool.CheckResult) {
 				mu.Lock()
 				checks = append(checks, time.Now())
 				mu.Unlock()
-			}))
+			}}))
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error)
 		start := time.Now()
@@ -501,16 +501,16 @@ func TestRegressionCheckAllDeadlineDropsKeys(t *testing.T) {
 // that option keeps out of selection until the next check (an hour later by
 // default): Enable does not return the key to selection.
 func TestRegressionEnableUnderCheckedKeysOnly(t *testing.T) {
-	_, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly()}, nil, fakeopenai.Key{Secret: "sk-a"})
+	_, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(true)}, nil, fakeopenai.Key{Secret: "sk-a"})
 	if _, err := c.CheckAll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	id := keypool.NewKey("sk-a").ID()
 	p := tr.Pool()
-	if err := p.Disable(id, "ops", time.Now()); err != nil {
+	if err := p.Disable(id, "ops"); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Enable(id, time.Now()); err != nil {
+	if err := p.Enable(id); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

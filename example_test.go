@@ -157,7 +157,7 @@ func ExamplePolicyFunc() {
 		if a.Status == http.StatusTeapot {
 			return keypool.OutcomeServerError
 		}
-		return keypool.DefaultPolicy.Classify(a)
+		return keypool.DefaultPolicy().Classify(a)
 	})
 	fmt.Println(p.Classify(&keypool.Answer{Status: 418}), p.Classify(&keypool.Answer{Status: 400}))
 	_, err := keypool.New(keypool.WithUpstream("https://api.openai.com/v1", "sk-x"), keypool.WithPolicy(p))

@@ -7,10 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -105,45 +102,6 @@ func TestParseKeys(t *testing.T) {
 	}
 }
 
-func TestKeysFrom(t *testing.T) {
-	tests := []struct {
-		name    string
-		secrets []string
-		want    []string
-		wantErr bool
-		errAt   int
-		hidden  []string
-	}{
-		{name: "nil", secrets: nil, want: []string{}},
-		{name: "trimmed, empties and duplicates dropped", secrets: []string{" k1 ", "k2", "", "\t", "k1", "k2\n"}, want: []string{"k1", "k2"}},
-		{name: "order kept", secrets: []string{"sk-c", "sk-a", "sk-b"}, want: []string{"sk-c", "sk-a", "sk-b"}},
-		{name: "comma inside", secrets: []string{"sk-a", "sk-proj-COMMA1,sk-proj-COMMA2"}, wantErr: true, errAt: 2,
-			hidden: []string{"COMMA1", "COMMA2"}},
-		{name: "space inside", secrets: []string{"sk-proj-SPACE1 SPACE2"}, wantErr: true, errAt: 1,
-			hidden: []string{"SPACE1", "SPACE2"}},
-		{name: "unicode space inside", secrets: []string{"a", "b", "sk-proj-UNI\u2028CODE"}, wantErr: true, errAt: 3,
-			hidden: []string{"UNI", "CODE"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			keys, err := KeysFrom(tt.secrets)
-			if tt.wantErr {
-				if err == nil {
-					t.Fatalf("KeysFrom(%q) = %d keys, nil error; want an error", tt.secrets, len(keys))
-				}
-				checkKeyError(t, err, tt.errAt, tt.hidden)
-				return
-			}
-			if err != nil {
-				t.Fatalf("KeysFrom(%q): %v", tt.secrets, err)
-			}
-			if got := keySecrets(keys); !slices.Equal(got, tt.want) {
-				t.Errorf("KeysFrom(%q) = %q; want %q", tt.secrets, got, tt.want)
-			}
-		})
-	}
-}
-
 func TestReadKeys(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -208,62 +166,6 @@ func TestReadKeys(t *testing.T) {
 			}
 			if got := keySecrets(keys); !slices.Equal(got, tt.want) {
 				t.Errorf("ReadKeys = %q; want %q", got, tt.want)
-			}
-		})
-	}
-}
-
-func TestReadKeysFile(t *testing.T) {
-	dir := t.TempDir()
-	good := filepath.Join(dir, "keys.txt")
-	if err := os.WriteFile(good, []byte("# keys\nsk-one\r\nsk-two # spare\n\nsk-one\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	bad := filepath.Join(dir, "bad.txt")
-	if err := os.WriteFile(bad, []byte("sk-one\nsk-proj-FILEWORD1 sk-proj-FILEWORD2\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	missing := filepath.Join(dir, "no-such-file.txt")
-
-	tests := []struct {
-		name     string
-		path     string
-		want     []string
-		wantErr  bool
-		notExist bool
-		errLine  int
-	}{
-		{name: "good file", path: good, want: []string{"sk-one", "sk-two"}},
-		{name: "two words on line 2", path: bad, wantErr: true, errLine: 2},
-		{name: "missing file", path: missing, wantErr: true, notExist: true},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			keys, err := ReadKeysFile(tt.path)
-			if !tt.wantErr {
-				if err != nil {
-					t.Fatalf("ReadKeysFile: %v", err)
-				}
-				if got := keySecrets(keys); !slices.Equal(got, tt.want) {
-					t.Errorf("ReadKeysFile = %q; want %q", got, tt.want)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("ReadKeysFile = %d keys, nil error; want an error", len(keys))
-			}
-			msg := err.Error()
-			if !strings.HasPrefix(msg, "keypool: ") {
-				t.Errorf("error %q does not start with the package name", msg)
-			}
-			if got := errors.Is(err, fs.ErrNotExist); got != tt.notExist {
-				t.Errorf("errors.Is(%v, fs.ErrNotExist) = %v; want %v", err, got, tt.notExist)
-			}
-			if tt.errLine > 0 && !keyNumberRe(tt.errLine).MatchString(msg) {
-				t.Errorf("error %q does not name line %d", msg, tt.errLine)
-			}
-			if strings.Contains(msg, "FILEWORD") {
-				t.Errorf("error %q contains key text", msg)
 			}
 		})
 	}
@@ -536,14 +438,12 @@ func TestKeyNeverLeaks(t *testing.T) {
 	}
 
 	t.Run("parse errors", func(t *testing.T) {
+		// Reading a keys file by path (and a config entry with a comma
+		// inside) is internal/config's now; its tests check the same.
 		_, err1 := ParseKeys("sk-fine," + keyTestSecret + " x")
-		_, err2 := KeysFrom([]string{keyTestSecret + ",sk-other"})
+		_, err2 := ParseKeys(keyTestSecret + "\u3000sk-other")
 		_, err3 := ReadKeys(strings.NewReader("sk-fine\n" + keyTestSecret + " " + keyTestSecret + "\n"))
-		path := filepath.Join(t.TempDir(), "keys")
-		if err := os.WriteFile(path, []byte(keyTestSecret+"\tsk-proj-OTHER\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, err4 := ReadKeysFile(path)
+		_, err4 := ReadKeys(strings.NewReader(keyTestSecret + "\tsk-proj-OTHER\n"))
 		for i, err := range []error{err1, err2, err3, err4} {
 			if err == nil {
 				t.Errorf("error %d: nil; want an error", i+1)
@@ -596,8 +496,8 @@ func keyLongWords(s string) []string {
 	return out
 }
 
-// keyCheckResult checks the invariants of every key ParseKeys, KeysFrom and
-// ReadKeys return.
+// keyCheckResult checks the invariants of every key ParseKeys and ReadKeys
+// return.
 func keyCheckResult(t *testing.T, keys []Key) {
 	t.Helper()
 	seen := map[string]bool{}

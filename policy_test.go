@@ -181,7 +181,7 @@ func TestPolicyOutcomeTable(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := DefaultPolicy.Classify(tt.a)
+			got := DefaultPolicy().Classify(tt.a)
 			if got != tt.want {
 				t.Errorf("Classify = %v; want %v", got, tt.want)
 			}
@@ -329,7 +329,7 @@ func TestPolicyWrap(t *testing.T) {
 		if a.Status == http.StatusTeapot {
 			return OutcomeServerError
 		}
-		return DefaultPolicy.Classify(a)
+		return DefaultPolicy().Classify(a)
 	})
 	var _ Policy = teapot
 	tests := []struct {
@@ -351,8 +351,8 @@ func TestPolicyWrap(t *testing.T) {
 			if got := teapot.Classify(tt.a); got != tt.want {
 				t.Errorf("wrapped Classify = %v; want %v", got, tt.want)
 			}
-			if got := DefaultPolicy.Classify(tt.a); got != tt.wantDefault {
-				t.Errorf("DefaultPolicy.Classify = %v; want %v", got, tt.wantDefault)
+			if got := DefaultPolicy().Classify(tt.a); got != tt.wantDefault {
+				t.Errorf("DefaultPolicy().Classify = %v; want %v", got, tt.wantDefault)
 			}
 		})
 	}
@@ -448,7 +448,7 @@ func FuzzParseAPIError(f *testing.F) {
 			}
 		}
 		for _, clone := range []bool{false, true} {
-			o := DefaultPolicy.Classify(&Answer{Status: status, Error: e, Clone: clone, Limits: ParseRateLimits(nil, policyNow)})
+			o := DefaultPolicy().Classify(&Answer{Status: status, Error: e, Clone: clone, Limits: ParseRateLimits(nil, policyNow)})
 			if o > OutcomeCancelled {
 				t.Errorf("Classify = %v; not an outcome", o)
 			}

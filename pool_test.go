@@ -24,6 +24,7 @@ func testKeys(prefix string, n int) []Key {
 func testPool(t testing.TB, mutate func(*poolConfig), ups ...Upstream) *Pool {
 	t.Helper()
 	cfg := defaultConfig().pool
+	cfg.now = func() time.Time { return t0 } // operator actions happen at t0
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -61,8 +62,8 @@ func tryTake(p *Pool, r *pick, now time.Time) (lease, refusal) {
 
 // answer feeds a synthetic answer to h, as the transport does.
 func answer(p *Pool, h held, a *Answer, now time.Time) {
-	p.answered(h.lease, a, DefaultPolicy.Classify(a), h.model, now)
-	if DefaultPolicy.Classify(a) == OutcomeSuccess {
+	p.answered(h.lease, a, DefaultPolicy().Classify(a), h.model, now)
+	if DefaultPolicy().Classify(a) == OutcomeSuccess {
 		p.mu.Lock()
 		p.release(h.lease, now)
 		p.mu.Unlock()
@@ -350,7 +351,7 @@ func TestStateTransitions(t *testing.T) {
 			if info.State != tt.want {
 				t.Fatalf("state %v, want %v", info.State, tt.want)
 			}
-			if !tt.want.selectable() {
+			if !tt.want.Usable() {
 				for range 5 {
 					got := takeKey(t, p, "m", t0)
 					if got.k == e.k {
@@ -358,7 +359,7 @@ func TestStateTransitions(t *testing.T) {
 					}
 					drop(p, got, t0)
 				}
-				if err := p.Enable(e.k.cred.id, t0); err != nil {
+				if err := p.Enable(e.k.cred.id); err != nil {
 					t.Fatal(err)
 				}
 				if info, _ := p.Key(e.k.cred.id, t0); info.State != StateUnchecked {
@@ -370,18 +371,18 @@ func TestStateTransitions(t *testing.T) {
 	t.Run("disable and enable", func(t *testing.T) {
 		p := testPool(t, nil, Upstream{BaseURL: "https://a.test/v1", Keys: testKeys("k", 1)})
 		id := p.keys[0].cred.id
-		if err := p.Disable(id, "maintenance", t0); err != nil {
+		if err := p.Disable(id, "maintenance"); err != nil {
 			t.Fatal(err)
 		}
 		if l, _ := tryTake(p, &pick{model: "m"}, t0); l.k != nil {
 			t.Fatal("disabled key picked")
 		}
-		if err := p.Enable(id, t0); err != nil {
+		if err := p.Enable(id); err != nil {
 			t.Fatal(err)
 		}
 		takeKey(t, p, "m", t0)
-		if err := p.Disable("kp_nope", "x", t0); err == nil {
-			t.Fatal("unknown ID accepted")
+		if err := p.Disable("kp_nope", "x"); !errors.Is(err, ErrUnknownKey) {
+			t.Fatalf("unknown ID: %v; want ErrUnknownKey", err)
 		}
 	})
 	t.Run("model not found removes the model only", func(t *testing.T) {

@@ -108,9 +108,9 @@ func TestParseResetDuration(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strconv.Quote(tt.in), func(t *testing.T) {
-			d, ok := ParseResetDuration(tt.in)
+			d, ok := parseResetDuration(tt.in)
 			if ok != tt.ok || (ok && d != tt.want) {
-				t.Errorf("ParseResetDuration(%q) = %v, %v; want %v, %v", tt.in, d, ok, tt.want, tt.ok)
+				t.Errorf("parseResetDuration(%q) = %v, %v; want %v, %v", tt.in, d, ok, tt.want, tt.ok)
 			}
 		})
 	}
@@ -145,9 +145,9 @@ func TestParseCount(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strconv.Quote(tt.in), func(t *testing.T) {
-			n, ok := ParseCount(tt.in)
+			n, ok := parseCount(tt.in)
 			if ok != tt.ok || (ok && n != tt.want) {
-				t.Errorf("ParseCount(%q) = %d, %v; want %d, %v", tt.in, n, ok, tt.want, tt.ok)
+				t.Errorf("parseCount(%q) = %d, %v; want %d, %v", tt.in, n, ok, tt.want, tt.ok)
 			}
 		})
 	}
@@ -189,8 +189,8 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := ParseRetryAfter(tt.h, rlNow); got != tt.want {
-				t.Errorf("ParseRetryAfter(%v) = %v; want %v", tt.h, got, tt.want)
+			if got := ParseRateLimits(tt.h, rlNow).RetryAfter; got != tt.want {
+				t.Errorf("ParseRateLimits(%v).RetryAfter = %v; want %v", tt.h, got, tt.want)
 			}
 		})
 	}
@@ -394,10 +394,10 @@ func FuzzParseResetDuration(f *testing.F) {
 	f.Add("", int64(1500*time.Microsecond))
 	f.Add("", int64(-7*time.Minute))
 	f.Fuzz(func(t *testing.T, s string, n int64) {
-		if d, ok := ParseResetDuration(s); ok && d < 0 {
-			t.Errorf("ParseResetDuration(%q) = %v, true; want d >= 0", s, d)
+		if d, ok := parseResetDuration(s); ok && d < 0 {
+			t.Errorf("parseResetDuration(%q) = %v, true; want d >= 0", s, d)
 		} else if !ok && d != 0 {
-			t.Errorf("ParseResetDuration(%q) = %v, false; want 0", s, d)
+			t.Errorf("parseResetDuration(%q) = %v, false; want 0", s, d)
 		}
 		want := time.Duration(n)
 		if want < 0 {
@@ -407,8 +407,8 @@ func FuzzParseResetDuration(f *testing.F) {
 			return
 		}
 		for _, in := range []string{want.String(), " " + want.String() + "\t"} {
-			if d, ok := ParseResetDuration(in); !ok || d != want {
-				t.Errorf("ParseResetDuration(%q) = %v, %v; want %v, true", in, d, ok, want)
+			if d, ok := parseResetDuration(in); !ok || d != want {
+				t.Errorf("parseResetDuration(%q) = %v, %v; want %v, true", in, d, ok, want)
 			}
 		}
 	})
@@ -421,15 +421,15 @@ func FuzzParseCount(f *testing.F) {
 	f.Add("", int64(math.MaxInt64))
 	f.Add("", int64(-1))
 	f.Fuzz(func(t *testing.T, s string, n int64) {
-		if got, ok := ParseCount(s); ok && got < 0 {
-			t.Errorf("ParseCount(%q) = %d, true; want n >= 0", s, got)
+		if got, ok := parseCount(s); ok && got < 0 {
+			t.Errorf("parseCount(%q) = %d, true; want n >= 0", s, got)
 		}
 		if n < 0 {
 			return
 		}
 		in := strconv.FormatInt(n, 10)
-		if got, ok := ParseCount(in); !ok || got != n {
-			t.Errorf("ParseCount(%q) = %d, %v; want %d, true", in, got, ok, n)
+		if got, ok := parseCount(in); !ok || got != n {
+			t.Errorf("parseCount(%q) = %d, %v; want %d, true", in, got, ok, n)
 		}
 	})
 }
@@ -454,15 +454,15 @@ func FuzzParseRetryAfter(f *testing.F) {
 			h.Set("Retry-After-Ms", retryAfterMs)
 		}
 		now := rlNow.Add(time.Duration(nowOffset))
-		got := ParseRetryAfter(h, now)
+		got := parseRetryAfter(canonicalHeader(h), now)
 		if got != Unknown && got < 0 {
-			t.Errorf("ParseRetryAfter(Retry-After %q, retry-after-ms %q) = %v; want Unknown or >= 0", retryAfter, retryAfterMs, got)
+			t.Errorf("parseRetryAfter(Retry-After %q, retry-after-ms %q) = %v; want Unknown or >= 0", retryAfter, retryAfterMs, got)
 		}
 		if strings.TrimSpace(retryAfter) == "" && strings.TrimSpace(retryAfterMs) == "" && got != Unknown {
-			t.Errorf("ParseRetryAfter of no value = %v; want Unknown", got)
+			t.Errorf("parseRetryAfter of no value = %v; want Unknown", got)
 		}
 		if l := ParseRateLimits(h, now); l.RetryAfter != got {
-			t.Errorf("ParseRateLimits(...).RetryAfter = %v; ParseRetryAfter = %v", l.RetryAfter, got)
+			t.Errorf("ParseRateLimits(...).RetryAfter = %v; parseRetryAfter = %v", l.RetryAfter, got)
 		}
 	})
 }

@@ -28,6 +28,7 @@ type recorder struct {
 	mu       sync.Mutex
 	attempts []keypool.AttemptEvent
 	states   []keypool.StateEvent
+	checks   []keypool.CheckResult
 }
 
 func (r *recorder) Attempt(e keypool.AttemptEvent) {
@@ -40,6 +41,12 @@ func (r *recorder) StateChange(e keypool.StateEvent) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.states = append(r.states, e)
+}
+
+func (r *recorder) Checked(c keypool.CheckResult) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.checks = append(r.checks, c)
 }
 
 func (r *recorder) outcomes() []string {
@@ -886,13 +893,13 @@ func TestUpstreamsOnly(t *testing.T) {
 		}
 		return resp, err
 	}
-	if _, err := send(keypool.WithUpstreamsOnly(context.Background(), "second")); err != nil {
+	if _, err := send(keypool.ContextWithUpstreams(context.Background(), "second")); err != nil {
 		t.Fatal(err)
 	}
 	if r := fake.Records(); len(r) != 1 || r[0].Key != "sk-second" {
 		t.Fatalf("records %+v", r)
 	}
-	resp, err := send(keypool.WithUpstreamsOnly(context.Background()))
+	resp, err := send(keypool.ContextWithUpstreams(context.Background()))
 	nk, ok := keypool.Refusal(resp)
 	if err != nil || !ok || resp.StatusCode != 404 || nk.Reason != "no upstream this client may use serves this model" ||
 		!errors.Is(nk, keypool.ErrModelNotFound) || len(fake.Records()) != 1 {
@@ -921,7 +928,7 @@ func TestDotSegmentsRefused(t *testing.T) {
 func TestRequestObserver(t *testing.T) {
 	_, tr, global := setup(t, nil, fakeopenai.Key{Secret: "sk-bad", Behavior: fakeopenai.Revoked}, fakeopenai.Key{Secret: "sk-ok"})
 	mine := &recorder{}
-	req, _ := http.NewRequestWithContext(keypool.WithRequestObserver(context.Background(), mine),
+	req, _ := http.NewRequestWithContext(keypool.ContextWithObserver(context.Background(), mine),
 		"POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
@@ -1044,7 +1051,7 @@ func TestRegressionNilNilOnFinalTransportError(t *testing.T) {
 		if a.Err != nil {
 			return keypool.OutcomeClientError // "do not fail over on network errors"
 		}
-		return keypool.DefaultPolicy.Classify(a)
+		return keypool.DefaultPolicy().Classify(a)
 	})
 	tr, _ := keypool.New(keypool.WithUpstream("https://api.example/v1", "sk-a"), keypool.WithBase(base), keypool.WithPolicy(pol))
 	resp, err := tr.RoundTrip(rvPost(context.Background()))

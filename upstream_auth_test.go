@@ -91,7 +91,7 @@ func TestUpstreamWithoutKey(t *testing.T) {
 	up, base := startScripted(t, 200, 401, 401, 200)
 	rec := &recorder{}
 	tr, err := keypool.New(keypool.WithUpstreams(keypool.Upstream{Name: "local", BaseURL: base, Auth: keypool.AuthNone}),
-		keypool.WithObserver(rec), keypool.WithCheckedKeysOnly(), keypool.WithMaxAttempts(1),
+		keypool.WithObserver(rec), keypool.WithCheckedKeysOnly(true), keypool.WithMaxAttempts(1),
 		keypool.WithFailureCooldown(3, time.Hour, time.Hour))
 	if err != nil {
 		t.Fatal(err)
