@@ -15,10 +15,21 @@ import (
 
 // verifyHeaps checks every bucket and scope: heap order, idx/where
 // consistency, that every usable budget and key is in the heap its state
-// calls for, and that counts never go below zero.
+// calls for, that counts never go below zero, and that the counts of keys
+// by state kept as states change are those of the keys as they stand.
 func verifyHeaps(t *testing.T, p *Pool, now time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var counts Counts
+	for _, k := range p.keys {
+		counts.byState[k.state]++
+		if p.selectable(k) {
+			counts.Usable++
+		}
+	}
+	if p.counts != counts {
+		t.Fatalf("kept counts %+v, the keys' %+v", p.counts, counts)
+	}
 	for _, u := range p.ups {
 		p.eachBucket(u, func(b *bucket) {
 			name := b.name

@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -279,6 +281,74 @@ func TestReadyz(t *testing.T) {
 	}
 	if code, body := f.do(t, "GET", "/readyz", remote, "", ""); code != 200 {
 		t.Fatalf("readyz with one key enabled: %d %s", code, body)
+	}
+}
+
+// TestReadyzCheckedKeysOnly: under WithCheckedKeysOnly no key is selected
+// before its first check, so the pool is not ready until then.
+func TestReadyzCheckedKeysOnly(t *testing.T) {
+	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA}, fakeopenai.Key{Secret: keyB})
+	tr, err := keypool.New(keypool.WithUpstream(url, keyA+","+keyB), keypool.WithCheckedKeysOnly(true))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.CloseIdleConnections()
+	h := server.NewAdmin(server.AdminOptions{Transport: tr})
+	readyz := func() (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := readyz(); code != 503 || !strings.Contains(body, "2 unchecked") || !strings.Contains(body, "first check") {
+		t.Fatalf("readyz before any check: %d %s", code, body)
+	}
+	c, err := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CheckAll(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := readyz(); code != 200 {
+		t.Fatalf("readyz after the check: %d %s", code, body)
+	}
+}
+
+// BenchmarkReadyz shows that a readiness probe costs the same however many
+// keys the pool holds: the pool keeps its counts as states change, so the
+// time and allocations per probe at 1k and 100k keys are alike.
+func BenchmarkReadyz(b *testing.B) {
+	for _, n := range []int{1_000, 100_000} {
+		secrets := make([]string, n)
+		for i := range secrets {
+			secrets[i] = fmt.Sprintf("sk-readyz-%07d", i)
+		}
+		tr, err := keypool.New(keypool.WithUpstream("http://up.invalid/v1", strings.Join(secrets, ",")))
+		if err != nil {
+			b.Fatal(err)
+		}
+		h := server.NewAdmin(server.AdminOptions{Transport: tr})
+		req := httptest.NewRequest("GET", "/readyz", nil)
+		for _, tc := range []struct {
+			name string
+			code int
+		}{{"ready", 200}, {"not-ready", 503}} {
+			if tc.code == 503 {
+				for _, k := range tr.Snapshot() {
+					tr.Pool().Disable(k.ID, "bench")
+				}
+			}
+			b.Run(fmt.Sprintf("keys=%d/%s", n, tc.name), func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, req)
+					if rec.Code != tc.code {
+						b.Fatalf("readyz: %d %s", rec.Code, rec.Body)
+					}
+				}
+			})
+		}
 	}
 }
 
