@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"regexp"
 	"runtime"
 	"slices"
@@ -453,6 +454,45 @@ func TestKeyNeverLeaks(t *testing.T) {
 			keyAssertNoLeak(t, fmt.Sprintf("parse error %d %%#v", i+1), fmt.Sprintf("%#v", err))
 		}
 	})
+}
+
+// TestPoolRecordsNeverLeak: the pool's own records of a key (the key, its
+// lease, scope, budget, bucket and upstream, the pool and the transport
+// holding them) and what it hands out (KeyInfo, events, answers) never show
+// the secret or its Authorization header under any verb, although the pool
+// keeps "Bearer <secret>" ready for every request.
+func TestPoolRecordsNeverLeak(t *testing.T) {
+	tr, err := New(WithUpstreams(Upstream{BaseURL: "https://a.test/v1", Keys: []Key{
+		NewKey(keyTestSecret), NewKey(keyTestSecret).WithOrganization("org-abc")}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := tr.Pool()
+	h := takeKey(t, p, "gpt-4o", t0)
+	k := h.k
+	if got := k.auth(); len(got) != 1 || got[0] != "Bearer "+keyTestSecret {
+		t.Fatalf("the key's Authorization header is %d values", len(got))
+	}
+	info, _ := p.Key(k.cred.id, t0)
+	a := Answer{Status: 200, Header: http.Header{"X-Request-Id": {"req_1"}}, Limits: noLimits}
+	values := []struct {
+		name string
+		v    any
+	}{
+		{"*key", k}, {"key", *k}, {"Key", k.cred}, {"lease", h.lease}, {"held", h},
+		{"*scope", k.s}, {"*upstream", k.up}, {"*budget", h.bud}, {"*bucket", h.bud.b},
+		{"*Pool", p}, {"*Transport", tr}, {"KeyInfo", info}, {"[]KeyInfo", tr.Snapshot()},
+		{"pick", pick{model: "gpt-4o", tried: []*key{k}}},
+		{"AttemptEvent", AttemptEvent{Key: k.cred.id}}, {"StateEvent", StateEvent{Key: k.cred.id}},
+		{"Answer", a}, {"lastAnswer", lastAnswer{k: k}}, {"CheckResult", CheckResult{Key: k.cred.id}},
+	}
+	for _, v := range values {
+		for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X"} {
+			keyAssertNoLeak(t, fmt.Sprintf("fmt %s of %s", verb, v.name), fmt.Sprintf(verb, v.v))
+		}
+		keyAssertNoLeak(t, "Sprint of "+v.name, fmt.Sprint(v.v))
+	}
+	drop(p, h, t0)
 }
 
 func TestKeyServiceAccount(t *testing.T) {

@@ -30,7 +30,7 @@ type key struct {
 	lastUsed   time.Time
 	usage      map[string]*FamilyUsage
 	usageOrder []string
-	authz      []string // the Authorization header value; never changes
+	authz      func() []string // the Authorization header value (see bearer)
 }
 
 func (k *key) node() *heapNode { return &k.heapNode }

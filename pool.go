@@ -218,7 +218,7 @@ func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
 	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org, seq: uint64(len(p.keys))}
 	k.idx, k.sidx = -1, -1
 	if up.Auth == AuthKeys {
-		k.authz = []string{"Bearer " + c.secret()}
+		k.authz = bearer(c)
 	} else {
 		// A stand-in: nothing to check, so it is ready from the start.
 		k.state, k.reason = StateReady, "no key of its own ("+up.Auth.String()+")"

@@ -829,7 +829,19 @@ func joinPath(base, p string) string {
 }
 
 // auth returns the key's Authorization header value, built with the pool.
-func (k *key) auth() []string { return k.authz }
+func (k *key) auth() []string { return k.authz() }
+
+// bearer builds c's Authorization header value, "Bearer sk-…", once, so
+// that a request costs no allocation for it, and returns it behind a func:
+// fmt prints a func as an address at any depth and with any verb, so %v of
+// the pool's key record, or of anything holding one, cannot show the
+// secret (a []string field would print its text). The slice is shared by
+// every request the key sends and must never be written to; http.Header's
+// Set and Add replace or grow a value slice rather than write into it.
+func bearer(c Key) func() []string {
+	v := []string{"Bearer " + c.secret()}
+	return func() []string { return v }
+}
 
 func isEventStream(h http.Header) bool {
 	return strings.HasPrefix(headerValue(h, "Content-Type"), "text/event-stream")
