@@ -483,6 +483,93 @@ func TestCheckFallbacks(t *testing.T) {
 	}
 }
 
+// TestCheckUsesPoolPolicy: the probe's answer means what the pool's Policy
+// says, so a user's WithPolicy applies to checks as it does to requests;
+// and under the default policy a 429 without a known type reads as the
+// rate limit the transport takes it for (the checker used to call it
+// "unexpected").
+func TestCheckUsesPoolPolicy(t *testing.T) {
+	fake := fakeopenai.New(fakeopenai.Config{},
+		fakeopenai.Key{Secret: "sk-geo"}, fakeopenai.Key{Secret: "sk-busy"}, fakeopenai.Key{Secret: "sk-fine"})
+	defer fake.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v1/chat/completions" {
+			fake.ServeHTTP(w, r)
+			return
+		}
+		switch r.Header.Get("Authorization") {
+		case "Bearer sk-geo":
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			io.WriteString(w, `{"error":{"message":"Country, region, or territory not supported","type":"request_forbidden","param":null,"code":"unsupported_country_region_territory"}}`)
+		case "Bearer sk-busy":
+			w.WriteHeader(http.StatusTooManyRequests) // a gateway's, without a body
+		default:
+			fake.ServeHTTP(w, r)
+		}
+	}))
+	defer srv.Close()
+	geoRevokes := keypool.PolicyFunc(func(a *keypool.Answer) keypool.Outcome {
+		if a.Error != nil && a.Error.Code == "unsupported_country_region_territory" {
+			return keypool.OutcomeRevoked
+		}
+		return keypool.DefaultPolicy().Classify(a)
+	})
+	for _, tc := range []struct {
+		name      string
+		policy    keypool.Policy
+		geo       keypool.State
+		geoReason string
+	}{
+		{"default policy", nil, keypool.StateReady, "checked (unexpected 403)"},
+		{"user policy", geoRevokes, keypool.StateRevoked, "check: 403 unsupported_country_region_territory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, _ := keypool.New(keypool.WithUpstream(srv.URL+"/v1", "sk-geo,sk-busy,sk-fine"), keypool.WithPolicy(tc.policy))
+			defer tr.CloseIdleConnections()
+			c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))
+			results, err := c.CheckAll(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := resultFor(t, results, "sk-geo"); r.State != tc.geo || r.Reason != tc.geoReason {
+				t.Errorf("sk-geo: %v %q; want %v %q", r.State, r.Reason, tc.geo, tc.geoReason)
+			}
+			if r := resultFor(t, results, "sk-busy"); r.State != keypool.StateReady || r.Reason != "checked (rate-limited)" {
+				t.Errorf("sk-busy: %v %q", r.State, r.Reason)
+			}
+			if r := resultFor(t, results, "sk-fine"); r.State != keypool.StateReady || r.Reason != "checked" {
+				t.Errorf("sk-fine: %v %q", r.State, r.Reason)
+			}
+		})
+	}
+}
+
+// TestCheckResultsReachObservers: every check result goes to the
+// transport's observers and to the checker's own, the one Observer shape.
+func TestCheckResultsReachObservers(t *testing.T) {
+	var transportObs, checkerObs recorder
+	_, _, c := checkSetup(t, []keypool.Option{keypool.WithObserver(&transportObs)},
+		[]keypool.CheckOption{keypool.WithCheckObserver(&checkerObs), keypool.WithCheckObserver(nil)},
+		fakeopenai.Key{Secret: "sk-a"}, fakeopenai.Key{Secret: "sk-b", Behavior: fakeopenai.Revoked})
+	results, err := c.CheckAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]*recorder{"transport's": &transportObs, "checker's": &checkerObs} {
+		r.mu.Lock()
+		if len(r.checks) != len(results) {
+			t.Errorf("the %s observer heard %d checks, want %d", name, len(r.checks), len(results))
+		}
+		for _, got := range r.checks {
+			if !slices.ContainsFunc(results, func(res keypool.CheckResult) bool { return res.Key == got.Key && res.State == got.State }) {
+				t.Errorf("the %s observer heard %+v, not a result", name, got)
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
 // F1: a context with a deadline makes rate.Limiter.Wait fail at once (not
 // with ctx.Err) for every key whose turn falls after the deadline; pass()
 // drops those keys silently and CheckAll reports success.

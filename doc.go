@@ -42,7 +42,7 @@
 //
 // # When a request fails over
 //
-// DefaultPolicy reads status, error type and error code, never message text:
+// DefaultPolicy() reads status, error type and error code, never message text:
 //
 //	2xx                                   done; headers and usage recorded
 //	401 invalid_api_key, access_terminated key revoked; next key
@@ -55,8 +55,9 @@
 //	other 4xx                              returned as is
 //	caller cancelled                       stop; not the key's fault
 //
-// Replace or wrap it with WithPolicy. Failover needs the request body again:
-// bodies up to WithMaxBodyBuffer are kept, larger ones are replayed through
+// Replace or wrap it with WithPolicy; the Checker reads its probes with the
+// same Policy. Failover needs the request body again: bodies up to
+// WithMaxBodyBuffer are kept, larger ones are replayed through
 // Request.GetBody or get one attempt. A streaming answer is read up to its
 // first event before it is handed back, so a stream that opens with an error
 // or never starts fails over too. When every attempt failed, the caller gets
@@ -70,8 +71,10 @@
 //	               ├─▶ revoked      until Enable (or a recheck)
 //	               └─▶ disabled     by the operator
 //
-// Transport.Snapshot shows every key by its ID (never its secret), and an
-// Observer (WithObserver) hears of every attempt and every state change.
+// Transport.Snapshot shows every key by its ID (never its secret), and
+// Pool.Counts how many keys stand in each state, at a cost that does not grow
+// with the pool. An Observer (WithObserver) hears of every attempt, every
+// state change and every check.
 //
 // A Checker (NewChecker) learns what each key is before traffic finds out,
 // at no cost: its organizations (each extra one becomes a clone key of its

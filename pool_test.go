@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -383,6 +384,15 @@ func TestStateTransitions(t *testing.T) {
 		takeKey(t, p, "m", t0)
 		if err := p.Disable("kp_nope", "x"); !errors.Is(err, ErrUnknownKey) {
 			t.Fatalf("unknown ID: %v; want ErrUnknownKey", err)
+		}
+		// The error names an ID, and only what has an ID's form: an
+		// operator may paste a secret where an ID belongs.
+		const unknown KeyID = "kp_0123456789abcdef"
+		if err := p.Enable(unknown); !errors.Is(err, ErrUnknownKey) || err.Error() != "keypool: unknown key "+string(unknown) {
+			t.Errorf("Enable(%s) = %v", unknown, err)
+		}
+		if err := p.Disable(KeyID(keyTestSecret), "x"); !errors.Is(err, ErrUnknownKey) || strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("Disable(a secret) = %v", err)
 		}
 	})
 	t.Run("model not found removes the model only", func(t *testing.T) {
