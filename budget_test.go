@@ -211,13 +211,13 @@ func TestRestsAreCapped(t *testing.T) {
 		func() RateLimits { l := limits(10, 0, Unknown); l.RemainingTokens, l.ResetTokens = 0, huge; return l }(),
 	} {
 		p.learn(bud, k, &l, t0)
-		if bud.until.After(t0.Add(DefaultMaxRest)) {
+		if bud.until.After(t0.Add(defaultMaxRest)) {
 			t.Fatalf("rests until %v, past the cap", bud.until)
 		}
 	}
 	a := &Answer{Status: 429, Error: &APIError{Type: "requests"}, Limits: limits(10, 0, huge)}
 	a.Limits.RetryAfter = huge
-	if d := p.rateLimitWait(bud, a); d > DefaultMaxRest {
+	if d := p.rateLimitWait(bud, a); d > defaultMaxRest {
 		t.Fatalf("429 rest %v, past the cap", d)
 	}
 }
@@ -244,14 +244,14 @@ func FuzzBudgetLearn(f *testing.F) {
 				l.RetryAfter = time.Duration(retry)
 			}
 			p.learn(bud, k, &l, now)
-			if bud.until.After(now.Add(DefaultMaxRest)) {
+			if bud.until.After(now.Add(defaultMaxRest)) {
 				t.Fatalf("rests until %v at %v", bud.until, now)
 			}
 			if e := bud.estimate(now.Add(time.Hour)); e < Unknown || bud.limitReq >= 0 && e > max(bud.limitReq, bud.remReq) {
 				t.Fatalf("estimate %d with limit %d, remaining %d", e, bud.limitReq, bud.remReq)
 			}
 			a429 := &Answer{Status: 429, Error: &APIError{Type: "requests"}, Limits: l}
-			if d := p.rateLimitWait(bud, a429); d <= 0 || d > DefaultMaxRest {
+			if d := p.rateLimitWait(bud, a429); d <= 0 || d > defaultMaxRest {
 				t.Fatalf("429 rest %v", d)
 			}
 			now = now.Add(time.Duration(gap & (1<<40 - 1)))

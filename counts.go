@@ -39,15 +39,6 @@ func (c Counts) In(s State) int {
 	return c.byState[s]
 }
 
-// Total returns how many keys were counted.
-func (c Counts) Total() int {
-	n := 0
-	for _, m := range c.byState {
-		n += m
-	}
-	return n
-}
-
 // String lists the states that have keys, in the order of State, as in
 // "2 revoked, 1 disabled"; "" when no key was counted.
 func (c Counts) String() string {

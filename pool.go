@@ -61,9 +61,9 @@ type poolConfig struct {
 // config (the seq of what was never picked).
 const firstPick = 1 << 32
 
-// DefaultMaxRest caps how long any answer can rest a key or budget: a daily
+// defaultMaxRest caps how long any answer can rest a key or budget: a daily
 // limit may need a day, and a garbage header must not stall a key for ever.
-const DefaultMaxRest = 24 * time.Hour
+const defaultMaxRest = 24 * time.Hour
 
 // NoKeyError says that no key can take a request now. FreeAt, when not zero,
 // is when the first key that could take it frees up. NotFound marks a model
@@ -133,7 +133,7 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		return nil, errors.New("keypool: no upstream configured")
 	}
 	if cfg.maxRest <= 0 {
-		cfg.maxRest = DefaultMaxRest
+		cfg.maxRest = defaultMaxRest
 	}
 	if cfg.now == nil {
 		cfg.now = time.Now

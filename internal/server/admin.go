@@ -233,7 +233,7 @@ func (a *admin) readyz(w http.ResponseWriter, _ *http.Request) {
 // unusableReason says why no key is usable, as "no usable key: 2 revoked, 1 disabled".
 func unusableReason(c keypool.Counts) string {
 	switch {
-	case c.Total() == 0:
+	case c.String() == "":
 		return "no key in the pool"
 	case c.In(keypool.StateUnchecked) > 0:
 		// Only keys that wait for their first check (WithCheckedKeysOnly)
