@@ -13,9 +13,9 @@ import (
 // a form that could not be read. It is never confused with zero.
 const Unknown = -1
 
-// TrialRequestLimit is the largest x-ratelimit-limit-requests of a trial key:
+// trialRequestLimit is the largest x-ratelimit-limit-requests of a trial key:
 // free keys have a per-day request bucket of 200 (the seed's rule, <= 250).
-const TrialRequestLimit = 250
+const trialRequestLimit = 250
 
 // RateLimits is what one upstream answer said about the key's limits, from its
 // x-ratelimit-* and Retry-After headers. Every field is Unknown (-1) when the
@@ -83,9 +83,10 @@ func parseRateLimits(h http.Header, now time.Time) RateLimits {
 	}
 }
 
-// Trial reports whether the request limit marks a trial key (<= TrialRequestLimit).
+// Trial reports whether the request limit marks a trial key: at most 250
+// requests (a free key's bucket is 200 a day; the seed's rule).
 func (l RateLimits) Trial() bool {
-	return l.LimitRequests > 0 && l.LimitRequests <= TrialRequestLimit
+	return l.LimitRequests > 0 && l.LimitRequests <= trialRequestLimit
 }
 
 // Known reports whether the answer carried any readable rate-limit header.
