@@ -30,14 +30,15 @@ import (
 //   - sends a deliberately invalid chat request (model babbage-002,
 //     max_tokens -1), which OpenAI refuses with a 400 before it costs
 //     anything; the refusal's x-ratelimit-limit-requests tells a trial key
-//     (<= 250) from a paid one, and other answers tell a revoked or over-quota
-//     key.
+//     (<= 250) from a paid one, and other answers, read with the pool's
+//     Policy (WithPolicy), tell a revoked or over-quota key.
 //
 // Run checks every key, then rechecks them periodically; Recheck asks for a
 // pass now, which also gives over-quota and revoked keys a new look. CheckAll
 // makes one pass and returns. Checks are paced by a rate limiter and bounded in
 // concurrency. Unchecked keys stay usable unless the Transport was built with
-// WithCheckedKeysOnly.
+// WithCheckedKeysOnly(true). Every result goes to the transport's observers
+// (Observer.Checked) and to those given with WithCheckObserver.
 //
 // A Checker is safe for simultaneous use by multiple goroutines; run at most
 // one Run at a time.

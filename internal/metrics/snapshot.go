@@ -54,17 +54,15 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	// Every state of every upstream is reported, zeros included, so a state
 	// that empties shows 0 rather than vanishing.
 	var upstreams []string
-	byState := map[string]*[keypool.StateDisabled + 1]int{}
+	byState := map[string]*keypool.Counts{}
 	for _, k := range infos {
 		counts := byState[k.Upstream]
 		if counts == nil {
-			counts = new([keypool.StateDisabled + 1]int)
+			counts = new(keypool.Counts)
 			byState[k.Upstream] = counts
 			upstreams = append(upstreams, k.Upstream)
 		}
-		if k.State <= keypool.StateDisabled {
-			counts[k.State]++
-		}
+		counts.Add(k.State)
 		ch <- prometheus.MustNewConstMetric(c.inFlight, prometheus.GaugeValue, float64(k.InFlight), string(k.ID), k.Upstream)
 		if utf8.ValidString(k.Scope) {
 			ch <- prometheus.MustNewConstMetric(c.scope, prometheus.GaugeValue, 1, string(k.ID), k.Upstream, k.Scope)
@@ -84,8 +82,8 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, u := range upstreams {
-		for s, n := range byState[u] {
-			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(n), u, keypool.State(s).String())
+		for s := keypool.StateUnchecked; s <= keypool.StateDisabled; s++ {
+			ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(byState[u].In(s)), u, s.String())
 		}
 	}
 }
