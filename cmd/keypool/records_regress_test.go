@@ -44,9 +44,9 @@ func TestServeRecordsNeverLogsDSNPassword(t *testing.T) {
 	t.Chdir(t.TempDir())
 	cfg := &config.Config{DBType: "sqlite", DBAddr: config.Secret("postgres://keypool:" + password + "@127.0.0.1:1/keypool")}
 	var logs bytes.Buffer
-	r, err := startRecords(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	r, err := startRecords(context.Background(), cfg, time.Second, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err == nil {
-		r.close(slog.New(slog.NewTextHandler(&logs, nil)), time.Second, nil)
+		r.close(slog.New(slog.NewTextHandler(&logs, nil)), nil)
 	}
 	if all := logs.String() + fmt.Sprint(err); strings.Contains(all, password) {
 		t.Fatalf("the DSN's password was logged:\n%s", all)

@@ -213,12 +213,12 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 	if notifier != nil {
 		notifier.Seed(tr.Snapshot())
 	}
-	recs, err := startRecords(ctx, cfg, logger)
+	recs, err := startRecords(ctx, cfg, shutdownTimeout, logger)
 	if err != nil {
 		return err
 	}
 	var srv *server.Server // drained before the records close
-	defer func() { recs.close(logger, shutdownTimeout, srv) }()
+	defer func() { recs.close(logger, srv) }()
 	tokens, access := server.AccessFromConfig(cfg)
 	sopts := server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, MaxBody: cfg.MaxBody,
 		CORS: !cfg.NoCORS, BodyIdle: cfg.BodyIdleTimeout, BodyMemory: cfg.BodyMemory}
@@ -340,12 +340,15 @@ type recordsRun struct {
 	writer   *records.Writer
 	pinged   chan struct{} // closed when the start-up ping is done
 	stopPing context.CancelFunc
+	written  chan error // the writer's Run's result
+	stop     context.CancelFunc
+	drain    time.Duration
 }
 
 // startRecords opens the store cfg names and starts its writer; nil when
 // records are off. A store out of reach is not an error: the writer tries
 // it until it answers, while requests go on.
-func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*recordsRun, error) {
+func startRecords(ctx context.Context, cfg *config.Config, drain time.Duration, logger *slog.Logger) (*recordsRun, error) {
 	store, err := records.Open(cfg.DBType, string(cfg.DBAddr)) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
 		logger.Info("request records off (dbtype none)")
@@ -368,29 +371,31 @@ func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) 
 		}
 	}()
 	w := records.NewWriter(store, records.WriterOptions{Queue: cfg.Records.Queue, QueueBytes: cfg.Records.QueueBytes,
-		Batch: cfg.Records.Batch, Keep: cfg.Records.Keep, Logger: logger})
-	return &recordsRun{store: store, writer: w, pinged: pinged, stopPing: cancel}, nil
+		Batch: cfg.Records.Batch, Keep: cfg.Records.Keep, DrainTimeout: drain, Logger: logger})
+	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	written := make(chan error, 1)
+	go func() { written <- w.Run(wctx) }()
+	return &recordsRun{store: store, writer: w, pinged: pinged, stopPing: cancel, written: written, stop: stop, drain: drain}, nil
 }
 
 // close writes what is queued, giving the store up to timeout (a store
 // known dead gets a couple of seconds), and closes it. It first gives the
 // requests srv still serves (those the shutdown cut off) a moment to hand
 // their records over; those still running then are counted as dropped.
-func (r *recordsRun) close(logger *slog.Logger, timeout time.Duration, srv *server.Server) {
+func (r *recordsRun) close(logger *slog.Logger, srv *server.Server) {
 	if r == nil {
 		return
 	}
 	var unfinished int64
 	if srv != nil {
-		dctx, cancel := context.WithTimeout(context.Background(), min(timeout, 2*time.Second))
+		dctx, cancel := context.WithTimeout(context.Background(), min(r.drain, 2*time.Second))
 		unfinished = srv.Drain(dctx)
 		cancel()
 	}
 	r.stopPing()
 	<-r.pinged
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := r.writer.Close(ctx); err != nil {
+	r.stop()
+	if err := <-r.written; err != nil {
 		logger.Warn("records", "err", err.Error())
 	}
 	s := r.writer.Stats()
