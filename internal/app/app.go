@@ -147,9 +147,9 @@ func Serve(ctx context.Context, cfg *config.Config, opts Options) error {
 // the order the package's documentation gives. It returns nil after a clean
 // shutdown, or the listener's or the shutdown's error.
 func (a *App) Run(ctx context.Context, ln net.Listener) error {
-	p, log, timeout := a.parts, a.log, a.opts.ShutdownTimeout
+	p := a.parts
 	if ln != nil {
-		log.Info("listening", "addr", ln.Addr().String(), "keys", len(p.transport.Snapshot()))
+		a.log.Info("listening", "addr", ln.Addr().String(), "keys", len(p.transport.Snapshot()))
 	}
 	// Each part outlives ctx until its turn in the shutdown.
 	recordsCtx, stopRecords := context.WithCancel(context.WithoutCancel(ctx))
@@ -165,66 +165,74 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		background = append(background, start(backgroundCtx, p.notifier))
 	}
 
-	var (
-		hs     *http.Server
-		served chan error // nil without a listener: never ready
-		err    error
-	)
-	if ln != nil {
-		hs = &http.Server{
-			Handler:           p.handler,
-			IdleTimeout:       idleTimeout,
-			ReadHeaderTimeout: readHeaderTimeout,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
-		served = make(chan error, 1)
-		go func() { served <- hs.Serve(ln) }()
-		if a.opts.Ready != nil {
-			a.opts.Ready(ln.Addr())
-		}
+	err := a.serve(ctx, ln) // 1
+	if p.records != nil {   // 2 and 3
+		a.drainRecords(ctx, stopRecords, recorded)
 	}
-	select {
-	case err = <-served: // the listener failed
-	case <-ctx.Done():
-		log.Info("shutting down", "timeout", timeout.String())
-		if hs != nil {
-			// A fresh context: ctx is already done, and Shutdown must get
-			// time to let in-flight streams finish.
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
-			err = hs.Shutdown(sctx)
-			cancel()
-			if err != nil {
-				hs.Close()
-				err = fmt.Errorf("shutdown: %w", err)
-			} else {
-				err = <-served
-			}
-		}
-	}
-
-	if p.records != nil {
-		// The requests the shutdown cut off get a moment to hand their
-		// records over; those still running then are counted as dropped.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(timeout, drainRequests))
-		unfinished := p.server.Drain(dctx)
-		cancel()
-		stopRecords()
-		if err := <-recorded; err != nil {
-			log.Warn("records", "err", err.Error())
-		}
-		s := p.records.writer.Stats()
-		log.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
-	}
-	stopBackground()
+	stopBackground() // 4
 	for _, done := range background {
 		<-done
 	}
-	p.transport.CloseIdleConnections()
+	p.transport.CloseIdleConnections() // 5
 	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
-	log.Info("stopped")
+	a.log.Info("stopped")
 	return nil
+}
+
+// serve serves Handler on ln until ctx ends or the listener fails, then
+// shuts the HTTP server down, giving in-flight requests the shutdown
+// timeout. Without a listener it waits for ctx.
+func (a *App) serve(ctx context.Context, ln net.Listener) error {
+	timeout := a.opts.ShutdownTimeout
+	if ln == nil {
+		<-ctx.Done()
+		a.log.Info("shutting down", "timeout", timeout.String())
+		return nil
+	}
+	hs := &http.Server{
+		Handler:           a.parts.handler,
+		IdleTimeout:       idleTimeout,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	if a.opts.Ready != nil {
+		a.opts.Ready(ln.Addr())
+	}
+	select {
+	case err := <-served: // the listener failed
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down", "timeout", timeout.String())
+	// A fresh context: ctx is already done, and Shutdown must get time to
+	// let in-flight streams finish.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return <-served
+}
+
+// drainRecords gives the requests the shutdown cut off a moment to hand
+// their records over (those still running then are counted as dropped),
+// then stops the records with stop and waits for them on recorded: the
+// writer writes what is queued, and the store closes.
+func (a *App) drainRecords(ctx context.Context, stop context.CancelFunc, recorded <-chan error) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.opts.ShutdownTimeout, drainRequests))
+	unfinished := a.parts.server.Drain(dctx)
+	cancel()
+	stop()
+	if err := <-recorded; err != nil {
+		a.log.Warn("records", "err", err.Error())
+	}
+	s := a.parts.records.writer.Stats()
+	a.log.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
 }
 
 // runner is a long-lived part: it runs until ctx ends, finishes what it
