@@ -101,8 +101,17 @@ type App struct {
 // New builds the parts cfg describes. It starts nothing and listens nowhere,
 // but it opens the records store (SQLite makes its file).
 func New(cfg *config.Config, opts Options) (*App, error) {
+	topts, err := transportOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newApp(cfg, opts, topts)
+}
+
+// newApp is New with cfg's transport options already made.
+func newApp(cfg *config.Config, opts Options, topts []keypool.Option) (*App, error) {
 	opts = opts.withDefaults()
-	p, err := build(cfg, opts)
+	p, err := build(cfg, opts, topts)
 	if err != nil {
 		return nil, err
 	}
@@ -117,12 +126,17 @@ func (a *App) Handler() http.Handler { return a.parts.handler }
 func (a *App) Transport() *keypool.Transport { return a.parts.transport }
 
 // Serve listens on opts.Listen (else cfg's listen, else DefaultListen),
-// builds cfg's parts with New and runs them with Run until ctx ends. It
-// listens first, so that a serve that cannot start leaves nothing behind (no
-// records file, no checks), and refuses an address off loopback when cfg
-// lets every client use the keys.
+// builds cfg's parts as New does and runs them with Run until ctx ends. It
+// reads the keys files, then listens, before it builds anything, so that a
+// serve that cannot start leaves nothing behind (no records file, no
+// checks); and it refuses an address off loopback when cfg lets every
+// client use the keys.
 func Serve(ctx context.Context, cfg *config.Config, opts Options) error {
 	opts = opts.withDefaults()
+	topts, err := transportOptions(cfg)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", cmp.Or(opts.Listen, cfg.Listen, DefaultListen))
 	if err != nil {
 		return err
@@ -135,7 +149,7 @@ func Serve(ctx context.Context, cfg *config.Config, opts Options) error {
 		}
 		opts.Logger.Warn("no client tokens configured: any local process may use the keys", "addr", ln.Addr().String())
 	}
-	a, err := New(cfg, opts)
+	a, err := newApp(cfg, opts, topts)
 	if err != nil {
 		return err
 	}

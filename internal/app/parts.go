@@ -25,14 +25,11 @@ type parts struct {
 	handler   http.Handler // the proxy, the admin API and the metrics
 }
 
-// build makes the parts of cfg and starts none of them. On an error it
+// build makes the parts of cfg, whose transport options (see
+// transportOptions) are topts, and starts none of them. On an error it
 // leaves nothing open.
-func build(cfg *config.Config, opts Options) (_ *parts, err error) {
+func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, err error) {
 	log := opts.Logger
-	topts, err := transportOptions(cfg)
-	if err != nil {
-		return nil, err
-	}
 	p := &parts{cfg: cfg, registry: metrics.NewRegistry()}
 	// The snapshot is read at scrape time only, once p.transport is set
 	// below and the server (which starts the scrapes) is running.
