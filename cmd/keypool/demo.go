@@ -131,7 +131,16 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	}
 	defer store.Close()
 	writer := records.NewWriter(store, records.WriterOptions{})
-	defer writer.Close(context.WithoutCancel(ctx))
+	writeCtx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		writer.Run(writeCtx)
+	}()
+	defer func() {
+		stopWriter()
+		<-written
+	}()
 
 	// The proxy, in front of the transport, on 127.0.0.1 only.
 	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}, Records: writer})

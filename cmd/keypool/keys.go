@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/keypool/keypool/internal/app"
 )
 
 // Defaults of keys.
 const (
-	defaultServer   = "http://127.0.0.1:8080"
+	defaultServer   = "http://" + app.DefaultListen
 	keysTimeout     = 30 * time.Second
 	maxKeysResponse = 64 << 20
 )

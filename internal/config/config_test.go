@@ -175,9 +175,6 @@ upstreams:
 		{base: "https://api.openai.com/v1", auth: keypool.AuthCaller, noauth: true},
 		{base: "http://127.0.0.1:11434/v1", auth: keypool.AuthNone, tokens: []string{"team"}},
 	})
-	if _, err := cfg.TransportOptions(); err != nil {
-		t.Fatal(err)
-	}
 	cfg, err = config.Parse([]byte("retry_time: 90\n"), "c.yaml", "")
 	if err != nil || cfg.RetryTime != 90*time.Second {
 		t.Fatalf("retry_time: %v, %v", cfg.RetryTime, err)
@@ -224,36 +221,21 @@ func TestExtensions(t *testing.T) {
 	if ups[0].Timeout != 2*time.Minute || ups[1].Timeout != 45*time.Second || ups[1].StreamTimeout != 5*time.Second {
 		t.Errorf("timeouts: %v, %v %v", ups[0].Timeout, ups[1].Timeout, ups[1].StreamTimeout)
 	}
-	opts, err := cfg.TransportOptions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := keypool.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keypool.NewChecker(tr, cfg.CheckerOptions()...); err != nil {
-		t.Errorf("NewChecker: %v", err)
-	}
-	if n := len(cfg.CheckerOptions()); n != 3 {
-		t.Errorf("%d checker options, want 3", n)
-	}
 }
 
 func TestCheckerSection(t *testing.T) {
 	for _, tc := range []struct {
-		in    string
-		want  config.Checker
-		nopts int
+		in   string
+		want config.Checker
 	}{
-		{"", config.Checker{}, 0},
-		{"checker:\n", config.Checker{}, 0},
-		{"checker: {recheck: off}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 0}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 0s}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 90}", config.Checker{Recheck: 90 * time.Second}, 1},
-		{"checker: {rate: 0.5, concurrency: 1}", config.Checker{Rate: 0.5, Concurrency: 1}, 2},
-		{"checker: {wait_for_check: on}", config.Checker{WaitForCheck: true}, 0},
+		{"", config.Checker{}},
+		{"checker:\n", config.Checker{}},
+		{"checker: {recheck: off}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 0}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 0s}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 90}", config.Checker{Recheck: 90 * time.Second}},
+		{"checker: {rate: 0.5, concurrency: 1}", config.Checker{Rate: 0.5, Concurrency: 1}},
+		{"checker: {wait_for_check: on}", config.Checker{WaitForCheck: true}},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(tc.in), "c.yaml", "")
@@ -262,9 +244,6 @@ func TestCheckerSection(t *testing.T) {
 			}
 			if cfg.Checker != tc.want {
 				t.Errorf("checker = %+v, want %+v", cfg.Checker, tc.want)
-			}
-			if n := len(cfg.CheckerOptions()); n != tc.nopts {
-				t.Errorf("%d options, want %d", n, tc.nopts)
 			}
 		})
 	}

@@ -108,6 +108,9 @@ type rig struct {
 	recClient *http.Client
 	store     records.Store
 	writer    *records.Writer
+	// stopWriter ends the writer's Run and waits for its drain (30s at
+	// most); every call after the first returns the first one's error.
+	stopWriter func() error
 }
 
 // startRecords starts a second keypool proxy, on the same transport, that
@@ -118,7 +121,14 @@ func (r *rig) startRecords(path string) error {
 		return err
 	}
 	r.store = st
-	r.writer = records.NewWriter(st, records.WriterOptions{})
+	r.writer = records.NewWriter(st, records.WriterOptions{DrainTimeout: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- r.writer.Run(ctx) }()
+	r.stopWriter = sync.OnceValue(func() error {
+		cancel()
+		return <-ran
+	})
 	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}, Records: r.writer})
 	if err != nil {
 		return err
@@ -213,10 +223,8 @@ func (r *rig) close() {
 			s.srv.Close()
 		}
 	}
-	if r.writer != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		r.writer.Close(ctx)
-		cancel()
+	if r.stopWriter != nil {
+		r.stopWriter()
 	}
 	if r.store != nil {
 		r.store.Close()

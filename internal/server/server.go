@@ -90,16 +90,6 @@ type UpstreamAccess struct {
 	NoAuth bool
 }
 
-// AccessFromConfig returns the client tokens and per-upstream access rules of
-// cfg, for Options.Tokens and Options.Upstreams.
-func AccessFromConfig(cfg *config.Config) ([]config.Secret, []UpstreamAccess) {
-	ups := make([]UpstreamAccess, len(cfg.Upstream))
-	for i, u := range cfg.Upstream {
-		ups[i] = UpstreamAccess{Name: u.Name, Tokens: u.Authorization, InheritTokens: u.InheritAuthorization, NoAuth: u.NoAuth}
-	}
-	return cfg.Authorization, ups
-}
-
 // allows reports whether a client may use u: anyone when u is noauth; else
 // a holder of one of u's own tokens, or of a global token when u has none
 // of its own (or inherits them).
