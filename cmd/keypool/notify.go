@@ -6,6 +6,7 @@ import (
 
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // notifyConfig turns the config's notify section into the notifier's
@@ -19,20 +20,20 @@ func notifyConfig(c config.Notify, logger *slog.Logger) (nc notify.Config, ok bo
 		Logger: logger,
 	}
 	if m := c.Matrix; m != nil {
-		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: string(m.Token)}
+		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: secret.New(string(m.Token))}
 	}
 	if f := c.Feishu; f != nil {
-		nc.Feishu = &notify.Feishu{Webhook: string(f.Webhook), Secret: string(f.Secret)}
+		nc.Feishu = &notify.Feishu{Webhook: secret.New(string(f.Webhook)), Secret: secret.New(string(f.Secret))}
 	} else if hook := os.Getenv("FEISHU_WEBHOOK"); hook != "" {
-		nc.Feishu = &notify.Feishu{Webhook: hook}
+		nc.Feishu = &notify.Feishu{Webhook: secret.New(hook)}
 		logger.Info("feishu notifications to FEISHU_WEBHOOK (from the environment)")
 	}
 	if w := c.Webhook; w != nil {
-		nc.Webhook = &notify.Webhook{URL: string(w.URL)}
+		nc.Webhook = &notify.Webhook{URL: secret.New(string(w.URL))}
 		if len(w.Headers) > 0 {
-			nc.Webhook.Headers = make(map[string]string, len(w.Headers))
+			nc.Webhook.Headers = make(map[string]secret.String, len(w.Headers))
 			for k, v := range w.Headers {
-				nc.Webhook.Headers[k] = string(v)
+				nc.Webhook.Headers[k] = secret.New(string(v))
 			}
 		}
 	}
