@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -27,7 +27,7 @@ func adminServer(t *testing.T) string {
 	if err := tr.Pool().Disable(keypool.NewKey(mixedPool[0].Secret).ID(), "rotated", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(server.NewAdmin(server.AdminOptions{Transport: tr, Token: config.Secret(keysAdminToken)}))
+	ts := httptest.NewServer(server.NewAdmin(server.AdminOptions{Transport: tr, Token: secret.New(keysAdminToken)}))
 	t.Cleanup(ts.Close)
 	return ts.URL
 }

@@ -20,22 +20,16 @@ func notifyConfig(c config.Notify, logger *slog.Logger) (nc notify.Config, ok bo
 		Logger: logger,
 	}
 	if m := c.Matrix; m != nil {
-		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: secret.New(string(m.Token))}
+		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: m.Token}
 	}
 	if f := c.Feishu; f != nil {
-		nc.Feishu = &notify.Feishu{Webhook: secret.New(string(f.Webhook)), Secret: secret.New(string(f.Secret))}
+		nc.Feishu = &notify.Feishu{Webhook: f.Webhook, Secret: f.Secret}
 	} else if hook := os.Getenv("FEISHU_WEBHOOK"); hook != "" {
 		nc.Feishu = &notify.Feishu{Webhook: secret.New(hook)}
 		logger.Info("feishu notifications to FEISHU_WEBHOOK (from the environment)")
 	}
 	if w := c.Webhook; w != nil {
-		nc.Webhook = &notify.Webhook{URL: secret.New(string(w.URL))}
-		if len(w.Headers) > 0 {
-			nc.Webhook.Headers = make(map[string]secret.String, len(w.Headers))
-			for k, v := range w.Headers {
-				nc.Webhook.Headers[k] = secret.New(string(v))
-			}
-		}
+		nc.Webhook = &notify.Webhook{URL: w.URL, Headers: w.Headers}
 	}
 	return nc, nc.Matrix != nil || nc.Feishu != nil || nc.Webhook != nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // recordsFlags are the flags of keypool records.
@@ -106,7 +107,7 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 	if err != nil {
 		return err
 	}
-	store, err := records.Open(typ, addr)
+	store, err := records.Open(typ, secret.New(addr))
 	if errors.Is(err, records.ErrNone) {
 		return errors.New("records are off: the config says dbtype none")
 	}
@@ -151,7 +152,7 @@ func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 		if err != nil {
 			return "", "", err
 		}
-		typ, addr = cfg.DBType, string(cfg.DBAddr)
+		typ, addr = cfg.DBType, cfg.DBAddr.Reveal()
 	}
 	if f.dbType != "" {
 		if storeType(f.dbType) != storeType(typ) {

@@ -4,13 +4,15 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/keypool/keypool/internal/config"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // TestRecordsDBTypeOverrideHidesDSNPassword: with a config whose store
@@ -42,7 +44,7 @@ func TestRecordsDBTypeOverrideHidesDSNPassword(t *testing.T) {
 func TestServeRecordsNeverLogsDSNPassword(t *testing.T) {
 	const password = "Pg-S3cret-review-passw0rd"
 	t.Chdir(t.TempDir())
-	cfg := &config.Config{DBType: "sqlite", DBAddr: config.Secret("postgres://keypool:" + password + "@127.0.0.1:1/keypool")}
+	cfg := &config.Config{DBType: "sqlite", DBAddr: secret.New("postgres://keypool:" + password + "@127.0.0.1:1/keypool")}
 	var logs bytes.Buffer
 	r, err := startRecords(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err == nil {

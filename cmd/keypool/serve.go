@@ -18,6 +18,7 @@ import (
 	"github.com/keypool/keypool/internal/metrics"
 	"github.com/keypool/keypool/internal/notify"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -93,12 +94,12 @@ Logs go to stderr and show keys by ID only.`,
 			}
 			if dbType != "" {
 				if storeType(dbType) != storeType(cfg.DBType) {
-					cfg.DBAddr = "" // the config's address is for another type of store
+					cfg.DBAddr = secret.String{} // the config's address is for another type of store
 				}
 				cfg.DBType = dbType
 			}
 			if dbAddr != "" {
-				cfg.DBAddr = config.Secret(dbAddr)
+				cfg.DBAddr = secret.New(dbAddr)
 			}
 			switch {
 			case listen != "":
@@ -240,7 +241,7 @@ func serve(ctx context.Context, cfg *config.Config, listen string, shutdownTimeo
 		return err
 	}
 	admin := server.NewAdmin(server.AdminOptions{Transport: tr, Checker: checker, Token: cfg.AdminToken, Logger: logger})
-	if cfg.AdminToken == "" {
+	if cfg.AdminToken.IsZero() {
 		logger.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 
@@ -346,7 +347,7 @@ type recordsRun struct {
 // records are off. A store out of reach is not an error: the writer tries
 // it until it answers, while requests go on.
 func startRecords(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*recordsRun, error) {
-	store, err := records.Open(cfg.DBType, string(cfg.DBAddr)) // "" is ./db.sqlite
+	store, err := records.Open(cfg.DBType, cfg.DBAddr) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
 		logger.Info("request records off (dbtype none)")
 		return nil, nil

@@ -23,6 +23,7 @@ import (
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -315,7 +316,7 @@ func newGoodputProxy(keys []fakeopenai.Key, base http.RoundTripper, logger *slog
 		creds[i] = keypool.NewKey(k.Secret)
 	}
 	cfg := &config.Config{
-		Authorization: []config.Secret{clientToken},
+		Authorization: []secret.String{secret.New(clientToken)},
 		Upstream:      []config.Upstream{{Endpoint: fakeopenai.PipeBaseURL, Keys: creds}},
 	}
 	topts, err := cfg.TransportOptions()

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -113,13 +113,13 @@ type rig struct {
 // startRecords starts a second keypool proxy, on the same transport, that
 // writes request records to the SQLite file at path.
 func (r *rig) startRecords(path string) error {
-	st, err := records.Open(records.TypeSQLite, path)
+	st, err := records.Open(records.TypeSQLite, secret.New(path))
 	if err != nil {
 		return err
 	}
 	r.store = st
 	r.writer = records.NewWriter(st, records.WriterOptions{})
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}, Records: r.writer})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}, Records: r.writer})
 	if err != nil {
 		return err
 	}
@@ -154,7 +154,7 @@ func newRig(conns int) (*rig, error) {
 		r.close()
 		return nil, err
 	}
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}})
 	if err != nil {
 		r.close()
 		return nil, err

@@ -34,16 +34,16 @@ import (
 // database creates or migrates the schema; until one does, every call fails
 // with an error saying why ("records: postgres: connect: …") and the next
 // call tries again. No error and no %v of the Store holds the DSN's password.
-func Open(typ, addr string) (Store, error) {
+func Open(typ string, addr secret.String) (Store, error) {
 	var (
 		s   *store
 		err error
 	)
 	switch typ {
 	case TypeSQLite, "":
-		s, err = openSQLite(addr)
+		s, err = openSQLite(addr.Reveal())
 	case TypePostgres:
-		s, err = openPostgres(addr)
+		s, err = openPostgres(addr.Reveal())
 	case TypeNone:
 		return nil, ErrNone
 	default:

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // postgresEnv names the DSN of a PostgreSQL the tests may create schemas
@@ -104,7 +106,7 @@ func postgresParam(dsn, key, value string) string {
 
 func (b backend) open(t *testing.T, addr string) Store {
 	t.Helper()
-	st, err := Open(b.typ, addr)
+	st, err := Open(b.typ, secret.New(addr))
 	if err != nil {
 		t.Fatalf("Open(%q): %v", b.typ, err)
 	}
@@ -539,7 +541,7 @@ func TestOpen(t *testing.T) {
 		{"two @ in URL", TypePostgres, "postgres://u:" + password + "@db.example:5432,x@y/keypool", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := Open(tt.typ, tt.addr)
+			st, err := Open(tt.typ, secret.New(tt.addr))
 			if err != nil && st != nil {
 				t.Errorf("Open returned a store with its error: %v", st)
 			}
@@ -560,7 +562,7 @@ func TestOpen(t *testing.T) {
 		})
 	}
 
-	st, err := Open(TypeNone, "")
+	st, err := Open(TypeNone, secret.String{})
 	if st != nil || !errors.Is(err, ErrNone) {
 		t.Errorf("Open(none) = %v, %v; want nil, ErrNone", st, err)
 	}
@@ -586,7 +588,7 @@ func TestPostgresUnreachable(t *testing.T) {
 		{"key=value, quoted", fmt.Sprintf("host=127.0.0.1 port=%d user=keypool password='%s it\\'s' connect_timeout=2", port, password)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := Open(TypePostgres, tt.dsn)
+			st, err := Open(TypePostgres, secret.New(tt.dsn))
 			if err != nil {
 				t.Fatalf("Open must not reach the database: %v", err)
 			}
@@ -716,7 +718,7 @@ func BenchmarkInsertBatch(b *testing.B) {
 
 func benchmarkInsertBatch(b *testing.B, typ, addr string) {
 	const batch = 256
-	st, err := Open(typ, addr)
+	st, err := Open(typ, secret.New(addr))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -744,7 +746,7 @@ func benchmarkInsertBatch(b *testing.B, typ, addr string) {
 }
 
 func ExampleOpen() {
-	st, err := Open(TypeSQLite, ":memory:")
+	st, err := Open(TypeSQLite, secret.New(":memory:"))
 	if err != nil {
 		fmt.Println(err)
 		return
