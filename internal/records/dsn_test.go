@@ -1,6 +1,7 @@
 package records
 
 import (
+	"net/url"
 	"slices"
 	"strings"
 	"testing"
@@ -63,4 +64,37 @@ func TestMaskDSN(t *testing.T) {
 			t.Errorf("scrubbed %q to %q (shown %q)", tt.dsn, got, shown)
 		}
 	}
+}
+
+// FuzzRedactAddr puts a fuzzed password where DSNs hold one, written as
+// each form wants it (escaped, quoted), and checks that RedactAddr never
+// shows it. Written raw, a password may make another valid DSN (an "&" in
+// a query value starts a parameter), so then RedactAddr must only not fail.
+func FuzzRedactAddr(f *testing.F) {
+	for _, pw := range []string{"s3cret", "p@ss/w?rd#1", `it's here\`, "a b c d", "x'y z", "%zz%41", "::@@//", "&0000000"} {
+		f.Add(pw)
+	}
+	kvQuote := strings.NewReplacer(`\`, `\\`, "'", `\'`)
+	f.Fuzz(func(t *testing.T, pw string) {
+		for _, dsn := range []string{"postgres://kp:" + pw + "@db.example/kp?x=" + pw, "host=h password=" + pw + " x=" + pw} {
+			RedactAddr(dsn)
+		}
+		for _, tt := range []struct{ dsn, written string }{
+			{"postgres://" + url.UserPassword("kp", pw).String() + "@db.example:5432/kp?sslmode=disable", url.UserPassword("", pw).String()[1:]},
+			{"postgres://kp@db.example/kp?password=" + url.QueryEscape(pw) + "&application_name=keypool", url.QueryEscape(pw)},
+			{"host=db.example user=kp password='" + kvQuote.Replace(pw) + "' dbname=kp", kvQuote.Replace(pw)},
+		} {
+			shown := RedactAddr(tt.dsn)
+			for _, s := range []string{pw, tt.written} {
+				// A short password, or one the DSN's own text holds,
+				// cannot be told from that text.
+				if len(s) < 6 || strings.Contains(strings.Replace(tt.dsn, tt.written, "", 1)+secret.Redacted, s) {
+					continue
+				}
+				if strings.Contains(shown, s) {
+					t.Fatalf("RedactAddr(%q) = %q shows the password", tt.dsn, shown)
+				}
+			}
+		}
+	})
 }
