@@ -96,7 +96,7 @@ func TestKeysFailures(t *testing.T) {
 		{"wrong token", []string{"--server", base, "--admin-token", "tok-wrong-666666666666"}, "401"},
 		{"bad URL", []string{"--server", "not a url", "--admin-token", keysAdminToken}, "--server must be"},
 		{"no server", []string{"--server", "http://127.0.0.1:1", "--admin-token", keysAdminToken}, "keys: http://127.0.0.1:1"},
-		{"credentials in the URL", []string{"--server", "http://user:hunter2secret@127.0.0.1:1"}, "xxxxx"},
+		{"credentials in the URL", []string{"--server", "http://user:hunter2secret@127.0.0.1:1"}, "http://user:[redacted]@127.0.0.1:1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

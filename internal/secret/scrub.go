@@ -3,6 +3,7 @@ package secret
 import (
 	"cmp"
 	"errors"
+	"net/url"
 	"slices"
 	"strings"
 )
@@ -76,3 +77,17 @@ type scrubbedError struct {
 
 func (e *scrubbedError) Error() string        { return e.msg }
 func (e *scrubbedError) Is(target error) bool { return errors.Is(e.err, target) }
+
+// RedactURL returns u as text with its password, if it has one, as
+// Redacted: url.URL.Redacted with keypool's placeholder instead of "xxxxx".
+func RedactURL(u *url.URL) string {
+	if _, ok := u.User.Password(); !ok {
+		return u.String()
+	}
+	c := *u
+	c.User = url.User(u.User.Username())
+	s := c.String()
+	// The first "@" ends the user info: the user name's own are escaped.
+	at := strings.Index(s, "@")
+	return s[:at] + ":" + Redacted + s[at:]
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -214,3 +215,20 @@ func TestScrubberError(t *testing.T) {
 type pwError struct{ pw string }
 
 func (e *pwError) Error() string { return "bad password " + e.pw }
+
+func TestRedactURL(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"http://user:hunter2@127.0.0.1:1/x?q=1", "http://user:[redacted]@127.0.0.1:1/x?q=1"},
+		{"https://u%40corp:p%40ss@h/", "https://u%40corp:[redacted]@h/"},
+		{"https://user@h/a@b", "https://user@h/a@b"},
+		{"https://h/a@b", "https://h/a@b"},
+	} {
+		u, err := url.Parse(tt.in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := secret.RedactURL(u); got != tt.want {
+			t.Errorf("RedactURL(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
