@@ -17,9 +17,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -125,7 +125,7 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	defer t.CloseIdleConnections()
 
 	// Request records, in an in-memory SQLite database.
-	store, err := records.Open(records.TypeSQLite, ":memory:")
+	store, err := records.Open(records.TypeSQLite, secret.New(":memory:"))
 	if err != nil {
 		return err
 	}
@@ -143,7 +143,7 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	}()
 
 	// The proxy, in front of the transport, on 127.0.0.1 only.
-	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}, Records: writer})
+	srv, err := server.New(server.Options{Transport: t, Tokens: []secret.String{secret.New(demoToken)}, Records: writer})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // recordsFlags are the flags of keypool records.
@@ -107,7 +108,7 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 	if err != nil {
 		return err
 	}
-	store, err := records.Open(typ, addr)
+	store, err := records.Open(typ, secret.New(addr))
 	if errors.Is(err, records.ErrNone) {
 		return errors.New("records are off: the config says dbtype none")
 	}
@@ -148,7 +149,7 @@ func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 		}
 	}
 	app.SetStore(cfg, f.dbType, f.dbAddr)
-	typ, addr = cfg.DBType, string(cfg.DBAddr)
+	typ, addr = cfg.DBType, cfg.DBAddr.Reveal()
 	if typ == "" {
 		typ = records.TypeSQLite
 	}

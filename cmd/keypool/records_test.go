@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func TestPointInTime(t *testing.T) {
@@ -37,7 +38,7 @@ func TestPointInTime(t *testing.T) {
 func TestRecordsCommand(t *testing.T) {
 	noEnv(t)
 	db := filepath.Join(t.TempDir(), "r.sqlite")
-	st, err := records.Open(records.TypeSQLite, db)
+	st, err := records.Open(records.TypeSQLite, secret.New(db))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // TestNewStartsNothing: New builds every part (a notifier included) and
@@ -23,10 +24,10 @@ import (
 func TestNewStartsNothing(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		cfg := &config.Config{
-			Authorization: []config.Secret{"tok-app-start-0000"},
+			Authorization: []secret.String{secret.New("tok-app-start-0000")},
 			Upstream:      []config.Upstream{{Endpoint: "https://a.example/v1", Keys: []keypool.Key{keypool.NewKey("sk-app-start-1111")}}},
 			DBType:        "none",
-			Notify:        config.Notify{Webhook: &config.Webhook{URL: "https://hooks.example/keypool"}},
+			Notify:        config.Notify{Webhook: &config.Webhook{URL: secret.New("https://hooks.example/keypool")}},
 		}
 		a, err := app.New(cfg, app.Options{})
 		if err != nil {
@@ -45,10 +46,10 @@ func TestServeStopsInOrder(t *testing.T) {
 	const key, token = "sk-app-order-aaaaaaaaaaaa", "tok-app-order-bbbbbbbbbb"
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key})
 	cfg := &config.Config{
-		Authorization: []config.Secret{token},
+		Authorization: []secret.String{secret.New(token)},
 		Upstream:      []config.Upstream{{Endpoint: url, Keys: []keypool.Key{keypool.NewKey(key)}}},
 		DBType:        "sqlite",
-		DBAddr:        config.Secret(filepath.Join(t.TempDir(), "db.sqlite")),
+		DBAddr:        secret.New(filepath.Join(t.TempDir(), "db.sqlite")),
 	}
 	logs := &syncBuffer{}
 	addrs := make(chan net.Addr, 1)

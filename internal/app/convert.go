@@ -11,6 +11,7 @@ import (
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/notify"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -90,7 +91,7 @@ func serverOptions(cfg *config.Config, tr *keypool.Transport, log *slog.Logger) 
 
 // access returns the client tokens and the per-upstream access rules of
 // cfg, for server.Options.Tokens and server.Options.Upstreams.
-func access(cfg *config.Config) ([]config.Secret, []server.UpstreamAccess) {
+func access(cfg *config.Config) ([]secret.String, []server.UpstreamAccess) {
 	ups := make([]server.UpstreamAccess, len(cfg.Upstream))
 	for i, u := range cfg.Upstream {
 		ups[i] = server.UpstreamAccess{Name: u.Name, Tokens: u.Authorization, InheritTokens: u.InheritAuthorization, NoAuth: u.NoAuth}
@@ -109,22 +110,16 @@ func notifyConfig(c config.Notify, logger *slog.Logger) (nc notify.Config, ok bo
 		Logger: logger,
 	}
 	if m := c.Matrix; m != nil {
-		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: string(m.Token)}
+		nc.Matrix = &notify.Matrix{Homeserver: m.Homeserver, Room: m.Room, Token: m.Token}
 	}
 	if f := c.Feishu; f != nil {
-		nc.Feishu = &notify.Feishu{Webhook: string(f.Webhook), Secret: string(f.Secret)}
+		nc.Feishu = &notify.Feishu{Webhook: f.Webhook, Secret: f.Secret}
 	} else if hook := os.Getenv("FEISHU_WEBHOOK"); hook != "" {
-		nc.Feishu = &notify.Feishu{Webhook: hook}
+		nc.Feishu = &notify.Feishu{Webhook: secret.New(hook)}
 		logger.Info("feishu notifications to FEISHU_WEBHOOK (from the environment)")
 	}
 	if w := c.Webhook; w != nil {
-		nc.Webhook = &notify.Webhook{URL: string(w.URL)}
-		if len(w.Headers) > 0 {
-			nc.Webhook.Headers = make(map[string]string, len(w.Headers))
-			for k, v := range w.Headers {
-				nc.Webhook.Headers[k] = string(v)
-			}
-		}
+		nc.Webhook = &notify.Webhook{URL: w.URL, Headers: w.Headers}
 	}
 	return nc, nc.Matrix != nil || nc.Feishu != nil || nc.Webhook != nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func parse(t testing.TB, text string) *config.Config {
@@ -141,9 +142,9 @@ func TestSetStore(t *testing.T) {
 		{"both", "postgres", "dsn", "sqlite", "b.sqlite", "sqlite", "b.sqlite"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := &config.Config{DBType: tc.cfgType, DBAddr: config.Secret(tc.cfgAddr)}
+			cfg := &config.Config{DBType: tc.cfgType, DBAddr: secret.New(tc.cfgAddr)}
 			SetStore(cfg, tc.flagType, tc.flagAddr)
-			if cfg.DBType != tc.wantType || string(cfg.DBAddr) != tc.wantAddr {
+			if cfg.DBType != tc.wantType || cfg.DBAddr.Reveal() != tc.wantAddr {
 				t.Errorf("dbtype %q, dbaddr %q; want %q, %q", cfg.DBType, cfg.DBAddr, tc.wantType, tc.wantAddr)
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // This file holds where the commands find their config, keys and records
@@ -91,12 +92,12 @@ func Load(file string, logger *slog.Logger) (*config.Config, error) {
 func SetStore(cfg *config.Config, dbType, dbAddr string) {
 	if dbType != "" {
 		if storeType(dbType) != storeType(cfg.DBType) {
-			cfg.DBAddr = ""
+			cfg.DBAddr = secret.String{}
 		}
 		cfg.DBType = dbType
 	}
 	if dbAddr != "" {
-		cfg.DBAddr = config.Secret(dbAddr)
+		cfg.DBAddr = secret.New(dbAddr)
 	}
 }
 

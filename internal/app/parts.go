@@ -78,7 +78,7 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 		return nil, err
 	}
 	admin := server.NewAdmin(server.AdminOptions{Transport: p.transport, Checker: p.checker, Token: cfg.AdminToken, Logger: log})
-	if cfg.AdminToken == "" {
+	if cfg.AdminToken.IsZero() {
 		log.Info("no admin_token configured: the admin API answers on loopback only")
 	}
 	p.handler = routes(p.server.Handler(), admin, metrics.Handler(p.registry))

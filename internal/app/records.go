@@ -27,7 +27,7 @@ type recordsPart struct {
 // store out of reach is not an error: the writer tries it until it
 // answers, while requests go on.
 func newRecords(cfg *config.Config, drain time.Duration, logger *slog.Logger) (*recordsPart, error) {
-	store, err := records.Open(cfg.DBType, string(cfg.DBAddr)) // "" is ./db.sqlite
+	store, err := records.Open(cfg.DBType, cfg.DBAddr) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
 		logger.Info("request records off (dbtype none)")
 		return nil, nil

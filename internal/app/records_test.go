@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // TestServeRecordsNeverLogsDSNPassword: `keypool serve --dbtype
@@ -19,7 +20,7 @@ import (
 func TestServeRecordsNeverLogsDSNPassword(t *testing.T) {
 	const password = "Pg-S3cret-review-passw0rd"
 	t.Chdir(t.TempDir())
-	cfg := &config.Config{DBType: "sqlite", DBAddr: config.Secret("postgres://keypool:" + password + "@127.0.0.1:1/keypool")}
+	cfg := &config.Config{DBType: "sqlite", DBAddr: secret.New("postgres://keypool:" + password + "@127.0.0.1:1/keypool")}
 	var logs bytes.Buffer
 	r, err := newRecords(cfg, time.Second, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err == nil {

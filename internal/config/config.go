@@ -64,6 +64,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // DefaultEndpoint is the upstream of a config that gives keys (a top-level
@@ -83,9 +84,9 @@ type Config struct {
 	Listen string
 	// Authorization lists the client tokens (authorization), trimmed, without
 	// empty entries or duplicates.
-	Authorization []Secret
+	Authorization []secret.String
 	// AdminToken guards the admin API (admin_token).
-	AdminToken Secret
+	AdminToken secret.String
 	// Timeout and StreamTimeout are the defaults of every upstream that sets
 	// none of its own; 0 means the library's (keypool.DefaultTimeout and
 	// keypool.DefaultStreamTimeout).
@@ -113,7 +114,7 @@ type Config struct {
 	// SQLite file or the PostgreSQL DSN (a secret: a DSN may hold a
 	// password). Request records use them.
 	DBType string
-	DBAddr Secret
+	DBAddr secret.String
 	// Records and Notify are the records and notify sections.
 	Records Records
 	Notify  Notify
@@ -187,7 +188,7 @@ type Upstream struct {
 	// Authorization lists the client tokens that may use this upstream,
 	// and only those (openai-api-route's rule); empty means the top-level
 	// tokens may.
-	Authorization []Secret
+	Authorization []secret.String
 	// InheritAuthorization lets the top-level tokens use this upstream
 	// besides its own (inherit_authorization), a keypool extension.
 	InheritAuthorization bool

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func ids(keys []keypool.Key) []keypool.KeyID {
@@ -32,10 +33,10 @@ func idsOf(secrets ...string) []keypool.KeyID {
 	return out
 }
 
-func tokens(ss []config.Secret) []string {
+func tokens(ss []secret.String) []string {
 	var out []string
 	for _, s := range ss {
-		out = append(out, string(s))
+		out = append(out, s.Reveal())
 	}
 	return out
 }
@@ -192,7 +193,7 @@ func TestExtensions(t *testing.T) {
 	if cfg.Timeout != 2*time.Minute || cfg.StreamTimeout != 15*time.Second {
 		t.Errorf("timeouts = %v %v", cfg.Timeout, cfg.StreamTimeout)
 	}
-	if cfg.Listen != "127.0.0.1:8080" || string(cfg.AdminToken) != "adm-secret-token" || cfg.DBType != "postgres" {
+	if cfg.Listen != "127.0.0.1:8080" || cfg.AdminToken.Reveal() != "adm-secret-token" || cfg.DBType != "postgres" {
 		t.Errorf("listen %q, admin token, dbtype %q", cfg.Listen, cfg.DBType)
 	}
 	wantChecker := config.Checker{Rate: 2.5, Concurrency: 8, Recheck: 30 * time.Minute, WaitForCheck: true}
@@ -291,7 +292,7 @@ upstreams:
 	if got := tokens(cfg.Authorization); !slices.Equal(got, []string{"tok-from-env"}) {
 		t.Errorf("authorization = %q", got)
 	}
-	if string(cfg.AdminToken) != "pa$word" {
+	if cfg.AdminToken.Reveal() != "pa$word" {
 		t.Errorf("$$ is not a literal $")
 	}
 	u := cfg.Upstream[0]

@@ -8,6 +8,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Records is the records section: what request records keep. Where they go
@@ -64,19 +65,19 @@ type Notify struct {
 type Matrix struct {
 	Homeserver string
 	Room       string
-	Token      Secret
+	Token      secret.String
 }
 
 // Feishu is a Feishu (Lark) custom bot to notify.
 type Feishu struct {
-	Webhook Secret
-	Secret  Secret
+	Webhook secret.String
+	Secret  secret.String
 }
 
 // Webhook is a URL that gets every event as JSON.
 type Webhook struct {
-	URL     Secret
-	Headers map[string]Secret
+	URL     secret.String
+	Headers map[string]secret.String
 }
 
 var recordsFields = []string{"bodies", "body_limit", "queue", "queue_bytes", "batch", "keep"}
@@ -153,7 +154,7 @@ func (p *parser) matrix(f field) *Matrix {
 			m.Room = strings.TrimSpace(m.Room)
 		case "token":
 			s, _ := p.scalar(g, true)
-			m.Token = Secret(strings.TrimSpace(s))
+			m.Token = secret.New(strings.TrimSpace(s))
 		default:
 			p.unknown(g, "notify: matrix", matrixFields)
 		}
@@ -163,7 +164,7 @@ func (p *parser) matrix(f field) *Matrix {
 		p.errorf(f.key.Line, "notify: matrix needs a homeserver")
 	case m.Room == "":
 		p.errorf(f.key.Line, "notify: matrix needs a room (its ID, such as \"!abc:example.org\")")
-	case m.Token == "":
+	case m.Token.IsZero():
 		p.errorf(f.key.Line, "notify: matrix needs a token (the bot user's access token)")
 	}
 	return m
@@ -180,16 +181,16 @@ func (p *parser) feishu(f field) *Feishu {
 		switch g.name {
 		case "webhook":
 			s, _ := p.scalar(g, true)
-			fs.Webhook = Secret(strings.TrimSpace(s))
-			p.httpURL(g, string(fs.Webhook), true)
+			fs.Webhook = secret.New(strings.TrimSpace(s))
+			p.httpURL(g, fs.Webhook.Reveal(), true)
 		case "secret":
 			s, _ := p.scalar(g, true)
-			fs.Secret = Secret(strings.TrimSpace(s))
+			fs.Secret = secret.New(strings.TrimSpace(s))
 		default:
 			p.unknown(g, "notify: feishu", feishuFields)
 		}
 	}
-	if fs.Webhook == "" {
+	if fs.Webhook.IsZero() {
 		p.errorf(f.key.Line, "notify: feishu needs a webhook")
 	}
 	return fs
@@ -206,8 +207,8 @@ func (p *parser) webhook(f field) *Webhook {
 		switch g.name {
 		case "url":
 			s, _ := p.scalar(g, true)
-			w.URL = Secret(strings.TrimSpace(s))
-			p.httpURL(g, string(w.URL), true)
+			w.URL = secret.New(strings.TrimSpace(s))
+			p.httpURL(g, w.URL.Reveal(), true)
 		case "headers":
 			if g.val.Kind != yaml.MappingNode {
 				if g.val.Tag != "!!null" {
@@ -215,7 +216,7 @@ func (p *parser) webhook(f field) *Webhook {
 				}
 				continue
 			}
-			w.Headers = map[string]Secret{}
+			w.Headers = map[string]secret.String{}
 			for _, h := range p.fields(g.val, "notify: webhook: headers") {
 				if !notify.ValidHeaderName(h.name) {
 					p.errorf(h.key.Line, "%s: not a header name", g.label)
@@ -226,13 +227,13 @@ func (p *parser) webhook(f field) *Webhook {
 					p.errorf(h.val.Line, "%s: a header value may not span lines", g.label)
 					continue
 				}
-				w.Headers[h.name] = Secret(s)
+				w.Headers[h.name] = secret.New(s)
 			}
 		default:
 			p.unknown(g, "notify: webhook", webhookFields)
 		}
 	}
-	if w.URL == "" {
+	if w.URL.IsZero() {
 		p.errorf(f.key.Line, "notify: webhook needs a url")
 	}
 	return w

@@ -44,20 +44,20 @@ notify:
 		t.Errorf("records = %+v", cfg.Records)
 	}
 	n := cfg.Notify
-	if n.Matrix == nil || n.Matrix.Homeserver != "https://matrix.example.org" || n.Matrix.Room != "!room:example.org" || string(n.Matrix.Token) != "mx-SECRET-1" {
+	if n.Matrix == nil || n.Matrix.Homeserver != "https://matrix.example.org" || n.Matrix.Room != "!room:example.org" || n.Matrix.Token.Reveal() != "mx-SECRET-1" {
 		t.Errorf("matrix = %+v", n.Matrix)
 	}
-	if n.Feishu == nil || !strings.HasSuffix(string(n.Feishu.Webhook), "fs-SECRET-2") || string(n.Feishu.Secret) != "fs-SECRET-3" {
+	if n.Feishu == nil || !strings.HasSuffix(n.Feishu.Webhook.Reveal(), "fs-SECRET-2") || n.Feishu.Secret.Reveal() != "fs-SECRET-3" {
 		t.Errorf("feishu wrong")
 	}
-	if n.Webhook == nil || !strings.HasSuffix(string(n.Webhook.URL), "wh-SECRET-4") || string(n.Webhook.Headers["X-Token"]) != "hd-SECRET-5" {
+	if n.Webhook == nil || !strings.HasSuffix(n.Webhook.URL.Reveal(), "wh-SECRET-4") || n.Webhook.Headers["X-Token"].Reveal() != "hd-SECRET-5" {
 		t.Errorf("webhook wrong")
 	}
 	if n.Dedup != 5*time.Minute || n.Burst != 3 || n.Every != 30*time.Second || n.Failures != 7 || n.FailureWindow != 2*time.Minute {
 		t.Errorf("notify = %+v", n)
 	}
-	if string(cfg.DBAddr) != "postgres://kp:pw-SECRET-0@127.0.0.1:5432/kp" {
-		t.Errorf("dbaddr = %q", string(cfg.DBAddr))
+	if cfg.DBAddr.Reveal() != "postgres://kp:pw-SECRET-0@127.0.0.1:5432/kp" {
+		t.Errorf("dbaddr = %q", cfg.DBAddr.Reveal())
 	}
 	js, _ := json.Marshal(cfg)
 	for _, out := range []string{fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg),

@@ -7,12 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // maxErrors bounds the problems reported at once; past it the file is
@@ -106,8 +107,6 @@ func (p *parser) warnf(line int, format string, args ...any) {
 // message may name a field or a variable, and the file could have used the
 // same text as a secret elsewhere.
 func (p *parser) err() error {
-	// Longer first, so that no part of a longer secret survives a shorter one.
-	slices.SortFunc(p.secrets, func(a, b string) int { return len(b) - len(a) })
 	errs := make([]error, len(p.errs))
 	for i, e := range p.errs {
 		e.Msg = p.scrub(e.Msg)
@@ -116,18 +115,7 @@ func (p *parser) err() error {
 	return errors.Join(errs...)
 }
 
-// minScrub is the shortest secret scrubbed from messages; a shorter one
-// would garble every message and guards nothing.
-const minScrub = 4
-
-func (p *parser) scrub(s string) string {
-	for _, sec := range p.secrets {
-		if len(sec) >= minScrub && strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, redacted)
-		}
-	}
-	return s
-}
+func (p *parser) scrub(s string) string { return secret.NewScrubber(p.secrets...).Scrub(s) }
 
 // secretFields are the fields that hold secrets.
 var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,

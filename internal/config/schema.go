@@ -10,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // This file is the schema: the fields of each section and what each accepts.
@@ -51,7 +52,7 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			}
 		case "dbaddr":
 			s, _ := p.scalar(f, true)
-			c.DBAddr = Secret(s)
+			c.DBAddr = secret.New(s)
 		case "max_body":
 			c.MaxBody = p.size(f)
 		case "lb_policy":
@@ -83,7 +84,7 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 			}
 		case "admin_token":
 			if s, ok := p.scalar(f, true); ok {
-				c.AdminToken = Secret(strings.TrimSpace(s))
+				c.AdminToken = secret.New(strings.TrimSpace(s))
 			}
 		case "keys_file":
 			if s, ok := p.scalar(f, false); ok && s != "" {
@@ -379,7 +380,7 @@ func (p *parser) upstreamType(f field) string {
 // written (null, "" or []) is no tokens; a value that holds no token once
 // trimmed (" , ", or a variable that expanded to nothing) is an error, since
 // an upstream without tokens of its own takes the top-level ones.
-func (p *parser) tokens(f field) []Secret {
+func (p *parser) tokens(f field) []secret.String {
 	var raw []string
 	if f.val.Kind == yaml.SequenceNode {
 		items, _, ok := p.list(f, true)
@@ -401,7 +402,7 @@ func (p *parser) tokens(f field) []Secret {
 		p.errorf(f.val.Line, "%s holds no token once spaces and commas are trimmed", f.label)
 		return nil
 	}
-	var out []Secret
+	var out []secret.String
 	seen := map[string]bool{}
 	for _, t := range raw {
 		t = strings.TrimSpace(t)
@@ -409,7 +410,7 @@ func (p *parser) tokens(f field) []Secret {
 			continue
 		}
 		seen[t] = true
-		out = append(out, Secret(t))
+		out = append(out, secret.New(t))
 	}
 	return out
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // goodputModel is the model every client asks for (chatBody's).
@@ -313,7 +314,7 @@ func newGoodputProxy(keys []fakeopenai.Key, base http.RoundTripper, logger *slog
 		creds[i] = keypool.NewKey(k.Secret)
 	}
 	cfg := &config.Config{
-		Authorization: []config.Secret{clientToken},
+		Authorization: []secret.String{secret.New(clientToken)},
 		Upstream:      []config.Upstream{{Endpoint: fakeopenai.PipeBaseURL, Keys: creds}},
 		DBType:        "none",
 	}

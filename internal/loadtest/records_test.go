@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -63,19 +63,19 @@ func BenchmarkProxyRecords(b *testing.B) {
 	}{
 		{"off", nil},
 		{"discard", func() (records.Store, error) {
-			s, err := records.Open(records.TypeSQLite, filepath.Join(dir, "discard.sqlite"))
+			s, err := records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "discard.sqlite")))
 			return discardStore{s}, err
 		}},
 		{"sqlite", func() (records.Store, error) {
-			return records.Open(records.TypeSQLite, filepath.Join(dir, "bench.sqlite"))
+			return records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "bench.sqlite")))
 		}},
 		{"overloaded", func() (records.Store, error) {
-			s, err := records.Open(records.TypeSQLite, filepath.Join(dir, "slow.sqlite"))
+			s, err := records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "slow.sqlite")))
 			return slowStore{s, time.Second}, err
 		}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			opts := server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}}
+			opts := server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}}
 			var w *records.Writer
 			var stopWriter func()
 			if tc.store != nil {

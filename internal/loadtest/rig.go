@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -116,7 +116,7 @@ type rig struct {
 // startRecords starts a second keypool proxy, on the same transport, that
 // writes request records to the SQLite file at path.
 func (r *rig) startRecords(path string) error {
-	st, err := records.Open(records.TypeSQLite, path)
+	st, err := records.Open(records.TypeSQLite, secret.New(path))
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func (r *rig) startRecords(path string) error {
 		cancel()
 		return <-ran
 	})
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}, Records: r.writer})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}, Records: r.writer})
 	if err != nil {
 		return err
 	}
@@ -164,7 +164,7 @@ func newRig(conns int) (*rig, error) {
 		r.close()
 		return nil, err
 	}
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}})
 	if err != nil {
 		r.close()
 		return nil, err
