@@ -215,46 +215,24 @@ func (p *parser) fields(m *yaml.Node, where string) []field {
 	var out []field
 	seen := map[string]int{}
 	visited := map[*yaml.Node]bool{}
-	var merged []*yaml.Node
 	prefix := ""
 	if where != "" {
 		prefix = where + ": "
 	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		k, v := m.Content[i], deref(m.Content[i+1])
-		if !p.spend(k.Line, 1) {
-			return out
-		}
-		if k.Kind != yaml.ScalarNode {
-			p.errorf(k.Line, "%sa field name must be a plain word", prefix)
-			continue
-		}
-		if k.Tag == "!!merge" {
-			merged = append(merged, v)
-			continue
-		}
-		if line, dup := seen[k.Value]; dup {
-			p.errorf(k.Line, "%s%s is given twice (first at line %d)", prefix, showName(k.Value), line)
-			continue
-		}
-		seen[k.Value] = k.Line
-		out = append(out, field{name: k.Value, key: k, val: v, label: prefix + k.Value})
-	}
-	// Merged mappings add the fields not written out; each is visited once.
-	for len(merged) > 0 {
-		v := merged[0]
-		merged = merged[1:]
+	// m first, then the mappings it merges, each once.
+	for queue := []*yaml.Node{m}; len(queue) > 0; queue = queue[1:] {
+		v, own := queue[0], queue[0] == m
 		if visited[v] {
 			continue
 		}
 		visited[v] = true
 		switch v.Kind {
+		case yaml.MappingNode:
 		case yaml.SequenceNode:
 			for _, x := range v.Content {
-				merged = append(merged, deref(x))
+				queue = append(queue, deref(x))
 			}
 			continue
-		case yaml.MappingNode:
 		default:
 			p.errorf(v.Line, "%s<< must merge a mapping or a list of mappings", prefix)
 			continue
@@ -264,18 +242,19 @@ func (p *parser) fields(m *yaml.Node, where string) []field {
 			if !p.spend(k.Line, 1) {
 				return out
 			}
-			if k.Kind != yaml.ScalarNode {
-				continue
+			switch line, dup := seen[k.Value]; {
+			case k.Kind != yaml.ScalarNode:
+				if own {
+					p.errorf(k.Line, "%sa field name must be a plain word", prefix)
+				}
+			case k.Tag == "!!merge":
+				queue = append(queue, x)
+			case dup && own:
+				p.errorf(k.Line, "%s%s is given twice (first at line %d)", prefix, showName(k.Value), line)
+			case !dup:
+				seen[k.Value] = k.Line
+				out = append(out, field{name: k.Value, key: k, val: x, label: prefix + k.Value})
 			}
-			if k.Tag == "!!merge" {
-				merged = append(merged, x)
-				continue
-			}
-			if _, dup := seen[k.Value]; dup {
-				continue
-			}
-			seen[k.Value] = k.Line
-			out = append(out, field{name: k.Value, key: k, val: x, label: prefix + k.Value})
 		}
 	}
 	return out
