@@ -11,8 +11,8 @@ import (
 // This file is the schema: the fields of each section and what each accepts.
 
 func (p *parser) top(c *Config, m *yaml.Node) {
-	var upstreams *yaml.Node
-	cors := boolean(true)
+	var upstreams *yaml.Node // read after the rest: a top-level keys_file changes them
+	cors := boolean(true)    // on unless the file turns it off
 	listenGiven := false
 	listen := func(f field) { // listen, or openai-api-route's address
 		if listenGiven {
