@@ -21,9 +21,10 @@ import (
 // This file holds the kinds of value a config file has. Each type reads
 // itself from its node (yaml.Unmarshaler) and returns what is wrong with the
 // value as a problem at the node's line; the parser puts the field's name in
-// front and collects the problems. A value that is not valid leaves its
-// destination as it was, so a type can serve as a pointer conversion of a
-// Config field: (*duration)(&c.Timeout).
+// front and collects the problems. Most are a Config field's type renamed,
+// so that a schema points one at its field: (*duration)(&c.Timeout). A value
+// with a problem stores nothing, or only what a later check must see (a
+// webhook URL that is not one was still given; the good entries of keys).
 
 // problem is what is wrong with one value, at line. msg follows the field's
 // name in the message: "upstream 1: timeout" + " must not be negative", or
@@ -195,10 +196,10 @@ func (h *hostPort) UnmarshalYAML(n *yaml.Node) error {
 	if err != nil || s == "" {
 		return err
 	}
-	*h = hostPort(s)
 	if _, _, err := net.SplitHostPort(s); err != nil {
 		return problemf(n, " must be host:port, such as 127.0.0.1:8080 or :8080")
 	}
+	*h = hostPort(s)
 	return nil
 }
 
@@ -217,10 +218,10 @@ func (e *endpoint) UnmarshalYAML(n *yaml.Node) error {
 	if s = strings.TrimSpace(s); err != nil || s == "" {
 		return err
 	}
-	*e = endpoint(s)
 	if !webURL(s) {
 		return problemf(n, " must be an http:// or https:// URL with a host, such as https://api.openai.com/v1")
 	}
+	*e = endpoint(s)
 	return nil
 }
 
@@ -505,7 +506,9 @@ func (ps *patterns) UnmarshalYAML(n *yaml.Node) error {
 		out = append(out, s)
 		return nil
 	})
-	*ps = out
+	if err == nil {
+		*ps = out
+	}
 	return err
 }
 
