@@ -406,6 +406,15 @@ func TestParseErrors(t *testing.T) {
 		{"unset variable in a secret, braces", "upstreams:\n  - sk: ${KP_TEST_UNSET_KEY}\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: sk: environment variable KP_TEST_UNSET_KEY is not set"},
 		{"unset variable in a secret, bare", "authorization: pa$KP_TEST_UNSET\n", "c.yaml:1: authorization refers to an environment variable that is not set"},
 		{"merge of a scalar", "upstreams:\n  - <<: x\n    sk: k\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: << must merge a mapping"},
+		{"token entry not a value", "authorization:\n  - tok-1\n  - [tok-2]\n", "c.yaml:3: authorization: entry 2 must be a single value, not a list or mapping"},
+		{"address", "address: 8080\n", "c.yaml:1: address must be host:port"},
+		{"checker not a mapping", "checker: 5\n", `c.yaml:1: checker must be a mapping of fields, such as "rate: 5"`},
+		{"bad idle_timeout", "upstreams:\n  - sk: k\n    idle_timeout: sometimes\n", "c.yaml:3: upstream 1: idle_timeout must be seconds"},
+		{"size not a value", "max_body: [1]\n", "c.yaml:1: max_body must be a single value"},
+		{"unset variable in a list", "upstreams:\n  - sk: k\n    deny: [\"${KP_TEST_UNSET_MODEL}\"]\n", "c.yaml:3: upstream 1: deny: entry 1: environment variable KP_TEST_UNSET_MODEL is not set"},
+		// Every entry of a list is checked, and numbered by its place in the list.
+		{"keys entry after a nested one", "upstreams:\n  - keys:\n      - [k1]\n      - \"ab cd\"\n", "c.yaml:4: upstream 1: keys: entry 2 has white space"},
+		{"allow entry after a nested one", "upstreams:\n  - sk: k\n    allow: [[a], \"\"]\n", "c.yaml:3: upstream 1: allow: entry 2 is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.in), "c.yaml", "")
@@ -420,6 +429,34 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("not a *config.Error: %#v", err)
 			}
 		})
+	}
+}
+
+// TestAliasBudget: a file whose aliases make it refer to the same nodes
+// too often is refused, not read for minutes.
+func TestAliasBudget(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("upstreams:\n  - deny: &a [" + strings.Repeat("k, ", 1023) + "k]\n")
+	for range 1100 {
+		b.WriteString("  - deny: *a\n")
+	}
+	_, err := config.Parse([]byte(b.String()), "c.yaml", "")
+	if err == nil || !strings.Contains(err.Error(), "the file refers to the same nodes too many times (aliases)") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// TestErrorsHideExpandedSecrets: a secret that comes from the environment
+// is kept out of messages too, even from a field that is not secret.
+func TestErrorsHideExpandedSecrets(t *testing.T) {
+	t.Setenv("KP_TEST_SECRET", "mx-SECRET-token")
+	in := "notify:\n  matrix:\n    homeserver: ${KP_TEST_SECRET}\n    room: r\n    token: ${KP_TEST_SECRET}\n"
+	_, err := config.Parse([]byte(in), "c.yaml", "")
+	if err == nil || !strings.Contains(err.Error(), "c.yaml:3: notify: matrix: homeserver must be an http or https URL") {
+		t.Fatalf("error %v", err)
+	}
+	if strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("error shows a secret: %v", err)
 	}
 }
 

@@ -82,6 +82,17 @@ func TestRecordsAndNotifyErrors(t *testing.T) {
 		{"webhook bad header", "notify:\n  webhook:\n    url: https://h.example/x\n    headers: {\"X Bad\": v-SECRET}\n", "c.yaml:4: notify: webhook: headers: not a header name"},
 		{"webhook header newline", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-T: \"a\\nb-SECRET\"\n", "c.yaml:5: notify: webhook: headers: a header value may not span lines"},
 		{"bad dedup", "notify:\n  dedup: often\n", "c.yaml:2: notify: dedup must be seconds"},
+		{"notify not a mapping", "notify: [feishu]\n", `c.yaml:1: notify must be a mapping of fields, such as "feishu:"`},
+		{"matrix not a mapping", "notify:\n  matrix: yes\n", `c.yaml:2: notify: matrix must be a mapping of fields`},
+		{"matrix without homeserver", "notify:\n  matrix:\n    room: r\n    token: mx-SECRET\n", "c.yaml:2: notify: matrix needs a homeserver"},
+		{"matrix without token", "notify:\n  matrix:\n    homeserver: https://m.example\n    room: r\n", "c.yaml:2: notify: matrix needs a token"},
+		{"webhook without url", "notify:\n  webhook:\n    headers: {X-Token: hd-SECRET}\n", "c.yaml:2: notify: webhook needs a url"},
+		{"webhook bad url", "notify:\n  webhook:\n    url: hooks.example/wh-SECRET\n", "c.yaml:3: notify: webhook: url must be an http or https URL"},
+		{"webhook headers not a mapping", "notify:\n  webhook:\n    url: https://h.example/x\n    headers: [X-Token]\n", "c.yaml:4: notify: webhook: headers must be a mapping of header names to values"},
+		{"webhook header not a value", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-Token: [hd-SECRET]\n", "c.yaml:5: notify: webhook: headers: X-Token must be a single value"},
+		{"webhook header given twice", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-Token: a\n      X-Token: b\n", `c.yaml:6: notify: webhook: headers: "X-Token" is given twice (first at line 5)`},
+		{"unknown matrix field", "notify:\n  matrix:\n    homeservr: https://m.example\n", `c.yaml:3: unknown field "homeservr" in notify: matrix (did you mean "homeserver"?)`},
+		{"bad burst", "notify:\n  burst: lots\n", "c.yaml:2: notify: burst must be a whole number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.in), "c.yaml", "")
