@@ -4,17 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 )
-
-// officialBaseURL is the upstream of keys given without one.
-const officialBaseURL = "https://api.openai.com/v1"
 
 func newCheckCmd() *cobra.Command {
 	var (
@@ -36,7 +33,7 @@ trial key from a paid one. No completion is ever spent.
 Keys come from --config FILE (every upstream of a keypool or openai-api-route
 config), from --keys-file FILE (one key per line, # comments), or else from
 OPENAI_KEY (comma-separated). Keys without a config go to --base-url, which
-defaults to OPENAI_BASE_URL, else ` + officialBaseURL + `.
+defaults to OPENAI_BASE_URL, else ` + config.DefaultEndpoint + `.
 
 Progress goes to stderr; the table (or --json) to stdout, keys shown by ID only.
 The exit status is 1 when no key ended up usable.`,
@@ -61,7 +58,7 @@ The exit status is 1 when no key ended up usable.`,
 			}
 			var opts []keypool.CheckOption
 			if cfg != nil {
-				opts = cfg.CheckerOptions()
+				opts = app.CheckerOptions(cfg)
 				for _, w := range cfg.Warnings {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning:", w)
 				}
@@ -81,7 +78,7 @@ The exit status is 1 when no key ended up usable.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "check every upstream of this config `file`")
 	f.StringVar(&keysFile, "keys-file", "", "check the keys in this `file`, one per line")
-	f.StringVar(&baseURL, "base-url", "", "upstream of OPENAI_KEY and --keys-file (default $OPENAI_BASE_URL, else "+officialBaseURL+")")
+	f.StringVar(&baseURL, "base-url", "", "upstream of OPENAI_KEY and --keys-file (default $OPENAI_BASE_URL, else "+config.DefaultEndpoint+")")
 	f.BoolVar(&jsonOut, "json", false, "print a JSON array instead of a table")
 	f.Float64Var(&rate, "rate", 5, "key checks started per second")
 	f.IntVar(&concurrency, "concurrency", 4, "key checks in flight at once")
@@ -109,32 +106,18 @@ func checkSources(configFile, keysFile, baseURL string) ([]keypool.Upstream, *co
 		}
 		return ups, cfg, nil
 	}
-	if baseURL == "" {
-		baseURL = os.Getenv("OPENAI_BASE_URL")
-	}
-	if baseURL == "" {
-		baseURL = officialBaseURL
-	}
 	var keys []keypool.Key
 	var err error
-	switch {
-	case keysFile != "":
+	if keysFile != "" {
 		keys, err = config.ReadKeysFile(keysFile)
 		if err == nil && len(keys) == 0 {
 			err = fmt.Errorf("%s holds no key", keysFile)
 		}
-	case os.Getenv("OPENAI_KEY") != "":
-		keys, err = keypool.ParseKeys(os.Getenv("OPENAI_KEY"))
-		if err != nil {
-			err = fmt.Errorf("OPENAI_KEY: %w", err)
-		} else if len(keys) == 0 {
-			err = errors.New("OPENAI_KEY holds no key")
-		}
-	default:
+	} else if keys, err = app.EnvKeys(); err == nil && keys == nil {
 		err = errors.New("no keys to check: set OPENAI_KEY, or pass --keys-file FILE or --config FILE")
 	}
 	if err != nil {
 		return nil, nil, err
 	}
-	return []keypool.Upstream{{BaseURL: baseURL, Keys: keys}}, nil, nil
+	return []keypool.Upstream{{BaseURL: app.BaseURL(baseURL), Keys: keys}}, nil, nil
 }

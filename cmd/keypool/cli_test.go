@@ -78,6 +78,34 @@ func TestUnknownCommand(t *testing.T) {
 	}
 }
 
+// TestErrorsHideGivenSecrets: cobra's messages repeat what was typed; the
+// secrets a run was given (keys among the arguments, the environment's
+// keys and tokens) are scrubbed from them.
+func TestErrorsHideGivenSecrets(t *testing.T) {
+	const envKey, envToken = "env-key-0123456789abcdef", "env-admin-0123456789abcdef"
+	t.Setenv("OPENAI_KEY", "sk-other-0123456789, "+envKey)
+	t.Setenv("KEYPOOL_ADMIN_TOKEN", envToken)
+	for _, tc := range []struct {
+		name    string
+		secrets []string
+		args    []string
+		want    string
+	}{
+		{"key as a flag value", []string{"sk-typed-0123456789abcdef"}, []string{"check", "--rate", "sk-typed-0123456789abcdef"}, `invalid argument "[redacted]" for "--rate" flag`},
+		{"keys after =", []string{"sk-typed-aaaaaaaaaaaa", "sk-typed-bbbbbbbbbbbb"}, []string{"check", "--rate=sk-typed-aaaaaaaaaaaa,sk-typed-bbbbbbbbbbbb"}, `invalid argument "[redacted],[redacted]"`},
+		{"the environment's key", []string{envKey}, []string{envKey}, `unknown command "[redacted]"`},
+		{"the environment's admin token", []string{envToken}, []string{"keys", "--json=" + envToken}, `invalid argument "[redacted]" for "--json" flag`},
+		{"--admin-token's value", []string{"tok-flag-0123456789"}, []string{"keys", "--admin-token", "tok-flag-0123456789", "tok-flag-0123456789"}, `unknown command "[redacted]"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, errOut, code := cli(t, tc.secrets, tc.args...)
+			if code != 1 || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d, stderr %q, want it to hold %q", code, errOut, tc.want)
+			}
+		})
+	}
+}
+
 func TestProgress(t *testing.T) {
 	size := 2
 	for _, tc := range []struct {

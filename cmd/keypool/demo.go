@@ -17,9 +17,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -125,16 +125,25 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	defer t.CloseIdleConnections()
 
 	// Request records, in an in-memory SQLite database.
-	store, err := records.Open(records.TypeSQLite, ":memory:")
+	store, err := records.Open(records.TypeSQLite, secret.New(":memory:"))
 	if err != nil {
 		return err
 	}
 	defer store.Close()
 	writer := records.NewWriter(store, records.WriterOptions{})
-	defer writer.Close(context.WithoutCancel(ctx))
+	writeCtx, stopWriter := context.WithCancel(context.WithoutCancel(ctx))
+	written := make(chan struct{})
+	go func() {
+		defer close(written)
+		writer.Run(writeCtx)
+	}()
+	defer func() {
+		stopWriter()
+		<-written
+	}()
 
 	// The proxy, in front of the transport, on 127.0.0.1 only.
-	srv, err := server.New(server.Options{Transport: t, Tokens: []config.Secret{demoToken}, Records: writer})
+	srv, err := server.New(server.Options{Transport: t, Tokens: []secret.String{secret.New(demoToken)}, Records: writer})
 	if err != nil {
 		return err
 	}

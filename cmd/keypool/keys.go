@@ -16,11 +16,14 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/keypool/keypool/internal/app"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Defaults of keys.
 const (
-	defaultServer   = "http://127.0.0.1:8080"
+	defaultServer   = "http://" + app.DefaultListen
 	keysTimeout     = 30 * time.Second
 	maxKeysResponse = 64 << 20
 )
@@ -112,7 +115,7 @@ func fetchKeys(ctx context.Context, serverURL, token string) ([]byte, error) {
 	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 		return nil, errors.New("keys: --server must be an http:// or https:// URL")
 	}
-	shown := u.Redacted()
+	shown := secret.RedactURL(u)
 	u = u.JoinPath("admin", "keys")
 	ctx, cancel := context.WithTimeout(ctx, keysTimeout)
 	defer cancel()

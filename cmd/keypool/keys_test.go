@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -26,7 +26,7 @@ func adminServer(t *testing.T) string {
 	if err := tr.Pool().Disable(keypool.NewKey(mixedPool[0].Secret).ID(), "rotated"); err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(server.NewAdmin(server.AdminOptions{Transport: tr, Token: config.Secret(keysAdminToken)}))
+	ts := httptest.NewServer(server.NewAdmin(server.AdminOptions{Transport: tr, Token: secret.New(keysAdminToken)}))
 	t.Cleanup(ts.Close)
 	return ts.URL
 }
@@ -95,7 +95,7 @@ func TestKeysFailures(t *testing.T) {
 		{"wrong token", []string{"--server", base, "--admin-token", "tok-wrong-666666666666"}, "401"},
 		{"bad URL", []string{"--server", "not a url", "--admin-token", keysAdminToken}, "--server must be"},
 		{"no server", []string{"--server", "http://127.0.0.1:1", "--admin-token", keysAdminToken}, "keys: http://127.0.0.1:1"},
-		{"credentials in the URL", []string{"--server", "http://user:hunter2secret@127.0.0.1:1"}, "xxxxx"},
+		{"credentials in the URL", []string{"--server", "http://user:hunter2secret@127.0.0.1:1"}, "http://user:[redacted]@127.0.0.1:1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

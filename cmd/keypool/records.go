@@ -14,8 +14,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // recordsFlags are the flags of keypool records.
@@ -53,7 +55,7 @@ or an RFC 3339 time.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.configFile, "config", "", "config `file` naming the store (default ./"+defaultConfigFile+" when present)")
+	fl.StringVar(&f.configFile, "config", "", "config `file` naming the store (default ./"+app.DefaultConfigFile+" when present)")
 	fl.StringVar(&f.dbType, "dbtype", "", "store type: sqlite or postgres (default the config's, else sqlite)")
 	fl.StringVar(&f.dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN (default the config's, else ./db.sqlite)")
 	fl.StringVar(&f.since, "since", "24h", "records from this long ago (a duration such as 90m or 7d) or this RFC 3339 time; \"\" for all")
@@ -106,7 +108,7 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 	if err != nil {
 		return err
 	}
-	store, err := records.Open(typ, addr)
+	store, err := records.Open(typ, secret.New(addr))
 	if errors.Is(err, records.ErrNone) {
 		return errors.New("records are off: the config says dbtype none")
 	}
@@ -140,28 +142,14 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 // the config's, else SQLite at ./db.sqlite. A SQLite file that is not there
 // is an error here (the store would make an empty one).
 func recordsStore(f *recordsFlags) (typ, addr string, err error) {
-	file := f.configFile
-	if file == "" {
-		if _, err := os.Stat(defaultConfigFile); err == nil {
-			file = defaultConfigFile
-		}
-	}
-	if file != "" && (f.dbType == "" || f.dbAddr == "") {
-		cfg, err := config.Load(file)
-		if err != nil {
+	cfg := &config.Config{}
+	if file := app.ConfigFile(f.configFile); file != "" && (f.dbType == "" || f.dbAddr == "") {
+		if cfg, err = config.Load(file); err != nil {
 			return "", "", err
 		}
-		typ, addr = cfg.DBType, string(cfg.DBAddr)
 	}
-	if f.dbType != "" {
-		if storeType(f.dbType) != storeType(typ) {
-			addr = "" // the config's address is for another type of store
-		}
-		typ = f.dbType
-	}
-	if f.dbAddr != "" {
-		addr = f.dbAddr
-	}
+	app.SetStore(cfg, f.dbType, f.dbAddr)
+	typ, addr = cfg.DBType, cfg.DBAddr.Reveal()
 	if typ == "" {
 		typ = records.TypeSQLite
 	}
@@ -176,14 +164,6 @@ func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 		}
 	}
 	return typ, addr, nil
-}
-
-// storeType is typ with "" read as SQLite, the default.
-func storeType(typ string) string {
-	if typ == "" {
-		return records.TypeSQLite
-	}
-	return typ
 }
 
 // pointInTime reads "" (none), a duration back from now (with d for days),

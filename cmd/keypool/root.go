@@ -4,9 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"regexp"
+	"os"
+	"strings"
+	"unicode"
 
 	"github.com/spf13/cobra"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func newRootCmd() *cobra.Command {
@@ -35,13 +39,35 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "keypool:", keyShaped.ReplaceAllString(err.Error(), "sk-…"))
+		fmt.Fprintln(stderr, "keypool:", secret.NewScrubber(givenSecrets(args)...).Scrub(err.Error()))
 		return 1
 	}
 	return 0
 }
 
-// keyShaped matches text that looks like an OpenAI key. The library and the
-// config never put one in an error, but cobra's own messages repeat a flag's
-// value, and a key may have been typed in the wrong place.
-var keyShaped = regexp.MustCompile(`sk-[A-Za-z0-9_-]+`)
+// givenSecrets lists the secrets a run was given: the keys of OPENAI_KEY,
+// KEYPOOL_ADMIN_TOKEN, FEISHU_WEBHOOK, --admin-token's value, and every
+// argument that is a key (sk-…), alone, after "=" or in a comma-separated
+// list. The library and the config never put one in an error, but cobra's
+// own messages repeat a flag's value or an unknown command, and a key may
+// have been typed in the wrong place.
+func givenSecrets(args []string) []string {
+	out := []string{os.Getenv("KEYPOOL_ADMIN_TOKEN"), os.Getenv("FEISHU_WEBHOOK")}
+	out = append(out, strings.Split(os.Getenv("OPENAI_KEY"), ",")...)
+	for i, arg := range args {
+		if value, ok := strings.CutPrefix(arg, "--admin-token="); ok {
+			out = append(out, value)
+		} else if arg == "--admin-token" && i+1 < len(args) {
+			out = append(out, args[i+1])
+		}
+		for _, part := range strings.FieldsFunc(arg, func(r rune) bool { return r == '=' || r == ',' || unicode.IsSpace(r) }) {
+			if strings.HasPrefix(part, "sk-") {
+				out = append(out, part)
+			}
+		}
+	}
+	for i := range out {
+		out[i] = strings.TrimSpace(out[i])
+	}
+	return out
+}

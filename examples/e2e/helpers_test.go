@@ -7,8 +7,8 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -66,7 +66,7 @@ func newStack(t *testing.T) *stack {
 	tr := newTransport(t, upstream, keys)
 	srv, err := server.New(server.Options{
 		Transport: tr,
-		Tokens:    []config.Secret{config.Secret(clientToken)},
+		Tokens:    []secret.String{secret.New(clientToken)},
 	})
 	if err != nil {
 		t.Fatal(err)

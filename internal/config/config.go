@@ -60,11 +60,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // DefaultEndpoint is the upstream of a config that gives keys (a top-level
@@ -72,9 +72,9 @@ import (
 const DefaultEndpoint = "https://api.openai.com/v1"
 
 // Config is a parsed config file. Load or Parse fill it and check every field,
-// so a Config they return is valid; Upstreams, CheckerOptions and
-// TransportOptions turn it into the library's types. Zero fields mean "not
-// given": the server or the library picks its default.
+// so a Config they return is valid; Upstreams turns its upstreams into the
+// library's type, and internal/app the rest into running parts. Zero fields
+// mean "not given": the server or the library picks its default.
 //
 // Printing a Config shows no secret: keys print as their IDs and tokens as
 // "[redacted]".
@@ -84,9 +84,9 @@ type Config struct {
 	Listen string
 	// Authorization lists the client tokens (authorization), trimmed, without
 	// empty entries or duplicates.
-	Authorization []Secret
+	Authorization []secret.String
 	// AdminToken guards the admin API (admin_token).
-	AdminToken Secret
+	AdminToken secret.String
 	// Timeout and StreamTimeout are the defaults of every upstream that sets
 	// none of its own; 0 means the library's (keypool.DefaultTimeout and
 	// keypool.DefaultStreamTimeout).
@@ -114,7 +114,7 @@ type Config struct {
 	// SQLite file or the PostgreSQL DSN (a secret: a DSN may hold a
 	// password). Request records use them.
 	DBType string
-	DBAddr Secret
+	DBAddr secret.String
 	// Records and Notify are the records and notify sections.
 	Records Records
 	Notify  Notify
@@ -188,7 +188,7 @@ type Upstream struct {
 	// Authorization lists the client tokens that may use this upstream,
 	// and only those (openai-api-route's rule); empty means the top-level
 	// tokens may.
-	Authorization []Secret
+	Authorization []secret.String
 	// InheritAuthorization lets the top-level tokens use this upstream
 	// besides its own (inherit_authorization), a keypool extension.
 	InheritAuthorization bool
@@ -303,66 +303,6 @@ func (c *Config) upstream(u Upstream, keys []keypool.Key) keypool.Upstream {
 		up.StreamTimeout = c.StreamTimeout
 	}
 	return up
-}
-
-// CheckerOptions returns the options of keypool.NewChecker that the checker
-// section sets; fields not given are left to the library's defaults.
-func (c *Config) CheckerOptions() []keypool.CheckOption {
-	var opts []keypool.CheckOption
-	if c.Checker.Rate > 0 {
-		opts = append(opts, keypool.WithCheckRate(c.Checker.Rate))
-	}
-	if c.Checker.Concurrency > 0 {
-		opts = append(opts, keypool.WithCheckConcurrency(c.Checker.Concurrency))
-	}
-	switch {
-	case c.Checker.NoRecheck:
-		opts = append(opts, keypool.WithRecheckEvery(0))
-	case c.Checker.Recheck > 0:
-		opts = append(opts, keypool.WithRecheckEvery(c.Checker.Recheck))
-	}
-	return opts
-}
-
-// TransportOptions returns the options of keypool.New that the config sets:
-// its upstreams (see Upstreams) and, with checker.wait_for_check,
-// keypool.WithCheckedKeysOnly.
-func (c *Config) TransportOptions() ([]keypool.Option, error) {
-	ups, err := c.Upstreams()
-	if err != nil {
-		return nil, err
-	}
-	opts := []keypool.Option{keypool.WithUpstreams(ups...), keypool.WithRetryTime(c.retryTime(ups))}
-	if c.LBPolicy == "random" {
-		opts = append(opts, keypool.WithUpstreamOrder(keypool.OrderRandom))
-	}
-	if c.MaxBody > 0 {
-		// A body the proxy accepts can always be replayed on failover.
-		opts = append(opts, keypool.WithMaxBodyBuffer(c.MaxBody))
-	}
-	if c.Checker.WaitForCheck {
-		opts = append(opts, keypool.WithCheckedKeysOnly(true))
-	}
-	return opts, nil
-}
-
-// retryTime is RetryTime, or when not given enough time for a hung
-// upstream to fail over to the next, as openai-api-route does: the sum of
-// the four longest timeouts, at least keypool.DefaultRetryTime.
-func (c *Config) retryTime(ups []keypool.Upstream) time.Duration {
-	if c.RetryTime > 0 {
-		return c.RetryTime
-	}
-	timeouts := make([]time.Duration, len(ups))
-	for i, u := range ups {
-		timeouts[i] = cmp.Or(u.Timeout, keypool.DefaultTimeout)
-	}
-	slices.Sort(timeouts)
-	var sum time.Duration
-	for _, d := range timeouts[max(0, len(timeouts)-4):] {
-		sum += d
-	}
-	return max(sum, keypool.DefaultRetryTime)
 }
 
 // dedupe drops later keys with the ID of an earlier one.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func ids(keys []keypool.Key) []keypool.KeyID {
@@ -32,10 +33,10 @@ func idsOf(secrets ...string) []keypool.KeyID {
 	return out
 }
 
-func tokens(ss []config.Secret) []string {
+func tokens(ss []secret.String) []string {
 	var out []string
 	for _, s := range ss {
-		out = append(out, string(s))
+		out = append(out, s.Reveal())
 	}
 	return out
 }
@@ -175,9 +176,6 @@ upstreams:
 		{base: "https://api.openai.com/v1", auth: keypool.AuthCaller, noauth: true},
 		{base: "http://127.0.0.1:11434/v1", auth: keypool.AuthNone, tokens: []string{"team"}},
 	})
-	if _, err := cfg.TransportOptions(); err != nil {
-		t.Fatal(err)
-	}
 	cfg, err = config.Parse([]byte("retry_time: 90\n"), "c.yaml", "")
 	if err != nil || cfg.RetryTime != 90*time.Second {
 		t.Fatalf("retry_time: %v, %v", cfg.RetryTime, err)
@@ -195,7 +193,7 @@ func TestExtensions(t *testing.T) {
 	if cfg.Timeout != 2*time.Minute || cfg.StreamTimeout != 15*time.Second {
 		t.Errorf("timeouts = %v %v", cfg.Timeout, cfg.StreamTimeout)
 	}
-	if cfg.Listen != "127.0.0.1:8080" || string(cfg.AdminToken) != "adm-secret-token" || cfg.DBType != "postgres" {
+	if cfg.Listen != "127.0.0.1:8080" || cfg.AdminToken.Reveal() != "adm-secret-token" || cfg.DBType != "postgres" {
 		t.Errorf("listen %q, admin token, dbtype %q", cfg.Listen, cfg.DBType)
 	}
 	wantChecker := config.Checker{Rate: 2.5, Concurrency: 8, Recheck: 30 * time.Minute, WaitForCheck: true}
@@ -224,36 +222,21 @@ func TestExtensions(t *testing.T) {
 	if ups[0].Timeout != 2*time.Minute || ups[1].Timeout != 45*time.Second || ups[1].StreamTimeout != 5*time.Second {
 		t.Errorf("timeouts: %v, %v %v", ups[0].Timeout, ups[1].Timeout, ups[1].StreamTimeout)
 	}
-	opts, err := cfg.TransportOptions()
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := keypool.New(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := keypool.NewChecker(tr, cfg.CheckerOptions()...); err != nil {
-		t.Errorf("NewChecker: %v", err)
-	}
-	if n := len(cfg.CheckerOptions()); n != 3 {
-		t.Errorf("%d checker options, want 3", n)
-	}
 }
 
 func TestCheckerSection(t *testing.T) {
 	for _, tc := range []struct {
-		in    string
-		want  config.Checker
-		nopts int
+		in   string
+		want config.Checker
 	}{
-		{"", config.Checker{}, 0},
-		{"checker:\n", config.Checker{}, 0},
-		{"checker: {recheck: off}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 0}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 0s}", config.Checker{NoRecheck: true}, 1},
-		{"checker: {recheck: 90}", config.Checker{Recheck: 90 * time.Second}, 1},
-		{"checker: {rate: 0.5, concurrency: 1}", config.Checker{Rate: 0.5, Concurrency: 1}, 2},
-		{"checker: {wait_for_check: on}", config.Checker{WaitForCheck: true}, 0},
+		{"", config.Checker{}},
+		{"checker:\n", config.Checker{}},
+		{"checker: {recheck: off}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 0}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 0s}", config.Checker{NoRecheck: true}},
+		{"checker: {recheck: 90}", config.Checker{Recheck: 90 * time.Second}},
+		{"checker: {rate: 0.5, concurrency: 1}", config.Checker{Rate: 0.5, Concurrency: 1}},
+		{"checker: {wait_for_check: on}", config.Checker{WaitForCheck: true}},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
 			cfg, err := config.Parse([]byte(tc.in), "c.yaml", "")
@@ -262,9 +245,6 @@ func TestCheckerSection(t *testing.T) {
 			}
 			if cfg.Checker != tc.want {
 				t.Errorf("checker = %+v, want %+v", cfg.Checker, tc.want)
-			}
-			if n := len(cfg.CheckerOptions()); n != tc.nopts {
-				t.Errorf("%d options, want %d", n, tc.nopts)
 			}
 		})
 	}
@@ -312,7 +292,7 @@ upstreams:
 	if got := tokens(cfg.Authorization); !slices.Equal(got, []string{"tok-from-env"}) {
 		t.Errorf("authorization = %q", got)
 	}
-	if string(cfg.AdminToken) != "pa$word" {
+	if cfg.AdminToken.Reveal() != "pa$word" {
 		t.Errorf("$$ is not a literal $")
 	}
 	u := cfg.Upstream[0]
@@ -426,6 +406,15 @@ func TestParseErrors(t *testing.T) {
 		{"unset variable in a secret, braces", "upstreams:\n  - sk: ${KP_TEST_UNSET_KEY}\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: sk: environment variable KP_TEST_UNSET_KEY is not set"},
 		{"unset variable in a secret, bare", "authorization: pa$KP_TEST_UNSET\n", "c.yaml:1: authorization refers to an environment variable that is not set"},
 		{"merge of a scalar", "upstreams:\n  - <<: x\n    sk: k\n    endpoint: https://a.example/v1\n", "c.yaml:2: upstream 1: << must merge a mapping"},
+		{"token entry not a value", "authorization:\n  - tok-1\n  - [tok-2]\n", "c.yaml:3: authorization: entry 2 must be a single value, not a list or mapping"},
+		{"address", "address: 8080\n", "c.yaml:1: address must be host:port"},
+		{"checker not a mapping", "checker: 5\n", `c.yaml:1: checker must be a mapping of fields, such as "rate: 5"`},
+		{"bad idle_timeout", "upstreams:\n  - sk: k\n    idle_timeout: sometimes\n", "c.yaml:3: upstream 1: idle_timeout must be seconds"},
+		{"size not a value", "max_body: [1]\n", "c.yaml:1: max_body must be a single value"},
+		{"unset variable in a list", "upstreams:\n  - sk: k\n    deny: [\"${KP_TEST_UNSET_MODEL}\"]\n", "c.yaml:3: upstream 1: deny: entry 1: environment variable KP_TEST_UNSET_MODEL is not set"},
+		// Every entry of a list is checked, and numbered by its place in the list.
+		{"keys entry after a nested one", "upstreams:\n  - keys:\n      - [k1]\n      - \"ab cd\"\n", "c.yaml:4: upstream 1: keys: entry 2 has white space"},
+		{"allow entry after a nested one", "upstreams:\n  - sk: k\n    allow: [[a], \"\"]\n", "c.yaml:3: upstream 1: allow: entry 2 is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.in), "c.yaml", "")
@@ -440,6 +429,34 @@ func TestParseErrors(t *testing.T) {
 				t.Errorf("not a *config.Error: %#v", err)
 			}
 		})
+	}
+}
+
+// TestAliasBudget: a file whose aliases make it refer to the same nodes
+// too often is refused, not read for minutes.
+func TestAliasBudget(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("upstreams:\n  - deny: &a [" + strings.Repeat("k, ", 1023) + "k]\n")
+	for range 1100 {
+		b.WriteString("  - deny: *a\n")
+	}
+	_, err := config.Parse([]byte(b.String()), "c.yaml", "")
+	if err == nil || !strings.Contains(err.Error(), "the file refers to the same nodes too many times (aliases)") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+// TestErrorsHideExpandedSecrets: a secret that comes from the environment
+// is kept out of messages too, even from a field that is not secret.
+func TestErrorsHideExpandedSecrets(t *testing.T) {
+	t.Setenv("KP_TEST_SECRET", "mx-SECRET-token")
+	in := "notify:\n  matrix:\n    homeserver: ${KP_TEST_SECRET}\n    room: r\n    token: ${KP_TEST_SECRET}\n"
+	_, err := config.Parse([]byte(in), "c.yaml", "")
+	if err == nil || !strings.Contains(err.Error(), "c.yaml:3: notify: matrix: homeserver must be an http or https URL") {
+		t.Fatalf("error %v", err)
+	}
+	if strings.Contains(err.Error(), "SECRET") {
+		t.Errorf("error shows a secret: %v", err)
 	}
 }
 

@@ -115,7 +115,6 @@ func FuzzParse(f *testing.F) {
 		if !slices.ContainsFunc(cfg.Upstream, func(u config.Upstream) bool { return u.KeysFile != "" }) {
 			cfg.Upstreams()
 		}
-		cfg.CheckerOptions()
 	})
 }
 

@@ -1,13 +1,13 @@
 package config
 
 import (
-	"net/url"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Records is the records section: what request records keep. Where they go
@@ -64,193 +64,114 @@ type Notify struct {
 type Matrix struct {
 	Homeserver string
 	Room       string
-	Token      Secret
+	Token      secret.String
 }
 
 // Feishu is a Feishu (Lark) custom bot to notify.
 type Feishu struct {
-	Webhook Secret
-	Secret  Secret
+	Webhook secret.String
+	Secret  secret.String
 }
 
 // Webhook is a URL that gets every event as JSON.
 type Webhook struct {
-	URL     Secret
-	Headers map[string]Secret
+	URL     secret.String
+	Headers map[string]secret.String
 }
-
-var recordsFields = []string{"bodies", "body_limit", "queue", "queue_bytes", "batch", "keep"}
 
 func (p *parser) records(r *Records, f field) {
-	if !p.section(f, "bodies: false") {
-		return
-	}
-	for _, f := range p.fields(f.val, "records") {
-		switch f.name {
-		case "bodies":
-			r.Bodies = p.boolean(f)
-		case "body_limit":
-			r.BodyLimit = p.size(f)
-		case "queue":
-			r.Queue = p.count(f)
-		case "queue_bytes":
-			r.QueueBytes = p.size(f)
-		case "batch":
-			r.Batch = p.count(f)
-		case "keep":
-			r.Keep = p.duration(f)
-		default:
-			p.unknown(f, "records", recordsFields)
-		}
-	}
+	p.section(f, "bodies: false", schema{
+		{"bodies", (*boolean)(&r.Bodies)},
+		{"body_limit", (*size)(&r.BodyLimit)},
+		{"queue", (*count)(&r.Queue)},
+		{"queue_bytes", (*size)(&r.QueueBytes)},
+		{"batch", (*count)(&r.Batch)},
+		{"keep", (*duration)(&r.Keep)},
+	})
 }
-
-var notifyFields = []string{"matrix", "feishu", "webhook", "dedup", "burst", "every", "failures", "failure_window"}
 
 func (p *parser) notify(n *Notify, f field) {
-	if !p.section(f, "feishu:") {
-		return
-	}
-	for _, f := range p.fields(f.val, "notify") {
-		switch f.name {
-		case "matrix":
-			n.Matrix = p.matrix(f)
-		case "feishu":
-			n.Feishu = p.feishu(f)
-		case "webhook":
-			n.Webhook = p.webhook(f)
-		case "dedup":
-			n.Dedup = p.duration(f)
-		case "every":
-			n.Every = p.duration(f)
-		case "failure_window":
-			n.FailureWindow = p.duration(f)
-		case "burst":
-			n.Burst = p.count(f)
-		case "failures":
-			n.Failures = p.count(f)
-		default:
-			p.unknown(f, "notify", notifyFields)
-		}
-	}
+	p.section(f, "feishu:", schema{
+		{"matrix", func(f field) { n.Matrix = p.matrix(f) }},
+		{"feishu", func(f field) { n.Feishu = p.feishu(f) }},
+		{"webhook", func(f field) { n.Webhook = p.webhook(f) }},
+		{"dedup", (*duration)(&n.Dedup)},
+		{"burst", (*count)(&n.Burst)},
+		{"every", (*duration)(&n.Every)},
+		{"failures", (*count)(&n.Failures)},
+		{"failure_window", (*duration)(&n.FailureWindow)},
+	})
 }
 
-var matrixFields = []string{"homeserver", "room", "token"}
-
 func (p *parser) matrix(f field) *Matrix {
-	if !p.section(f, "homeserver: https://matrix.example.org") {
-		return nil
-	}
 	m := &Matrix{}
-	for _, g := range p.fields(f.val, "notify: matrix") {
-		switch g.name {
-		case "homeserver":
-			m.Homeserver, _ = p.scalar(g, false)
-			m.Homeserver = strings.TrimSpace(m.Homeserver)
-			p.httpURL(g, m.Homeserver, false)
-		case "room":
-			m.Room, _ = p.scalar(g, false)
-			m.Room = strings.TrimSpace(m.Room)
-		case "token":
-			s, _ := p.scalar(g, true)
-			m.Token = Secret(strings.TrimSpace(s))
-		default:
-			p.unknown(g, "notify: matrix", matrixFields)
-		}
+	if !p.section(f, "homeserver: https://matrix.example.org", schema{
+		{"homeserver", (*httpURL)(&m.Homeserver)},
+		{"room", (*text)(&m.Room)},
+		{"token", (*secretText)(&m.Token)},
+	}) {
+		return nil
 	}
 	switch {
 	case m.Homeserver == "":
 		p.errorf(f.key.Line, "notify: matrix needs a homeserver")
 	case m.Room == "":
 		p.errorf(f.key.Line, "notify: matrix needs a room (its ID, such as \"!abc:example.org\")")
-	case m.Token == "":
+	case m.Token.IsZero():
 		p.errorf(f.key.Line, "notify: matrix needs a token (the bot user's access token)")
 	}
 	return m
 }
 
-var feishuFields = []string{"webhook", "secret"}
-
 func (p *parser) feishu(f field) *Feishu {
-	if !p.section(f, "webhook: https://open.feishu.cn/open-apis/bot/v2/hook/…") {
+	fs := &Feishu{}
+	if !p.section(f, "webhook: https://open.feishu.cn/open-apis/bot/v2/hook/…", schema{
+		{"webhook", (*secretURL)(&fs.Webhook)},
+		{"secret", (*secretText)(&fs.Secret)},
+	}) {
 		return nil
 	}
-	fs := &Feishu{}
-	for _, g := range p.fields(f.val, "notify: feishu") {
-		switch g.name {
-		case "webhook":
-			s, _ := p.scalar(g, true)
-			fs.Webhook = Secret(strings.TrimSpace(s))
-			p.httpURL(g, string(fs.Webhook), true)
-		case "secret":
-			s, _ := p.scalar(g, true)
-			fs.Secret = Secret(strings.TrimSpace(s))
-		default:
-			p.unknown(g, "notify: feishu", feishuFields)
-		}
-	}
-	if fs.Webhook == "" {
+	if fs.Webhook.IsZero() {
 		p.errorf(f.key.Line, "notify: feishu needs a webhook")
 	}
 	return fs
 }
 
-var webhookFields = []string{"url", "headers"}
-
 func (p *parser) webhook(f field) *Webhook {
-	if !p.section(f, "url: https://hooks.example.org/keypool") {
+	w := &Webhook{}
+	if !p.section(f, "url: https://hooks.example.org/keypool", schema{
+		{"url", (*secretURL)(&w.URL)},
+		{"headers", func(g field) { w.Headers = p.headers(g) }},
+	}) {
 		return nil
 	}
-	w := &Webhook{}
-	for _, g := range p.fields(f.val, "notify: webhook") {
-		switch g.name {
-		case "url":
-			s, _ := p.scalar(g, true)
-			w.URL = Secret(strings.TrimSpace(s))
-			p.httpURL(g, string(w.URL), true)
-		case "headers":
-			if g.val.Kind != yaml.MappingNode {
-				if g.val.Tag != "!!null" {
-					p.errorf(g.val.Line, "%s must be a mapping of header names to values", g.label)
-				}
-				continue
-			}
-			w.Headers = map[string]Secret{}
-			for _, h := range p.fields(g.val, "notify: webhook: headers") {
-				if !notify.ValidHeaderName(h.name) {
-					p.errorf(h.key.Line, "%s: not a header name", g.label)
-					continue
-				}
-				s, _ := p.scalar(h, true)
-				if strings.ContainsAny(s, "\r\n") {
-					p.errorf(h.val.Line, "%s: a header value may not span lines", g.label)
-					continue
-				}
-				w.Headers[h.name] = Secret(s)
-			}
-		default:
-			p.unknown(g, "notify: webhook", webhookFields)
-		}
-	}
-	if w.URL == "" {
+	if w.URL.IsZero() {
 		p.errorf(f.key.Line, "notify: webhook needs a url")
 	}
 	return w
 }
 
-// httpURL reports s unless it is an absolute http or https URL; a secret one
-// is not quoted.
-func (p *parser) httpURL(f field, s string, secret bool) {
-	if s == "" {
-		return
+// headers reads the webhook's headers: a mapping of header names to values,
+// which are secrets.
+func (p *parser) headers(f field) map[string]secret.String {
+	if f.val.Kind != yaml.MappingNode {
+		if f.val.Tag != "!!null" {
+			p.errorf(f.val.Line, "%s must be a mapping of header names to values", f.label)
+		}
+		return nil
 	}
-	u, err := url.Parse(s)
-	if err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
-		return
+	h := map[string]secret.String{}
+	for _, g := range p.fields(f.val, f.label) {
+		s, err := scalarOf(g.val, true)
+		switch {
+		case !notify.ValidHeaderName(g.name):
+			p.errorf(g.key.Line, "%s: not a header name", f.label)
+		case !p.report(g, err):
+		case strings.ContainsAny(s, "\r\n"):
+			p.errorf(g.val.Line, "%s: a header value may not span lines", f.label)
+		default:
+			h[g.name] = secretOf(s)
+		}
 	}
-	if secret {
-		p.errorf(f.val.Line, "%s must be an http or https URL", f.label)
-		return
-	}
-	p.errorf(f.val.Line, "%s must be an http or https URL, not %q", f.label, s)
+	return h
 }

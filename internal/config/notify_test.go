@@ -44,20 +44,20 @@ notify:
 		t.Errorf("records = %+v", cfg.Records)
 	}
 	n := cfg.Notify
-	if n.Matrix == nil || n.Matrix.Homeserver != "https://matrix.example.org" || n.Matrix.Room != "!room:example.org" || string(n.Matrix.Token) != "mx-SECRET-1" {
+	if n.Matrix == nil || n.Matrix.Homeserver != "https://matrix.example.org" || n.Matrix.Room != "!room:example.org" || n.Matrix.Token.Reveal() != "mx-SECRET-1" {
 		t.Errorf("matrix = %+v", n.Matrix)
 	}
-	if n.Feishu == nil || !strings.HasSuffix(string(n.Feishu.Webhook), "fs-SECRET-2") || string(n.Feishu.Secret) != "fs-SECRET-3" {
+	if n.Feishu == nil || !strings.HasSuffix(n.Feishu.Webhook.Reveal(), "fs-SECRET-2") || n.Feishu.Secret.Reveal() != "fs-SECRET-3" {
 		t.Errorf("feishu wrong")
 	}
-	if n.Webhook == nil || !strings.HasSuffix(string(n.Webhook.URL), "wh-SECRET-4") || string(n.Webhook.Headers["X-Token"]) != "hd-SECRET-5" {
+	if n.Webhook == nil || !strings.HasSuffix(n.Webhook.URL.Reveal(), "wh-SECRET-4") || n.Webhook.Headers["X-Token"].Reveal() != "hd-SECRET-5" {
 		t.Errorf("webhook wrong")
 	}
 	if n.Dedup != 5*time.Minute || n.Burst != 3 || n.Every != 30*time.Second || n.Failures != 7 || n.FailureWindow != 2*time.Minute {
 		t.Errorf("notify = %+v", n)
 	}
-	if string(cfg.DBAddr) != "postgres://kp:pw-SECRET-0@127.0.0.1:5432/kp" {
-		t.Errorf("dbaddr = %q", string(cfg.DBAddr))
+	if cfg.DBAddr.Reveal() != "postgres://kp:pw-SECRET-0@127.0.0.1:5432/kp" {
+		t.Errorf("dbaddr = %q", cfg.DBAddr.Reveal())
 	}
 	js, _ := json.Marshal(cfg)
 	for _, out := range []string{fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg),
@@ -82,6 +82,17 @@ func TestRecordsAndNotifyErrors(t *testing.T) {
 		{"webhook bad header", "notify:\n  webhook:\n    url: https://h.example/x\n    headers: {\"X Bad\": v-SECRET}\n", "c.yaml:4: notify: webhook: headers: not a header name"},
 		{"webhook header newline", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-T: \"a\\nb-SECRET\"\n", "c.yaml:5: notify: webhook: headers: a header value may not span lines"},
 		{"bad dedup", "notify:\n  dedup: often\n", "c.yaml:2: notify: dedup must be seconds"},
+		{"notify not a mapping", "notify: [feishu]\n", `c.yaml:1: notify must be a mapping of fields, such as "feishu:"`},
+		{"matrix not a mapping", "notify:\n  matrix: yes\n", `c.yaml:2: notify: matrix must be a mapping of fields`},
+		{"matrix without homeserver", "notify:\n  matrix:\n    room: r\n    token: mx-SECRET\n", "c.yaml:2: notify: matrix needs a homeserver"},
+		{"matrix without token", "notify:\n  matrix:\n    homeserver: https://m.example\n    room: r\n", "c.yaml:2: notify: matrix needs a token"},
+		{"webhook without url", "notify:\n  webhook:\n    headers: {X-Token: hd-SECRET}\n", "c.yaml:2: notify: webhook needs a url"},
+		{"webhook bad url", "notify:\n  webhook:\n    url: hooks.example/wh-SECRET\n", "c.yaml:3: notify: webhook: url must be an http or https URL"},
+		{"webhook headers not a mapping", "notify:\n  webhook:\n    url: https://h.example/x\n    headers: [X-Token]\n", "c.yaml:4: notify: webhook: headers must be a mapping of header names to values"},
+		{"webhook header not a value", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-Token: [hd-SECRET]\n", "c.yaml:5: notify: webhook: headers: X-Token must be a single value"},
+		{"webhook header given twice", "notify:\n  webhook:\n    url: https://h.example/x\n    headers:\n      X-Token: a\n      X-Token: b\n", `c.yaml:6: notify: webhook: headers: "X-Token" is given twice (first at line 5)`},
+		{"unknown matrix field", "notify:\n  matrix:\n    homeservr: https://m.example\n", `c.yaml:3: unknown field "homeservr" in notify: matrix (did you mean "homeserver"?)`},
+		{"bad burst", "notify:\n  burst: lots\n", "c.yaml:2: notify: burst must be a whole number"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.in), "c.yaml", "")

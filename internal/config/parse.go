@@ -3,16 +3,13 @@ package config
 import (
 	"errors"
 	"fmt"
-	"math"
-	"os"
-	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // maxErrors bounds the problems reported at once; past it the file is
@@ -106,8 +103,6 @@ func (p *parser) warnf(line int, format string, args ...any) {
 // message may name a field or a variable, and the file could have used the
 // same text as a secret elsewhere.
 func (p *parser) err() error {
-	// Longer first, so that no part of a longer secret survives a shorter one.
-	slices.SortFunc(p.secrets, func(a, b string) int { return len(b) - len(a) })
 	errs := make([]error, len(p.errs))
 	for i, e := range p.errs {
 		e.Msg = p.scrub(e.Msg)
@@ -116,26 +111,16 @@ func (p *parser) err() error {
 	return errors.Join(errs...)
 }
 
-// minScrub is the shortest secret scrubbed from messages; a shorter one
-// would garble every message and guards nothing.
-const minScrub = 4
-
-func (p *parser) scrub(s string) string {
-	for _, sec := range p.secrets {
-		if len(sec) >= minScrub && strings.Contains(s, sec) {
-			s = strings.ReplaceAll(s, sec, redacted)
-		}
-	}
-	return s
-}
+func (p *parser) scrub(s string) string { return secret.NewScrubber(p.secrets...).Scrub(s) }
 
 // secretFields are the fields that hold secrets.
 var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,
 	"dbaddr": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
 
 // collectSecrets remembers every value under a secret field, at any depth and
-// before any checks, so that no message can echo one, even from a field
-// whose parsing stopped early.
+// before any checks, as written and with its environment variables
+// expanded, so that no message can echo one, even from a field whose
+// parsing stopped early.
 func (p *parser) collectSecrets(doc *yaml.Node) {
 	// A node may be reached through aliases both in and out of a secret
 	// field; each (node, secrecy) is walked once.
@@ -156,6 +141,9 @@ func (p *parser) collectSecrets(doc *yaml.Node) {
 		case yaml.ScalarNode:
 			if secret {
 				p.addSecret(n.Value)
+				if out, missing := expandEnv(n.Value); missing == "" && out != n.Value {
+					p.addSecret(out)
+				}
 			}
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
@@ -186,12 +174,12 @@ func (p *parser) addSecret(s string) {
 	}
 }
 
-// spend takes one node from the budget and reports false, once, when it runs out.
-func (p *parser) spend(line int) bool {
+// spend takes n nodes from the budget and reports false, once, when it runs out.
+func (p *parser) spend(line, n int) bool {
 	if p.budget < 0 {
 		return false
 	}
-	p.budget--
+	p.budget -= n
 	if p.budget < 0 {
 		p.errorf(line, "the file refers to the same nodes too many times (aliases)")
 		return false
@@ -215,74 +203,143 @@ func (p *parser) fields(m *yaml.Node, where string) []field {
 	var out []field
 	seen := map[string]int{}
 	visited := map[*yaml.Node]bool{}
-	var merged []*yaml.Node
 	prefix := ""
 	if where != "" {
 		prefix = where + ": "
 	}
-	for i := 0; i+1 < len(m.Content); i += 2 {
-		k, v := m.Content[i], deref(m.Content[i+1])
-		if !p.spend(k.Line) {
-			return out
-		}
-		if k.Kind != yaml.ScalarNode {
-			p.errorf(k.Line, "%sa field name must be a plain word", prefix)
-			continue
-		}
-		if k.Tag == "!!merge" {
-			merged = append(merged, v)
-			continue
-		}
-		if line, dup := seen[k.Value]; dup {
-			p.errorf(k.Line, "%s%s is given twice (first at line %d)", prefix, showName(k.Value), line)
-			continue
-		}
-		seen[k.Value] = k.Line
-		out = append(out, field{name: k.Value, key: k, val: v, label: prefix + k.Value})
-	}
-	// Merged mappings add the fields not written out; each is visited once.
-	for len(merged) > 0 {
-		v := merged[0]
-		merged = merged[1:]
+	// m first, then the mappings it merges, each once.
+	for queue := []*yaml.Node{m}; len(queue) > 0; queue = queue[1:] {
+		v, own := queue[0], queue[0] == m
 		if visited[v] {
 			continue
 		}
 		visited[v] = true
 		switch v.Kind {
+		case yaml.MappingNode:
 		case yaml.SequenceNode:
 			for _, x := range v.Content {
-				merged = append(merged, deref(x))
+				queue = append(queue, deref(x))
 			}
 			continue
-		case yaml.MappingNode:
 		default:
 			p.errorf(v.Line, "%s<< must merge a mapping or a list of mappings", prefix)
 			continue
 		}
 		for i := 0; i+1 < len(v.Content); i += 2 {
 			k, x := v.Content[i], deref(v.Content[i+1])
-			if !p.spend(k.Line) {
+			if !p.spend(k.Line, 1) {
 				return out
 			}
-			if k.Kind != yaml.ScalarNode {
-				continue
+			switch line, dup := seen[k.Value]; {
+			case k.Kind != yaml.ScalarNode:
+				if own {
+					p.errorf(k.Line, "%sa field name must be a plain word", prefix)
+				}
+			case k.Tag == "!!merge":
+				queue = append(queue, x)
+			case dup && own:
+				p.errorf(k.Line, "%s%s is given twice (first at line %d)", prefix, showName(k.Value), line)
+			case !dup:
+				seen[k.Value] = k.Line
+				out = append(out, field{name: k.Value, key: k, val: x, label: prefix + k.Value})
 			}
-			if k.Tag == "!!merge" {
-				merged = append(merged, x)
-				continue
-			}
-			if _, dup := seen[k.Value]; dup {
-				continue
-			}
-			seen[k.Value] = k.Line
-			out = append(out, field{name: k.Value, key: k, val: x, label: prefix + k.Value})
 		}
 	}
 	return out
 }
 
+// A schema lists the fields of a mapping, each with what reads its value: a
+// yaml.Unmarshaler (the value's type, see values.go), or a func(field) for
+// a field that needs more than its value (a section, a warning). Its order
+// is the order in which suggestions for a misspelt field are tried.
+type schema []struct {
+	name string
+	into any
+}
+
+// find returns what reads the field name, or nil.
+func (s schema) find(name string) any {
+	for _, e := range s {
+		if e.name == name {
+			return e.into
+		}
+	}
+	return nil
+}
+
+// decode reads the fields of mapping m with s. A field that s lacks is
+// reported with the closest name it has. where names m in messages ("" for
+// the top level, "upstream 2", "checker"). It returns the line of each
+// field's value, by name.
+//
+// Mappings are walked here, not by yaml.v3's struct decoding: yaml.v3 stops
+// at the first error an UnmarshalYAML returns, where a user should see
+// every problem at once; its messages for unknown and repeated fields quote
+// the names, which may be secrets; and the Config's fields are Go's and the
+// library's types (time.Duration, keypool.Key), so struct decoding would
+// need a copy of every section in types that read YAML, and code to convert
+// each field back. A schema points each value's type at its Config field
+// instead: (*duration)(&c.Timeout).
+func (p *parser) decode(m *yaml.Node, where string, s schema) map[string]int {
+	lines := map[string]int{}
+	for _, f := range p.fields(m, where) {
+		switch into := s.find(f.name).(type) {
+		case yaml.Unmarshaler:
+			p.read(f, into)
+		case func(field):
+			into(f)
+		default:
+			p.unknown(f, where, s)
+			continue
+		}
+		lines[f.name] = f.val.Line
+	}
+	return lines
+}
+
+// read reads f's value with u and reports what is wrong with it. It
+// reports whether the value was good.
+func (p *parser) read(f field, u yaml.Unmarshaler) bool {
+	if f.val.Kind == yaml.SequenceNode && !p.spend(f.val.Line, len(f.val.Content)) {
+		return false
+	}
+	return p.report(f, u.UnmarshalYAML(f.val))
+}
+
+// report reports each problem err holds (see values.go) at its line after
+// f's label, and whether there was none.
+func (p *parser) report(f field, err error) bool {
+	errs := []error{err}
+	if multi, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = multi.Unwrap()
+	}
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		pr := &problem{f.val.Line, ": " + e.Error()}
+		errors.As(e, &pr)
+		p.errorf(pr.line, "%s%s", f.label, pr.msg)
+	}
+	return err == nil
+}
+
+// section reads f's value, a mapping of fields, with s (see decode). A
+// null value is an empty section; anything else is reported, with example
+// as what the section looks like. It reports whether f held a mapping.
+func (p *parser) section(f field, example string, s schema) bool {
+	switch {
+	case f.val.Kind == yaml.MappingNode:
+		p.decode(f.val, f.label, s)
+		return true
+	case f.val.Kind != yaml.ScalarNode || f.val.Tag != "!!null":
+		p.errorf(f.val.Line, "%s must be a mapping of fields, such as %q", f.label, example)
+	}
+	return false
+}
+
 // unknown reports a field that is not in the schema.
-func (p *parser) unknown(f field, where string, known []string) {
+func (p *parser) unknown(f field, where string, known schema) {
 	in := ""
 	if where != "" {
 		in = " in " + where
@@ -296,220 +353,6 @@ func (p *parser) unknown(f field, where string, known []string) {
 		msg += fmt.Sprintf(" (did you mean %q?)", s)
 	}
 	p.errorf(f.key.Line, "%s", msg)
-}
-
-// scalar returns the value of a single-valued field, environment variables
-// expanded; null is "". secret marks a field whose value must never be shown.
-// ok is false when a problem was reported.
-func (p *parser) scalar(f field, secret bool) (string, bool) {
-	n := f.val
-	if n.Kind != yaml.ScalarNode {
-		p.errorf(n.Line, "%s must be a single value, not a list or mapping", f.label)
-		return "", false
-	}
-	if n.Tag == "!!null" {
-		return "", true
-	}
-	return p.expand(n.Value, n.Line, f.label, secret)
-}
-
-// list returns the items of a list field (a null field is an empty list),
-// with their lines.
-func (p *parser) list(f field, secret bool) (items []string, lines []int, ok bool) {
-	n := f.val
-	switch n.Kind {
-	case yaml.SequenceNode:
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" {
-			return nil, nil, true
-		}
-		fallthrough
-	default:
-		p.errorf(n.Line, "%s must be a list, such as [a, b]", f.label)
-		return nil, nil, false
-	}
-	ok = true
-	for i, x := range n.Content {
-		x = deref(x)
-		if !p.spend(x.Line) {
-			return nil, nil, false
-		}
-		item := field{name: f.name, key: f.key, val: x, label: fmt.Sprintf("%s: entry %d", f.label, i+1)}
-		s, good := p.scalar(item, secret)
-		if !good {
-			ok = false
-			continue
-		}
-		items = append(items, s)
-		lines = append(lines, x.Line)
-	}
-	return items, lines, ok
-}
-
-func (p *parser) duration(f field) time.Duration {
-	s, ok := p.scalar(f, false)
-	if !ok {
-		return 0
-	}
-	return p.durationOf(f, s)
-}
-
-// durationOrOff reads a duration that may be turned off: off (also no,
-// false, never) gives Off; 0 or nothing gives 0, the default.
-func (p *parser) durationOrOff(f field) time.Duration {
-	s, ok := p.scalar(f, false)
-	if !ok {
-		return 0
-	}
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "off", "no", "false", "never":
-		return Off
-	}
-	return p.durationOf(f, s)
-}
-
-// Off is a duration field turned off (idle_timeout: off): no limit.
-const Off time.Duration = -1
-
-func (p *parser) durationOf(f field, s string) time.Duration {
-	d, err := parseDuration(s)
-	if err != nil {
-		p.errorf(f.val.Line, "%s %v", f.label, err)
-		return 0
-	}
-	return d
-}
-
-var (
-	errNotDuration = errors.New("must be seconds, such as 120, or a duration, such as 2m or 1h30m")
-	errNegative    = errors.New("must not be negative")
-	errTooLong     = errors.New("is too long")
-)
-
-// parseDuration reads seconds (openai-api-route's int, or a fraction) or a
-// Go duration; "" is 0.
-func parseDuration(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return 0, nil
-	}
-	if sec, err := strconv.ParseFloat(s, 64); err == nil {
-		switch {
-		case math.IsNaN(sec) || math.IsInf(sec, 0):
-			return 0, errNotDuration
-		case sec < 0:
-			return 0, errNegative
-		case sec*float64(time.Second) >= math.MaxInt64:
-			return 0, errTooLong
-		}
-		return time.Duration(sec * float64(time.Second)), nil
-	}
-	d, err := time.ParseDuration(s)
-	switch {
-	case err != nil:
-		return 0, errNotDuration
-	case d < 0:
-		return 0, errNegative
-	}
-	return d, nil
-}
-
-// size reads a byte count: a whole number, or one with a unit (KiB, MiB,
-// GiB, or KB, MB, GB as powers of ten).
-func (p *parser) size(f field) int64 {
-	s, ok := p.scalar(f, false)
-	s = strings.TrimSpace(s)
-	if !ok || s == "" {
-		return 0
-	}
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSpace(strings.TrimSuffix(s, u.suffix)), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 || n > (1<<40)/mult {
-		p.errorf(f.val.Line, "%s must be a size in bytes, such as 33554432 or 32MiB", f.label)
-		return 0
-	}
-	return n * mult
-}
-
-func (p *parser) count(f field) int {
-	s, ok := p.scalar(f, false)
-	if !ok || strings.TrimSpace(s) == "" {
-		return 0
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || n < 0 {
-		p.errorf(f.val.Line, "%s must be a whole number, 0 or more", f.label)
-		return 0
-	}
-	return n
-}
-
-func (p *parser) boolean(f field) bool {
-	s, ok := p.scalar(f, false)
-	if !ok {
-		return false
-	}
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "false", "no", "off":
-		return false
-	case "true", "yes", "on":
-		return true
-	}
-	p.errorf(f.val.Line, "%s must be true or false", f.label)
-	return false
-}
-
-// path resolves a file name against the config's directory.
-func (p *parser) path(s string) string {
-	s = strings.TrimSpace(s)
-	if filepath.IsAbs(s) || p.dir == "" {
-		return s
-	}
-	return filepath.Join(p.dir, s)
-}
-
-// expand replaces $NAME and ${NAME} with environment variables; $$ is a $.
-// A variable that is not set is a problem; in a secret field it is named only
-// when written ${NAME}, since a bare $ there may be part of the secret.
-func (p *parser) expand(s string, line int, label string, secret bool) (string, bool) {
-	if !strings.Contains(s, "$") {
-		return s, true
-	}
-	missing := ""
-	out := os.Expand(s, func(name string) string {
-		if name == "$" {
-			return "$"
-		}
-		v, ok := os.LookupEnv(name)
-		if !ok && missing == "" {
-			missing = name
-		}
-		return v
-	})
-	switch {
-	case missing == "":
-		if secret {
-			p.addSecret(out)
-		}
-		return out, true
-	case secret && !strings.Contains(s, "${"+missing+"}"):
-		p.errorf(line, "%s refers to an environment variable that is not set (write ${NAME} to see its name, $$ for a literal $)", label)
-	case !showable(missing):
-		p.errorf(line, "%s refers to an environment variable that is not set", label)
-	default:
-		p.errorf(line, "%s: environment variable %s is not set", label, missing)
-	}
-	return "", false
 }
 
 // deref follows aliases to the node they stand for.
@@ -535,12 +378,13 @@ func showName(name string) string {
 	return "a field"
 }
 
-// closest returns the known name within two edits of name, if any.
-func closest(name string, known []string) string {
+// closest returns the known name within two edits of name, if any; the
+// first in known of those closest.
+func closest(name string, known schema) string {
 	best, bestD := "", 3
 	for _, k := range known {
-		if d := editDistance(strings.ToLower(name), k); d < bestD {
-			best, bestD = k, d
+		if d := editDistance(strings.ToLower(name), k.name); d < bestD {
+			best, bestD = k.name, d
 		}
 	}
 	return best

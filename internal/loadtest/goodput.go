@@ -21,9 +21,10 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
-	"github.com/keypool/keypool/internal/server"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // goodputModel is the model every client asks for (chatBody's).
@@ -294,58 +295,42 @@ func arrivalTimes(sending time.Duration, n int, poisson bool, seed uint64) []tim
 }
 
 // goodputProxy is the proxy under measure: its handler, the transport
-// behind it, and stop, which ends the checker and closes the transport's
-// connections.
+// behind it, and stop, which stops its parts (the checker) and closes the
+// transport's connections.
 type goodputProxy struct {
 	handler   http.Handler
 	transport *keypool.Transport
 	stop      func()
 }
 
-// newGoodputProxy builds the proxy as keypool serve does
-// (cmd/keypool/serve.go): a config with a client token and one upstream of
-// keys, the transport from its TransportOptions, the server with the same
-// Options, and the key checker running with its CheckerOptions. Only the
-// base transport (the fake's pipe), the logger and the observer differ;
-// metrics, notifications and request records, which change no answer, are
-// left out.
+// newGoodputProxy builds the proxy as keypool serve does, with app.New: a
+// config with a client token and one upstream of keys, and the key checker
+// running. Only the base transport (the fake's pipe), the logger and the
+// observer differ; request records, which change no answer, are off, and
+// the handler is called without a listener.
 func newGoodputProxy(keys []fakeopenai.Key, base http.RoundTripper, logger *slog.Logger, obs keypool.Observer) (*goodputProxy, error) {
 	creds := make([]keypool.Key, len(keys))
 	for i, k := range keys {
 		creds[i] = keypool.NewKey(k.Secret)
 	}
 	cfg := &config.Config{
-		Authorization: []config.Secret{clientToken},
+		Authorization: []secret.String{secret.New(clientToken)},
 		Upstream:      []config.Upstream{{Endpoint: fakeopenai.PipeBaseURL, Keys: creds}},
+		DBType:        "none",
 	}
-	topts, err := cfg.TransportOptions()
-	if err != nil {
-		return nil, err
-	}
-	tr, err := keypool.New(append(topts, keypool.WithLogger(logger), keypool.WithObserver(obs), keypool.WithBase(base))...)
-	if err != nil {
-		return nil, err
-	}
-	tokens, access := server.AccessFromConfig(cfg)
-	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger,
-		MaxBody: cfg.MaxBody, CORS: !cfg.NoCORS, BodyIdle: cfg.BodyIdleTimeout, BodyMemory: cfg.BodyMemory})
-	if err != nil {
-		return nil, err
-	}
-	checker, err := keypool.NewChecker(tr, append(cfg.CheckerOptions(), keypool.WithCheckLogger(logger))...)
+	a, err := app.New(cfg, app.Options{Logger: logger, Transport: []keypool.Option{keypool.WithObserver(obs), keypool.WithBase(base)}})
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	checked := make(chan struct{})
+	ran := make(chan struct{})
 	go func() {
-		defer close(checked)
-		checker.Run(ctx)
+		defer close(ran)
+		a.Run(ctx, nil)
 	}()
-	return &goodputProxy{handler: srv.Handler(), transport: tr, stop: func() {
+	return &goodputProxy{handler: a.Handler(), transport: a.Transport(), stop: func() {
 		cancel()
-		<-checked
-		tr.CloseIdleConnections()
+		<-ran
 	}}, nil
 }
 

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -63,28 +63,36 @@ func BenchmarkProxyRecords(b *testing.B) {
 	}{
 		{"off", nil},
 		{"discard", func() (records.Store, error) {
-			s, err := records.Open(records.TypeSQLite, filepath.Join(dir, "discard.sqlite"))
+			s, err := records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "discard.sqlite")))
 			return discardStore{s}, err
 		}},
 		{"sqlite", func() (records.Store, error) {
-			return records.Open(records.TypeSQLite, filepath.Join(dir, "bench.sqlite"))
+			return records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "bench.sqlite")))
 		}},
 		{"overloaded", func() (records.Store, error) {
-			s, err := records.Open(records.TypeSQLite, filepath.Join(dir, "slow.sqlite"))
+			s, err := records.Open(records.TypeSQLite, secret.New(filepath.Join(dir, "slow.sqlite")))
 			return slowStore{s, time.Second}, err
 		}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
-			opts := server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}}
+			opts := server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}}
 			var w *records.Writer
+			var stopWriter func()
 			if tc.store != nil {
 				st, err := tc.store()
 				if err != nil {
 					b.Fatal(err)
 				}
 				defer st.Close()
-				w = records.NewWriter(st, records.WriterOptions{Queue: 1000})
+				w = records.NewWriter(st, records.WriterOptions{Queue: 1000, DrainTimeout: 10 * time.Second})
 				opts.Records = w
+				ctx, cancel := context.WithCancel(context.Background())
+				ran := make(chan error, 1)
+				go func() { ran <- w.Run(ctx) }()
+				stopWriter = func() {
+					cancel()
+					<-ran
+				}
 			}
 			srv, err := server.New(opts)
 			if err != nil {
@@ -121,9 +129,7 @@ func BenchmarkProxyRecords(b *testing.B) {
 			// request: steadier than wall time on a shared machine.
 			b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 			if w != nil {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				w.Close(ctx)
-				cancel()
+				stopWriter()
 				s := w.Stats()
 				b.ReportMetric(float64(s.Dropped)/float64(b.N), "dropped/op")
 				b.ReportMetric(float64(s.Written)/float64(b.N), "written/op")

@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -108,18 +108,28 @@ type rig struct {
 	recClient *http.Client
 	store     records.Store
 	writer    *records.Writer
+	// stopWriter ends the writer's Run and waits for its drain (30s at
+	// most); every call after the first returns the first one's error.
+	stopWriter func() error
 }
 
 // startRecords starts a second keypool proxy, on the same transport, that
 // writes request records to the SQLite file at path.
 func (r *rig) startRecords(path string) error {
-	st, err := records.Open(records.TypeSQLite, path)
+	st, err := records.Open(records.TypeSQLite, secret.New(path))
 	if err != nil {
 		return err
 	}
 	r.store = st
-	r.writer = records.NewWriter(st, records.WriterOptions{})
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}, Records: r.writer})
+	r.writer = records.NewWriter(st, records.WriterOptions{DrainTimeout: 30 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- r.writer.Run(ctx) }()
+	r.stopWriter = sync.OnceValue(func() error {
+		cancel()
+		return <-ran
+	})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}, Records: r.writer})
 	if err != nil {
 		return err
 	}
@@ -154,7 +164,7 @@ func newRig(conns int) (*rig, error) {
 		r.close()
 		return nil, err
 	}
-	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []config.Secret{clientToken}})
+	srv, err := server.New(server.Options{Transport: r.transport, Tokens: []secret.String{secret.New(clientToken)}})
 	if err != nil {
 		r.close()
 		return nil, err
@@ -213,10 +223,8 @@ func (r *rig) close() {
 			s.srv.Close()
 		}
 	}
-	if r.writer != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		r.writer.Close(ctx)
-		cancel()
+	if r.stopWriter != nil {
+		r.stopWriter()
 	}
 	if r.store != nil {
 		r.store.Close()

@@ -150,9 +150,7 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}
 	res := Result{Bare: bare.finish(), Keypool: kp.finish()}
 	if r.writer != nil {
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		r.writer.Close(cctx)
-		cancel()
+		r.stopWriter()
 		res.Records = r.writer.Stats()
 		res.Flushed = flushed
 	}

@@ -1,9 +1,6 @@
 package notify
 
 import (
-	"encoding/json"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -11,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Defaults of a Config's zero fields.
@@ -28,9 +27,8 @@ const (
 // Config says where notifications go and how often. At least one of Matrix,
 // Feishu and Webhook must be set. Every zero field means its default.
 //
-// A Config holds secrets; its String, GoString and Format methods (and those
-// of Matrix, Feishu and Webhook) show none of them, so a Config may be
-// printed or logged.
+// A Config holds secrets, as secret.String values: printed or logged, each
+// shows as "[redacted]", so a Config may be printed or logged whole.
 type Config struct {
 	Matrix  *Matrix  // nil: no Matrix messages
 	Feishu  *Feishu  // nil: no Feishu messages
@@ -77,7 +75,7 @@ type Matrix struct {
 	// Room is the room ID ("!abc:example.org"), not an alias.
 	Room string
 	// Token is the access token of the account that posts.
-	Token string
+	Token secret.String
 }
 
 // Feishu posts messages to a Feishu (Lark) custom bot. Both fields are
@@ -85,17 +83,17 @@ type Matrix struct {
 type Feishu struct {
 	// Webhook is the bot's URL
 	// ("https://open.feishu.cn/open-apis/bot/v2/hook/…").
-	Webhook string
+	Webhook secret.String
 	// Secret, if set, signs each message (the bot's "signature
 	// verification" setting).
-	Secret string
+	Secret secret.String
 }
 
 // Webhook posts each event as JSON to a URL of your own. The URL and the
 // header values are secrets; the header names are not.
 type Webhook struct {
-	URL     string
-	Headers map[string]string // sent with each post, such as Authorization
+	URL     secret.String
+	Headers map[string]secret.String // sent with each post, such as Authorization
 }
 
 // ConfigError is an invalid Config. It names the field and the problem and
@@ -134,26 +132,26 @@ func (c Config) validate() error {
 			return &ConfigError{"matrix room", "is empty"}
 		case !strings.HasPrefix(m.Room, "!"):
 			return &ConfigError{"matrix room", "must be a room ID (!…), not an alias"}
-		case m.Token == "":
+		case m.Token.IsZero():
 			return &ConfigError{"matrix token", "is empty"}
-		case !validHeaderValue(m.Token):
+		case !validHeaderValue(m.Token.Reveal()):
 			return &ConfigError{"matrix token", "holds control characters"}
 		}
 	}
 	if f := c.Feishu; f != nil {
-		if _, err := checkURL("feishu webhook", f.Webhook); err != nil {
+		if _, err := checkURL("feishu webhook", f.Webhook.Reveal()); err != nil {
 			return err
 		}
 	}
 	if w := c.Webhook; w != nil {
-		if _, err := checkURL("webhook url", w.URL); err != nil {
+		if _, err := checkURL("webhook url", w.URL.Reveal()); err != nil {
 			return err
 		}
 		for _, name := range slices.Sorted(mapKeys(w.Headers)) {
 			if !ValidHeaderName(name) {
 				return &ConfigError{"webhook header " + strconv.Quote(clip(name, 64)), "is not a valid header name"}
 			}
-			if !validHeaderValue(w.Headers[name]) {
+			if !validHeaderValue(w.Headers[name].Reveal()) {
 				return &ConfigError{"webhook header " + name, "value holds control characters"}
 			}
 		}
@@ -244,173 +242,3 @@ func clip(s string, n int) string {
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
-
-// redacted stands for a secret in printed values.
-const redacted = "[redacted]"
-
-// showSecret is how a secret prints: whether it is set, never what it is.
-func showSecret(s string) string {
-	if s == "" {
-		return `""`
-	}
-	return redacted
-}
-
-// showSecretURL prints a URL that holds a secret as scheme://host/….
-func showSecretURL(raw string) string {
-	if raw == "" {
-		return `""`
-	}
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme == "" || u.Host == "" {
-		return redacted
-	}
-	return u.Scheme + "://" + u.Host + "/…"
-}
-
-// showPublicURL prints a URL that is not a secret, minus the parts that may
-// be (user info, query, fragment).
-func showPublicURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return redacted
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
-		return u.String() + " " + redacted
-	}
-	return u.String()
-}
-
-// format writes s, or for %#v gos, whatever the verb and flags: a type
-// holding secrets prints one redacted form only.
-func format(f fmt.State, verb rune, s, gos string) {
-	if verb == 'v' && f.Flag('#') {
-		io.WriteString(f, gos)
-		return
-	}
-	io.WriteString(f, s)
-}
-
-func (m Matrix) fields(quote func(string) string) []string {
-	return []string{"Homeserver:" + quote(showPublicURL(m.Homeserver)), "Room:" + quote(m.Room),
-		"Token:" + quote(showSecret(m.Token))}
-}
-
-// String shows the homeserver and room, never the token.
-func (m Matrix) String() string { return "Matrix{" + strings.Join(m.fields(plain), " ") + "}" }
-
-// GoString is String in Go syntax.
-func (m Matrix) GoString() string {
-	return "notify.Matrix{" + strings.Join(m.fields(strconv.Quote), ", ") + "}"
-}
-
-// Format prints m as String does (GoString for %#v), whatever the verb.
-func (m Matrix) Format(f fmt.State, verb rune) { format(f, verb, m.String(), m.GoString()) }
-
-// LogValue logs m as String does.
-func (m Matrix) LogValue() slog.Value { return slog.StringValue(m.String()) }
-
-// MarshalJSON encodes m as String does, so that no secret is encoded.
-func (m Matrix) MarshalJSON() ([]byte, error) { return json.Marshal(m.String()) }
-
-func (f Feishu) fields(quote func(string) string) []string {
-	return []string{"Webhook:" + quote(showSecretURL(f.Webhook)), "Secret:" + quote(showSecret(f.Secret))}
-}
-
-// String shows the webhook's scheme and host only, and never the secret.
-func (f Feishu) String() string { return "Feishu{" + strings.Join(f.fields(plain), " ") + "}" }
-
-// GoString is String in Go syntax.
-func (f Feishu) GoString() string {
-	return "notify.Feishu{" + strings.Join(f.fields(strconv.Quote), ", ") + "}"
-}
-
-// Format prints f as String does (GoString for %#v), whatever the verb.
-func (f Feishu) Format(s fmt.State, verb rune) { format(s, verb, f.String(), f.GoString()) }
-
-// LogValue logs f as String does.
-func (f Feishu) LogValue() slog.Value { return slog.StringValue(f.String()) }
-
-// MarshalJSON encodes f as String does, so that no secret is encoded.
-func (f Feishu) MarshalJSON() ([]byte, error) { return json.Marshal(f.String()) }
-
-func (w Webhook) fields(quote func(string) string) []string {
-	headers := "nil"
-	if w.Headers != nil {
-		var hs []string
-		for _, name := range slices.Sorted(mapKeys(w.Headers)) {
-			hs = append(hs, quote(name)+":"+quote(showSecret(w.Headers[name])))
-		}
-		headers = "[" + strings.Join(hs, " ") + "]"
-	}
-	return []string{"URL:" + quote(showSecretURL(w.URL)), "Headers:" + headers}
-}
-
-// String shows the URL's scheme and host and the header names only.
-func (w Webhook) String() string { return "Webhook{" + strings.Join(w.fields(plain), " ") + "}" }
-
-// GoString is String in Go syntax (header values redacted).
-func (w Webhook) GoString() string {
-	return "notify.Webhook{" + strings.Join(w.fields(strconv.Quote), ", ") + "}"
-}
-
-// Format prints w as String does (GoString for %#v), whatever the verb.
-func (w Webhook) Format(f fmt.State, verb rune) { format(f, verb, w.String(), w.GoString()) }
-
-// LogValue logs w as String does.
-func (w Webhook) LogValue() slog.Value { return slog.StringValue(w.String()) }
-
-// MarshalJSON encodes w as String does, so that no secret is encoded.
-func (w Webhook) MarshalJSON() ([]byte, error) { return json.Marshal(w.String()) }
-
-func plain(s string) string { return s }
-
-func (c Config) fields(goSyntax bool) string {
-	var m, f, w = "nil", "nil", "nil"
-	switch {
-	case c.Matrix == nil:
-	case goSyntax:
-		m = "&" + c.Matrix.GoString()
-	default:
-		m = c.Matrix.String()
-	}
-	switch {
-	case c.Feishu == nil:
-	case goSyntax:
-		f = "&" + c.Feishu.GoString()
-	default:
-		f = c.Feishu.String()
-	}
-	switch {
-	case c.Webhook == nil:
-	case goSyntax:
-		w = "&" + c.Webhook.GoString()
-	default:
-		w = c.Webhook.String()
-	}
-	isSet := func(set bool) string {
-		if set {
-			return "set"
-		}
-		return "nil"
-	}
-	return fmt.Sprintf("Matrix:%s Feishu:%s Webhook:%s Dedup:%v Burst:%d Every:%v "+
-		"FailureThreshold:%d FailureWindow:%v Timeout:%v QueueSize:%d DrainTimeout:%v "+
-		"Client:%s Logger:%s Now:%s",
-		m, f, w, c.Dedup, c.Burst, c.Every, c.FailureThreshold, c.FailureWindow, c.Timeout,
-		c.QueueSize, c.DrainTimeout, isSet(c.Client != nil), isSet(c.Logger != nil), isSet(c.Now != nil))
-}
-
-// String shows the settings, with the notifiers as their String methods
-// show them: no secret.
-func (c Config) String() string { return "Config{" + c.fields(false) + "}" }
-
-// GoString is like String, in Go syntax where it can be.
-func (c Config) GoString() string { return "notify.Config{" + c.fields(true) + "}" }
-
-// Format prints c as String does (GoString for %#v), whatever the verb.
-func (c Config) Format(f fmt.State, verb rune) { format(f, verb, c.String(), c.GoString()) }
-
-// LogValue logs c as String does.
-func (c Config) LogValue() slog.Value { return slog.StringValue(c.String()) }

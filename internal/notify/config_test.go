@@ -7,6 +7,7 @@ import (
 	"testing/synctest"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // A homeserver ending in a bare "?" passes validation ("must not
@@ -17,7 +18,7 @@ func TestMatrixHomeserverBareQueryRefused(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
 			rc := &receiver{}
 			n, err := New(Config{
-				Matrix: &Matrix{Homeserver: hs, Room: "!r:matrix.test", Token: "tok"},
+				Matrix: &Matrix{Homeserver: hs, Room: "!r:matrix.test", Token: secret.New("tok")},
 				Client: &http.Client{Transport: handlerTransport{rc}},
 			})
 			if err != nil {
@@ -40,7 +41,7 @@ func TestMatrixHomeserverBareQueryRefused(t *testing.T) {
 // Observer methods must never panic; an unbounded FailureThreshold makes
 // Attempt allocate a ring of that many time.Time values.
 func TestHugeFailureThresholdRefused(t *testing.T) {
-	n, err := New(Config{Webhook: &Webhook{URL: "http://hook.invalid/x"}, FailureThreshold: 1 << 62})
+	n, err := New(Config{Webhook: &Webhook{URL: secret.New("http://hook.invalid/x")}, FailureThreshold: 1 << 62})
 	if err != nil {
 		return // rejected: fine
 	}
@@ -59,5 +60,5 @@ func TestHugeQueueSizeRefused(t *testing.T) {
 			t.Fatalf("New panicked: %v", r)
 		}
 	}()
-	New(Config{Webhook: &Webhook{URL: "http://hook.invalid/x"}, QueueSize: 1 << 62})
+	New(Config{Webhook: &Webhook{URL: secret.New("http://hook.invalid/x")}, QueueSize: 1 << 62})
 }

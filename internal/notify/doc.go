@@ -11,6 +11,6 @@
 // and counted instead.
 //
 // Messages name keys by their ID (kp_…). The notifiers' tokens, secrets and
-// URLs are secrets too: they never appear in errors, logs, [Stats] or the %v
-// output of any type of this package.
+// URLs are secrets too (secret.String values): they never appear in errors,
+// logs, [Stats] or the %v output of any type of this package.
 package notify

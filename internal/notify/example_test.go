@@ -11,6 +11,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 func ExampleEvent_Text() {
@@ -29,7 +30,7 @@ func Example() {
 	defer hook.Close()
 
 	n, err := notify.New(notify.Config{
-		Webhook: &notify.Webhook{URL: hook.URL, Headers: map[string]string{"Authorization": "Bearer …"}},
+		Webhook: &notify.Webhook{URL: secret.New(hook.URL), Headers: map[string]secret.String{"Authorization": secret.New("Bearer …")}},
 		Now:     func() time.Time { return time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC) },
 	})
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // FuzzConfigSecrets checks that whatever a secret URL or header value is,
@@ -15,22 +17,21 @@ func FuzzConfigSecrets(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, raw, header string) {
 		cfg := Config{
-			Feishu:  &Feishu{Webhook: raw, Secret: header},
-			Webhook: &Webhook{URL: raw, Headers: map[string]string{"Authorization": header}},
+			Feishu:  &Feishu{Webhook: secret.New(raw), Secret: secret.New(header)},
+			Webhook: &Webhook{URL: secret.New(raw), Headers: map[string]secret.String{"Authorization": secret.New(header)}},
 		}
 		_, err := New(cfg)
-		printed := fmt.Sprintf("%v %+v %#v %s", cfg, cfg, cfg, cfg.Webhook)
-		for _, secret := range []string{raw, header} {
-			// scheme://host of a URL is shown by design; a short secret
-			// cannot be told from the fixed text.
-			if len(secret) < 12 || strings.Contains(showSecretURL(secret), secret) {
+		printed := fmt.Sprintf("%v %+v %#v %s %v", cfg, cfg, cfg, cfg.Webhook, *cfg.Feishu)
+		for _, s := range []string{raw, header} {
+			// A short secret cannot be told from the fixed text.
+			if len(s) < 12 {
 				continue
 			}
-			if err != nil && strings.Contains(err.Error(), secret) {
-				t.Fatalf("error %q holds %q", err, secret)
+			if err != nil && strings.Contains(err.Error(), s) {
+				t.Fatalf("error %q holds %q", err, s)
 			}
-			if strings.Contains(printed, secret) {
-				t.Fatalf("%q holds %q", printed, secret)
+			if strings.Contains(printed, s) {
+				t.Fatalf("%q holds %q", printed, s)
 			}
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // t0 is the fake clock's start.
@@ -110,7 +111,7 @@ func (m hostMux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // not called) and the fake clock, for tests of what gets queued.
 func newTestNotifier(t *testing.T, c *clock, edit func(*Config)) *Notifier {
 	t.Helper()
-	cfg := Config{Webhook: &Webhook{URL: "http://hook.invalid/x"}, Now: c.Now}
+	cfg := Config{Webhook: &Webhook{URL: secret.New("http://hook.invalid/x")}, Now: c.Now}
 	if edit != nil {
 		edit(&cfg)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // A Notifier turns keypool events into messages for humans. It is a
@@ -125,27 +127,23 @@ func New(cfg Config) (*Notifier, error) {
 	if n.now == nil {
 		n.now = time.Now
 	}
-	scrub := newScrubber(secretsOf(cfg))
+	scrub := secret.NewScrubber(secretsOf(cfg)...)
 	if m := cfg.Matrix; m != nil {
 		n.senders = append(n.senders, &matrixSender{
 			base:  strings.TrimRight(m.Homeserver, "/"),
 			room:  m.Room,
-			token: box(m.Token),
+			token: m.Token,
 			txn:   "keypool-" + strconv.FormatInt(n.now().UnixNano(), 10),
 			scrub: scrub,
 		})
 	}
 	if f := cfg.Feishu; f != nil {
-		s := &feishuSender{webhook: box(f.Webhook), scrub: scrub}
-		if f.Secret != "" {
-			s.secret = box(f.Secret)
-		}
-		n.senders = append(n.senders, s)
+		n.senders = append(n.senders, &feishuSender{webhook: f.Webhook, secret: f.Secret, scrub: scrub})
 	}
 	if w := cfg.Webhook; w != nil {
-		s := &webhookSender{url: box(w.URL), scrub: scrub}
+		s := &webhookSender{url: w.URL, scrub: scrub}
 		for _, name := range slices.Sorted(mapKeys(w.Headers)) {
-			s.headers = append(s.headers, webhookHeader{name, box(w.Headers[name])})
+			s.headers = append(s.headers, webhookHeader{name, w.Headers[name]})
 		}
 		n.senders = append(n.senders, s)
 	}
@@ -442,11 +440,8 @@ func (n *Notifier) String() string {
 		names, n.dedup, n.threshold, n.window, n.timeout)
 }
 
-// GoString is String.
-func (n *Notifier) GoString() string { return n.String() }
-
 // Format prints n as String does, whatever the verb.
-func (n *Notifier) Format(f fmt.State, verb rune) { format(f, verb, n.String(), n.String()) }
+func (n *Notifier) Format(f fmt.State, _ rune) { io.WriteString(f, n.String()) }
 
 // LogValue logs n as String does.
 func (n *Notifier) LogValue() slog.Value { return slog.StringValue(n.String()) }

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // marker is in every secret of these tests and must show nowhere.
@@ -38,9 +39,9 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) {
 
 func secretConfig(base string, logger *slog.Logger) Config {
 	return Config{
-		Matrix:  &Matrix{Homeserver: base + "/m", Room: "!room:example.org", Token: matrixToken},
-		Feishu:  &Feishu{Webhook: base + feishuHook, Secret: feishuSecret},
-		Webhook: &Webhook{URL: base + webhookPath, Headers: map[string]string{"Authorization": webhookAuth}},
+		Matrix:  &Matrix{Homeserver: base + "/m", Room: "!room:example.org", Token: secret.New(matrixToken)},
+		Feishu:  &Feishu{Webhook: secret.New(base + feishuHook), Secret: secret.New(feishuSecret)},
+		Webhook: &Webhook{URL: secret.New(base + webhookPath), Headers: map[string]secret.String{"Authorization": secret.New(webhookAuth)}},
 		Logger:  logger,
 	}
 }
@@ -159,38 +160,38 @@ func TestNoSecrets(t *testing.T) {
 
 func badConfigs() []Config {
 	return []Config{
-		{Feishu: &Feishu{Webhook: "ftp://feishu.example/s3cr3t"}},
-		{Feishu: &Feishu{Webhook: "http://[bad/s3cr3t"}},
-		{Feishu: &Feishu{Webhook: "http://feishu.example/%zz-s3cr3t"}},
-		{Feishu: &Feishu{Webhook: "s3cr3t-no-scheme"}},
-		{Webhook: &Webhook{URL: "http:///s3cr3t"}},
-		{Webhook: &Webhook{URL: "https://hook.example/x", Headers: map[string]string{"X-Token": "a\nb-s3cr3t"}}},
-		{Webhook: &Webhook{URL: "https://hook.example/x", Headers: map[string]string{"X Bad": "s3cr3t"}}},
-		{Matrix: &Matrix{Homeserver: "https://user:pw-s3cr3t@matrix.example", Room: "!r:x", Token: "t"}},
-		{Matrix: &Matrix{Homeserver: "https://matrix.example?access_token=s3cr3t", Room: "!r:x", Token: "t"}},
-		{Matrix: &Matrix{Homeserver: "https://matrix.example", Room: "!r:x", Token: "tok\r\ns3cr3t"}},
+		{Feishu: &Feishu{Webhook: secret.New("ftp://feishu.example/s3cr3t")}},
+		{Feishu: &Feishu{Webhook: secret.New("http://[bad/s3cr3t")}},
+		{Feishu: &Feishu{Webhook: secret.New("http://feishu.example/%zz-s3cr3t")}},
+		{Feishu: &Feishu{Webhook: secret.New("s3cr3t-no-scheme")}},
+		{Webhook: &Webhook{URL: secret.New("http:///s3cr3t")}},
+		{Webhook: &Webhook{URL: secret.New("https://hook.example/x"), Headers: map[string]secret.String{"X-Token": secret.New("a\nb-s3cr3t")}}},
+		{Webhook: &Webhook{URL: secret.New("https://hook.example/x"), Headers: map[string]secret.String{"X Bad": secret.New("s3cr3t")}}},
+		{Matrix: &Matrix{Homeserver: "https://user:pw-s3cr3t@matrix.example", Room: "!r:x", Token: secret.New("t")}},
+		{Matrix: &Matrix{Homeserver: "https://matrix.example?access_token=s3cr3t", Room: "!r:x", Token: secret.New("t")}},
+		{Matrix: &Matrix{Homeserver: "https://matrix.example", Room: "!r:x", Token: secret.New("tok\r\ns3cr3t")}},
 	}
 }
 
 func TestNewErrors(t *testing.T) {
-	ok := &Webhook{URL: "https://hook.example/x"}
+	ok := &Webhook{URL: secret.New("https://hook.example/x")}
 	tests := []struct {
 		name string
 		cfg  Config
 		want string
 	}{
 		{"nothing", Config{}, "notify: config: no notifier configured (matrix, feishu or webhook)"},
-		{"scheme", Config{Feishu: &Feishu{Webhook: "ftp://x/y"}}, "notify: feishu webhook: must be an http or https URL"},
-		{"parse", Config{Webhook: &Webhook{URL: "http://[x"}}, "notify: webhook url: is not a valid URL"},
-		{"no host", Config{Webhook: &Webhook{URL: "http:///x"}}, "notify: webhook url: has no host"},
+		{"scheme", Config{Feishu: &Feishu{Webhook: secret.New("ftp://x/y")}}, "notify: feishu webhook: must be an http or https URL"},
+		{"parse", Config{Webhook: &Webhook{URL: secret.New("http://[x")}}, "notify: webhook url: is not a valid URL"},
+		{"no host", Config{Webhook: &Webhook{URL: secret.New("http:///x")}}, "notify: webhook url: has no host"},
 		{"empty", Config{Feishu: &Feishu{}}, "notify: feishu webhook: is empty"},
-		{"room empty", Config{Matrix: &Matrix{Homeserver: "https://m.example", Token: "t"}}, "notify: matrix room: is empty"},
-		{"room alias", Config{Matrix: &Matrix{Homeserver: "https://m.example", Room: "#ops:m.example", Token: "t"}},
+		{"room empty", Config{Matrix: &Matrix{Homeserver: "https://m.example", Token: secret.New("t")}}, "notify: matrix room: is empty"},
+		{"room alias", Config{Matrix: &Matrix{Homeserver: "https://m.example", Room: "#ops:m.example", Token: secret.New("t")}},
 			"notify: matrix room: must be a room ID (!…), not an alias"},
 		{"token", Config{Matrix: &Matrix{Homeserver: "https://m.example", Room: "!r:m.example"}}, "notify: matrix token: is empty"},
-		{"user info", Config{Matrix: &Matrix{Homeserver: "https://u:p@m.example", Room: "!r", Token: "t"}},
+		{"user info", Config{Matrix: &Matrix{Homeserver: "https://u:p@m.example", Room: "!r", Token: secret.New("t")}},
 			"notify: matrix homeserver: must not hold user info"},
-		{"header name", Config{Webhook: &Webhook{URL: "https://h.example", Headers: map[string]string{"a:b": "v"}}},
+		{"header name", Config{Webhook: &Webhook{URL: secret.New("https://h.example"), Headers: map[string]secret.String{"a:b": secret.New("v")}}},
 			`notify: webhook header "a:b": is not a valid header name`},
 		{"negative", Config{Webhook: ok, Dedup: -1}, "notify: dedup: is negative"},
 		{"negative burst", Config{Webhook: ok, Burst: -1}, "notify: burst: is negative"},
@@ -205,28 +206,29 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
+// TestFormat: the notifiers print as plain structs whose secrets show as
+// [redacted] (set) or nothing (not set), what is not secret as it is.
 func TestFormat(t *testing.T) {
 	cfg := Config{
-		Matrix:  &Matrix{Homeserver: "https://matrix.example/base", Room: "!r:matrix.example", Token: "tok"},
-		Feishu:  &Feishu{Webhook: "https://open.feishu.cn/open-apis/bot/v2/hook/abc"},
-		Webhook: &Webhook{URL: "https://hook.example/x?k=v", Headers: map[string]string{"Authorization": "Bearer x", "X-Team": ""}},
+		Matrix:  &Matrix{Homeserver: "https://matrix.example/base", Room: "!r:matrix.example", Token: secret.New("tok")},
+		Feishu:  &Feishu{Webhook: secret.New("https://open.feishu.cn/open-apis/bot/v2/hook/abc")},
+		Webhook: &Webhook{URL: secret.New("https://hook.example/x?k=v"), Headers: map[string]secret.String{"Authorization": secret.New("Bearer x"), "X-Team": secret.New("")}},
 		Burst:   3,
 	}
-	tests := []struct{ format, want string }{
-		{"%v", "Matrix{Homeserver:https://matrix.example/base Room:!r:matrix.example Token:[redacted]}"},
-		{"%#v", `notify.Matrix{Homeserver:"https://matrix.example/base", Room:"!r:matrix.example", Token:"[redacted]"}`},
+	js, err := json.Marshal(cfg.Webhook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ got, want string }{
+		{fmt.Sprintf("%v", cfg.Matrix), "&{https://matrix.example/base !r:matrix.example [redacted]}"},
+		{fmt.Sprintf("%#v", *cfg.Matrix), `notify.Matrix{Homeserver:"https://matrix.example/base", Room:"!r:matrix.example", Token:secret.String("[redacted]")}`},
+		{fmt.Sprintf("%+v", *cfg.Feishu), "{Webhook:[redacted] Secret:}"},
+		{fmt.Sprintf("%+v", *cfg.Webhook), "{URL:[redacted] Headers:map[Authorization:[redacted] X-Team:]}"},
+		{string(js), `{"URL":"[redacted]","Headers":{"Authorization":"[redacted]","X-Team":""}}`},
 	}
 	for _, tt := range tests {
-		if got := fmt.Sprintf(tt.format, cfg.Matrix); got != tt.want {
-			t.Errorf("%s = %s, want %s", tt.format, got, tt.want)
+		if tt.got != tt.want {
+			t.Errorf("got  %s\nwant %s", tt.got, tt.want)
 		}
-	}
-	want := "Config{Matrix:Matrix{Homeserver:https://matrix.example/base Room:!r:matrix.example Token:[redacted]} " +
-		`Feishu:Feishu{Webhook:https://open.feishu.cn/… Secret:""} ` +
-		`Webhook:Webhook{URL:https://hook.example/… Headers:[Authorization:[redacted] X-Team:""]} ` +
-		"Dedup:0s Burst:3 Every:0s FailureThreshold:0 FailureWindow:0s Timeout:0s QueueSize:0 DrainTimeout:0s " +
-		"Client:nil Logger:nil Now:nil}"
-	if got := fmt.Sprintf("%+v", cfg); got != want {
-		t.Errorf("%%+v =\n%s\nwant\n%s", got, want)
 	}
 }

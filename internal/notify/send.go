@@ -11,10 +11,11 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Notifier names, as Stats and logs show them.
@@ -23,17 +24,6 @@ const (
 	NameFeishu  = "feishu"
 	NameWebhook = "webhook"
 )
-
-// secret boxes a secret behind a pointer, so that fmt, reflecting into a
-// sender held in an unexported field, prints only an address.
-type secret string
-
-func (s *secret) String() string { return redacted }
-
-func box(s string) *secret {
-	b := secret(s)
-	return &b
-}
 
 // sender delivers one message to one service. send must return an error
 // that holds no secret (see sendError).
@@ -91,12 +81,12 @@ func post(ctx context.Context, c *http.Client, method, target string, header htt
 // transportError describes err, a failed request, without its URL: a
 // *url.Error's text holds the URL, which may be a secret. scrub removes any
 // secret the inner error might still repeat.
-func transportError(err error, scrub *strings.Replacer) error {
+func transportError(err error, scrub *secret.Scrubber) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return &sendError{detail: scrub.Replace(ue.Op + ": " + ue.Err.Error())}
+		return &sendError{detail: scrub.Scrub(ue.Op + ": " + ue.Err.Error())}
 	}
-	return &sendError{detail: scrub.Replace(err.Error())}
+	return &sendError{detail: scrub.Scrub(err.Error())}
 }
 
 // marshal encodes v as JSON without escaping <, > and &, which a human
@@ -117,9 +107,9 @@ func success(status int) bool { return status >= 200 && status < 300 }
 type matrixSender struct {
 	base  string // the homeserver without a trailing slash
 	room  string
-	token *secret
+	token secret.String
 	txn   string // the transaction ID prefix, unique to this Notifier
-	scrub *strings.Replacer
+	scrub *secret.Scrubber
 }
 
 func (s *matrixSender) name() string { return NameMatrix }
@@ -137,7 +127,7 @@ func (s *matrixSender) send(ctx context.Context, c *http.Client, _ time.Time, m 
 		MsgType string `json:"msgtype"`
 		Body    string `json:"body"`
 	}{"m.text", m.Text()})
-	h := http.Header{"Authorization": {"Bearer " + string(*s.token)}}
+	h := http.Header{"Authorization": {"Bearer " + s.token.Reveal()}}
 	status, answer, err := post(ctx, c, http.MethodPut, s.target(m), h, body)
 	if err != nil {
 		return transportError(err, s.scrub)
@@ -149,16 +139,16 @@ func (s *matrixSender) send(ctx context.Context, c *http.Client, _ time.Time, m 
 			ErrCode string `json:"errcode"`
 		}
 		json.Unmarshal(answer, &a)
-		return &sendError{status: status, detail: s.scrub.Replace(clip(a.ErrCode, 64))}
+		return &sendError{status: status, detail: s.scrub.Scrub(clip(a.ErrCode, 64))}
 	}
 	return nil
 }
 
 // feishuSender posts to a Feishu custom bot.
 type feishuSender struct {
-	webhook *secret
-	secret  *secret // nil: unsigned
-	scrub   *strings.Replacer
+	webhook secret.String
+	secret  secret.String // zero: unsigned
+	scrub   *secret.Scrubber
 }
 
 func (s *feishuSender) name() string { return NameFeishu }
@@ -180,11 +170,11 @@ func (s *feishuSender) send(ctx context.Context, c *http.Client, now time.Time, 
 		Timestamp string  `json:"timestamp,omitempty"`
 		Sign      string  `json:"sign,omitempty"`
 	}{MsgType: "text", Content: content{m.Text()}}
-	if s.secret != nil {
+	if !s.secret.IsZero() {
 		msg.Timestamp = strconv.FormatInt(now.Unix(), 10)
-		msg.Sign = feishuSign(msg.Timestamp, string(*s.secret))
+		msg.Sign = feishuSign(msg.Timestamp, s.secret.Reveal())
 	}
-	status, answer, err := post(ctx, c, http.MethodPost, string(*s.webhook), nil, marshal(msg))
+	status, answer, err := post(ctx, c, http.MethodPost, s.webhook.Reveal(), nil, marshal(msg))
 	if err != nil {
 		return transportError(err, s.scrub)
 	}
@@ -204,9 +194,9 @@ func (s *feishuSender) send(ctx context.Context, c *http.Client, now time.Time, 
 	}
 	switch {
 	case a.Code != nil && *a.Code != 0:
-		return &sendError{status: status, code: *a.Code, detail: s.scrub.Replace(clip(a.Msg, 200))}
+		return &sendError{status: status, code: *a.Code, detail: s.scrub.Scrub(clip(a.Msg, 200))}
 	case a.Code == nil && a.StatusCode != nil && *a.StatusCode != 0:
-		return &sendError{status: status, code: *a.StatusCode, detail: s.scrub.Replace(clip(a.StatusMessage, 200))}
+		return &sendError{status: status, code: *a.StatusCode, detail: s.scrub.Scrub(clip(a.StatusMessage, 200))}
 	case a.Code == nil && a.StatusCode == nil:
 		return &sendError{status: status, detail: "answer has no code"}
 	}
@@ -215,14 +205,14 @@ func (s *feishuSender) send(ctx context.Context, c *http.Client, now time.Time, 
 
 // webhookSender posts events as JSON to a URL.
 type webhookSender struct {
-	url     *secret
+	url     secret.String
 	headers []webhookHeader
-	scrub   *strings.Replacer
+	scrub   *secret.Scrubber
 }
 
 type webhookHeader struct {
 	name  string
-	value *secret
+	value secret.String
 }
 
 func (s *webhookSender) name() string { return NameWebhook }
@@ -250,9 +240,9 @@ func (s *webhookSender) send(ctx context.Context, c *http.Client, _ time.Time, m
 	})
 	h := make(http.Header, len(s.headers))
 	for _, x := range s.headers {
-		h.Set(x.name, string(*x.value))
+		h.Set(x.name, x.value.Reveal())
 	}
-	status, _, err := post(ctx, c, http.MethodPost, string(*s.url), h, body)
+	status, _, err := post(ctx, c, http.MethodPost, s.url.Reveal(), h, body)
 	if err != nil {
 		return transportError(err, s.scrub)
 	}
@@ -292,15 +282,16 @@ func secretsOf(c Config) []string {
 		}
 	}
 	if m := c.Matrix; m != nil {
-		out = append(out, m.Token)
+		out = append(out, m.Token.Reveal())
 	}
 	if f := c.Feishu; f != nil {
-		addURL(f.Webhook)
-		out = append(out, f.Secret)
+		addURL(f.Webhook.Reveal())
+		out = append(out, f.Secret.Reveal())
 	}
 	if w := c.Webhook; w != nil {
-		addURL(w.URL)
-		for _, v := range w.Headers {
+		addURL(w.URL.Reveal())
+		for _, h := range w.Headers {
+			v := h.Reveal()
 			out = append(out, v)
 			// "Bearer t0ken": the token alone is a secret too.
 			if _, tok, ok := strings.Cut(v, " "); ok && len(tok) >= 8 {
@@ -309,24 +300,4 @@ func secretsOf(c Config) []string {
 		}
 	}
 	return out
-}
-
-// newScrubber replaces each secret with [redacted], longest first so that a
-// URL goes as a whole before its parts.
-func newScrubber(secrets []string) *strings.Replacer {
-	var uniq []string
-	seen := map[string]bool{}
-	for _, s := range secrets {
-		if s != "" && !seen[s] {
-			seen[s] = true
-			uniq = append(uniq, s)
-		}
-	}
-	// strings.Replacer tries old strings in argument order at each position.
-	slices.SortStableFunc(uniq, func(a, b string) int { return len(b) - len(a) })
-	var pairs []string
-	for _, s := range uniq {
-		pairs = append(pairs, s, redacted)
-	}
-	return strings.NewReplacer(pairs...)
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // runNotifier runs n until the test ends, and waits for Run to return.
@@ -62,10 +63,10 @@ func TestWireFormats(t *testing.T) {
 	}
 	c := newClock()
 	n, err := New(Config{
-		Matrix: &Matrix{Homeserver: servers[0].URL + "/prefix/", Room: "!room/1:example.org", Token: "mtoken"},
-		Feishu: &Feishu{Webhook: servers[1].URL + "/open-apis/bot/v2/hook/hook-id", Secret: "fsecret"},
-		Webhook: &Webhook{URL: servers[2].URL + "/events?source=keypool",
-			Headers: map[string]string{"Authorization": "Bearer wtoken", "X-Team": "infra"}},
+		Matrix: &Matrix{Homeserver: servers[0].URL + "/prefix/", Room: "!room/1:example.org", Token: secret.New("mtoken")},
+		Feishu: &Feishu{Webhook: secret.New(servers[1].URL + "/open-apis/bot/v2/hook/hook-id"), Secret: secret.New("fsecret")},
+		Webhook: &Webhook{URL: secret.New(servers[2].URL + "/events?source=keypool"),
+			Headers: map[string]secret.String{"Authorization": secret.New("Bearer wtoken"), "X-Team": secret.New("infra")}},
 		Now: c.Now,
 	})
 	if err != nil {
@@ -129,7 +130,7 @@ func TestWebhookUpstreamEvent(t *testing.T) {
 		hook := &receiver{}
 		c := newClock()
 		n, err := New(Config{
-			Webhook: &Webhook{URL: "http://hook.test/x"},
+			Webhook: &Webhook{URL: secret.New("http://hook.test/x")},
 			Client:  &http.Client{Transport: handlerTransport{hook}},
 			Burst:   1,
 			Now:     c.Now,
@@ -170,7 +171,7 @@ func TestFeishuUnsigned(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		rc := &receiver{reply: func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"code":0}`) }}
 		n, err := New(Config{
-			Feishu: &Feishu{Webhook: "https://open.feishu.test/open-apis/bot/v2/hook/abc"},
+			Feishu: &Feishu{Webhook: secret.New("https://open.feishu.test/open-apis/bot/v2/hook/abc")},
 			Client: &http.Client{Transport: handlerTransport{rc}},
 		})
 		if err != nil {
@@ -224,11 +225,11 @@ func TestAnswers(t *testing.T) {
 				cfg := Config{Client: &http.Client{Transport: handlerTransport{rc}}}
 				switch tt.notifier {
 				case NameFeishu:
-					cfg.Feishu = &Feishu{Webhook: "https://feishu.test/hook/x", Secret: "s"}
+					cfg.Feishu = &Feishu{Webhook: secret.New("https://feishu.test/hook/x"), Secret: secret.New("s")}
 				case NameMatrix:
-					cfg.Matrix = &Matrix{Homeserver: "https://matrix.test", Room: "!r:matrix.test", Token: "t"}
+					cfg.Matrix = &Matrix{Homeserver: "https://matrix.test", Room: "!r:matrix.test", Token: secret.New("t")}
 				case NameWebhook:
-					cfg.Webhook = &Webhook{URL: "https://hook.test/x"}
+					cfg.Webhook = &Webhook{URL: secret.New("https://hook.test/x")}
 				}
 				n, err := New(cfg)
 				if err != nil {
@@ -257,7 +258,7 @@ func TestSlowReceiver(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		hang := &receiver{reply: func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }}
 		n, err := New(Config{
-			Webhook:   &Webhook{URL: "http://slow.test/x"},
+			Webhook:   &Webhook{URL: secret.New("http://slow.test/x")},
 			Client:    &http.Client{Transport: handlerTransport{hang}},
 			Timeout:   10 * time.Second,
 			QueueSize: 4,
@@ -322,7 +323,7 @@ func TestTimeout(t *testing.T) {
 			}
 		}}
 		n, err := New(Config{
-			Webhook: &Webhook{URL: "http://slow.test/x"},
+			Webhook: &Webhook{URL: secret.New("http://slow.test/x")},
 			Client:  &http.Client{Transport: handlerTransport{rc}},
 			Timeout: 3 * time.Second,
 		})
@@ -355,9 +356,9 @@ func TestRunDrains(t *testing.T) {
 		mx, fs, wh := &receiver{}, &receiver{}, &receiver{reply: func(w http.ResponseWriter, r *http.Request) {}}
 		fs.reply = func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"code":0}`) }
 		n, err := New(Config{
-			Matrix:  &Matrix{Homeserver: "https://matrix.test", Room: "!r:matrix.test", Token: "t"},
-			Feishu:  &Feishu{Webhook: "https://feishu.test/hook/x"},
-			Webhook: &Webhook{URL: "https://hook.test/x"},
+			Matrix:  &Matrix{Homeserver: "https://matrix.test", Room: "!r:matrix.test", Token: secret.New("t")},
+			Feishu:  &Feishu{Webhook: secret.New("https://feishu.test/hook/x")},
+			Webhook: &Webhook{URL: secret.New("https://hook.test/x")},
 			Client: &http.Client{Transport: handlerTransport{hostMux{
 				"matrix.test": mx, "feishu.test": fs, "hook.test": wh}}},
 		})
@@ -389,7 +390,7 @@ func TestRunDrains(t *testing.T) {
 
 func TestRunTwice(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		n, err := New(Config{Webhook: &Webhook{URL: "https://hook.test/x"}})
+		n, err := New(Config{Webhook: &Webhook{URL: secret.New("https://hook.test/x")}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -416,7 +417,7 @@ func TestWebhookHeadersNeverFollowARedirect(t *testing.T) {
 			http.Redirect(w, r, "http://evil.test/steal", http.StatusTemporaryRedirect)
 		})
 		n, err := New(Config{
-			Webhook: &Webhook{URL: "http://hook.test/x", Headers: map[string]string{"X-Api-Key": "wh-secret-value"}},
+			Webhook: &Webhook{URL: secret.New("http://hook.test/x"), Headers: map[string]secret.String{"X-Api-Key": secret.New("wh-secret-value")}},
 			Client:  &http.Client{Transport: handlerTransport{hostMux{"hook.test": hook, "evil.test": evil}}},
 		})
 		if err != nil {

@@ -14,7 +14,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"time"
 )
 
@@ -151,19 +150,6 @@ const (
 	TypePostgres = "postgres"
 	TypeNone     = "none"
 )
-
-// RedactAddr returns addr fit to show: every password a DSN may hold (as
-// dsnSecrets finds them, and a URL's userinfo password) is "xxxxx". A plain
-// file path comes back as it is.
-func RedactAddr(addr string) string {
-	secrets := dsnSecrets(addr)
-	if u, err := url.Parse(addr); err == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok {
-			secrets = append(secrets, pw)
-		}
-	}
-	return redact(errors.New(addr), secrets).Error()
-}
 
 // DefaultSQLiteFile is the SQLite file of a config that names none, as in
 // openai-api-route.

@@ -34,8 +34,7 @@ var sqliteDialect = &dialect{
 		n := sqliteMicros[unit]
 		return fmt.Sprintf("(time - ((time %% %d) + %d) %% %d)", n, n, n)
 	},
-	text:   func(s string) string { return s },
-	redact: func(err error) error { return err },
+	text: func(s string) string { return s },
 }
 
 func openSQLite(path string) (*store, error) {

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // Open returns the Store that typ and addr name, as the config's dbtype and
@@ -32,16 +34,16 @@ import (
 // database creates or migrates the schema; until one does, every call fails
 // with an error saying why ("records: postgres: connect: …") and the next
 // call tries again. No error and no %v of the Store holds the DSN's password.
-func Open(typ, addr string) (Store, error) {
+func Open(typ string, addr secret.String) (Store, error) {
 	var (
 		s   *store
 		err error
 	)
 	switch typ {
 	case TypeSQLite, "":
-		s, err = openSQLite(addr)
+		s, err = openSQLite(addr.Reveal())
 	case TypePostgres:
-		s, err = openPostgres(addr)
+		s, err = openPostgres(addr.Reveal())
 	case TypeNone:
 		return nil, ErrNone
 	default:
@@ -83,9 +85,9 @@ type dialect struct {
 	window func(unit string) string
 	// text turns a string into one the text columns take.
 	text func(string) string
-	// redact removes secrets from an error; it is the last thing every
-	// error of a store goes through.
-	redact func(error) error
+	// scrub removes secrets from an error; it is the last thing every
+	// error of a store goes through. nil: none to remove.
+	scrub *secret.Scrubber
 }
 
 // bind rewrites the ? placeholders of query for d. No query of this
@@ -218,7 +220,7 @@ func (s *store) fail(op string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return s.d.redact(fmt.Errorf("records: %s: %s: %w", s.d.name, op, err))
+	return s.d.scrub.Error(fmt.Errorf("records: %s: %s: %w", s.d.name, op, err))
 }
 
 // ready reaches the database and migrates the schema, unless that was done
@@ -739,14 +741,3 @@ func (t *scanTime) Scan(src any) error {
 	}
 	return nil
 }
-
-// redactedError is an error whose text went through a redactor. It keeps
-// errors.Is (context.Canceled, sql.ErrConnDone…) but has no Unwrap, so the
-// driver's error and whatever secrets it holds cannot be reached through it.
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string        { return e.msg }
-func (e *redactedError) Is(target error) bool { return errors.Is(e.err, target) }

@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // postgresEnv names the DSN of a PostgreSQL the tests may create schemas
@@ -105,7 +106,7 @@ func postgresParam(dsn, key, value string) string {
 
 func (b backend) open(t *testing.T, addr string) Store {
 	t.Helper()
-	st, err := Open(b.typ, addr)
+	st, err := Open(b.typ, secret.New(addr))
 	if err != nil {
 		t.Fatalf("Open(%q): %v", b.typ, err)
 	}
@@ -521,7 +522,7 @@ func checkSchema(t *testing.T, st Store) {
 }
 
 func TestOpen(t *testing.T) {
-	const secret = "Pw_Sekrit_9f3k"
+	const password = "Pw_Sekrit_9f3k"
 	for _, tt := range []struct {
 		name, typ, addr string
 		want            string // the error's start, or "" for none
@@ -530,20 +531,23 @@ func TestOpen(t *testing.T) {
 		{"default", "", ":memory:", ""},
 		{"unknown", "mysql", "x", `records: unknown dbtype "mysql" (want sqlite, postgres or none)`},
 		{"no postgres address", TypePostgres, "", "records: postgres: empty address"},
-		{"postgres URL", TypePostgres, "postgres://u:" + secret + "@db.example:5432/keypool", ""},
-		{"bad postgres port", TypePostgres, "postgres://u:" + secret + "@db.example:notaport/keypool", "records: postgres: bad address:"},
-		{"bad postgres URL", TypePostgres, "postgres://u:" + secret + "@db.example:5432/%zz", "records: postgres: bad address:"},
-		{"bad key=value", TypePostgres, "host=db.example password=" + secret + " port=notaport", "records: postgres: bad address:"},
-		{"bad quoted key=value", TypePostgres, "host=db.example password='" + secret + " x' port=notaport", "records: postgres: bad address:"},
+		{"postgres URL", TypePostgres, "postgres://u:" + password + "@db.example:5432/keypool", ""},
+		{"bad postgres port", TypePostgres, "postgres://u:" + password + "@db.example:notaport/keypool", "records: postgres: bad address:"},
+		{"bad postgres URL", TypePostgres, "postgres://u:" + password + "@db.example:5432/%zz", "records: postgres: bad address:"},
+		{"bad key=value", TypePostgres, "host=db.example password=" + password + " port=notaport", "records: postgres: bad address:"},
+		{"bad quoted key=value", TypePostgres, "host=db.example password='" + password + " x' port=notaport", "records: postgres: bad address:"},
+		{"stray word in key=value", TypePostgres, "host=db.example " + password + " port=5432", "records: postgres: bad address:"},
+		{"unclosed quote", TypePostgres, "host=db.example password='" + password + " port=5432", "records: postgres: bad address:"},
+		{"two @ in URL", TypePostgres, "postgres://u:" + password + "@db.example:5432,x@y/keypool", ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := Open(tt.typ, tt.addr)
+			st, err := Open(tt.typ, secret.New(tt.addr))
 			if err != nil && st != nil {
 				t.Errorf("Open returned a store with its error: %v", st)
 			}
 			if err == nil {
 				defer st.Close() // never used: nothing was created
-				if s := fmt.Sprintf("%v %+v %#v %s", st, st, st, st); strings.Contains(s, secret) {
+				if s := fmt.Sprintf("%v %+v %#v %s", st, st, st, st); strings.Contains(s, password) {
 					t.Errorf("the store prints its password: %s", s)
 				}
 			}
@@ -552,13 +556,13 @@ func TestOpen(t *testing.T) {
 				t.Fatalf("Open: %v", err)
 			case tt.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tt.want)):
 				t.Fatalf("Open: %v, want an error starting %q", err, tt.want)
-			case err != nil && strings.Contains(err.Error(), secret):
+			case err != nil && strings.Contains(err.Error(), password):
 				t.Fatalf("the error holds the password: %v", err)
 			}
 		})
 	}
 
-	st, err := Open(TypeNone, "")
+	st, err := Open(TypeNone, secret.String{})
 	if st != nil || !errors.Is(err, ErrNone) {
 		t.Errorf("Open(none) = %v, %v; want nil, ErrNone", st, err)
 	}
@@ -575,16 +579,16 @@ func freePort(t *testing.T) int {
 }
 
 func TestPostgresUnreachable(t *testing.T) {
-	const secret = "Pw_Sekrit_9f3k"
+	const password = "Pw_Sekrit_9f3k"
 	port := freePort(t)
 	for _, tt := range []struct{ name, dsn string }{
-		{"URL", fmt.Sprintf("postgres://keypool:%s@127.0.0.1:%d/keypool?connect_timeout=2&sslmode=disable", secret, port)},
-		{"URL, escaped", fmt.Sprintf("postgres://keypool:%s%%2F%%40x@127.0.0.1:%d/keypool?connect_timeout=2", secret, port)},
-		{"key=value", fmt.Sprintf("host=127.0.0.1 port=%d user=keypool password=%s connect_timeout=2", port, secret)},
-		{"key=value, quoted", fmt.Sprintf("host=127.0.0.1 port=%d user=keypool password='%s it\\'s' connect_timeout=2", port, secret)},
+		{"URL", fmt.Sprintf("postgres://keypool:%s@127.0.0.1:%d/keypool?connect_timeout=2&sslmode=disable", password, port)},
+		{"URL, escaped", fmt.Sprintf("postgres://keypool:%s%%2F%%40x@127.0.0.1:%d/keypool?connect_timeout=2", password, port)},
+		{"key=value", fmt.Sprintf("host=127.0.0.1 port=%d user=keypool password=%s connect_timeout=2", port, password)},
+		{"key=value, quoted", fmt.Sprintf("host=127.0.0.1 port=%d user=keypool password='%s it\\'s' connect_timeout=2", port, password)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			st, err := Open(TypePostgres, tt.dsn)
+			st, err := Open(TypePostgres, secret.New(tt.dsn))
 			if err != nil {
 				t.Fatalf("Open must not reach the database: %v", err)
 			}
@@ -601,51 +605,14 @@ func TestPostgresUnreachable(t *testing.T) {
 			} {
 				if err == nil || !strings.HasPrefix(err.Error(), "records: postgres: connect: ") {
 					t.Errorf("%s: %v, want records: postgres: connect: …", name, err)
-				} else if strings.Contains(err.Error(), secret) {
+				} else if strings.Contains(err.Error(), password) {
 					t.Errorf("%s: the error holds the password: %v", name, err)
 				}
 			}
-			if s := fmt.Sprintf("%v %+v %#v", st, st, st); strings.Contains(s, secret) {
+			if s := fmt.Sprintf("%v %+v %#v", st, st, st); strings.Contains(s, password) {
 				t.Errorf("the store prints its password: %s", s)
 			}
 		})
-	}
-}
-
-func TestRedact(t *testing.T) {
-	err := redact(fmt.Errorf("dial: %w: pw=hunter2", context.Canceled), []string{"", "hunter2"})
-	if got := err.Error(); got != "dial: context canceled: pw=xxxxx" {
-		t.Errorf("Error() = %q", got)
-	}
-	if !errors.Is(err, context.Canceled) {
-		t.Error("errors.Is(context.Canceled) is false")
-	}
-	if errors.Unwrap(err) != nil {
-		t.Error("the redacted error unwraps to the original")
-	}
-	if err := redact(context.Canceled, nil); err != context.Canceled {
-		t.Errorf("with no secrets: %v, want the error unchanged", err)
-	}
-}
-
-func TestDSNSecrets(t *testing.T) {
-	for _, tt := range []struct {
-		dsn  string
-		want []string
-	}{
-		{"postgres://u:p%40ss@h/db", []string{"p%40ss", "p@ss"}},
-		{"postgresql://u:a:b@c@h/db?sslpassword=k", []string{"a:b@c", "k"}},
-		{"postgres://u@h/db?password=q", []string{"q"}},
-		{"host=h password=plain user=u", []string{"plain"}},
-		{`host=h password='it\'s here' sslpassword=k2`, []string{`'it\'s here'`, "it's here", "k2"}},
-		{"host=h user=u", nil},
-	} {
-		got := dsnSecrets(tt.dsn)
-		for _, w := range tt.want {
-			if !slices.Contains(got, w) {
-				t.Errorf("dsnSecrets(%q) = %q, missing %q", tt.dsn, got, w)
-			}
-		}
 	}
 }
 
@@ -751,7 +718,7 @@ func BenchmarkInsertBatch(b *testing.B) {
 
 func benchmarkInsertBatch(b *testing.B, typ, addr string) {
 	const batch = 256
-	st, err := Open(typ, addr)
+	st, err := Open(typ, secret.New(addr))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -779,7 +746,7 @@ func benchmarkInsertBatch(b *testing.B, typ, addr string) {
 }
 
 func ExampleOpen() {
-	st, err := Open(TypeSQLite, ":memory:")
+	st, err := Open(TypeSQLite, secret.New(":memory:"))
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -834,17 +801,4 @@ func FuzzAppendAttempts(f *testing.F) {
 			t.Fatalf("got %s\nwant %s", got, want)
 		}
 	})
-}
-
-func TestRedactAddr(t *testing.T) {
-	for in, want := range map[string]string{
-		"./db.sqlite": "./db.sqlite",
-		"postgres://kp:s3cret@db:5432/kp?sslmode=disable": "postgres://kp:xxxxx@db:5432/kp?sslmode=disable",
-		"host=db user=kp password=s3cret dbname=kp":       "host=db user=kp password=xxxxx dbname=kp",
-		"mysql://kp:s3cret@db/kp":                         "mysql://kp:xxxxx@db/kp",
-	} {
-		if got := RedactAddr(in); got != want {
-			t.Errorf("RedactAddr(%q) = %q, want %q", in, got, want)
-		}
-	}
 }

@@ -33,11 +33,13 @@ type WriterOptions struct {
 	// tried again until it is written or the Writer closes; meanwhile new
 	// records queue up, and drop once the queue is full.
 	RetryMin, RetryMax time.Duration
-	// CloseRetry bounds how long Close keeps trying a store whose last
-	// insert failed (default 2s): counted from Close, or from the first
-	// failure after it. Once it has passed with no insert written, what is
-	// left is dropped. A store that takes inserts gets all of Close's
-	// context.
+	// DrainTimeout bounds how long Run, once its context has ended, keeps
+	// writing what is queued to a store that takes inserts (default 30s).
+	DrainTimeout time.Duration
+	// CloseRetry bounds how long Run, once its context has ended, keeps
+	// trying a store whose last insert failed (default 2s): counted from
+	// the end of the context, or from the first failure after it. Once it
+	// has passed with no insert written, what is left is dropped.
 	CloseRetry time.Duration
 	// LogEvery is how often dropped records are logged, once per interval
 	// with their count (default 10s).
@@ -51,10 +53,11 @@ type WriterOptions struct {
 
 // Defaults of WriterOptions.
 const (
-	DefaultQueue      = 10000
-	DefaultQueueBytes = 64 << 20
-	DefaultBatch      = 256
-	DefaultCloseRetry = 2 * time.Second
+	DefaultQueue        = 10000
+	DefaultQueueBytes   = 64 << 20
+	DefaultBatch        = 256
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultCloseRetry   = 2 * time.Second
 )
 
 // WriterStats counts what a Writer did since it started.
@@ -64,14 +67,15 @@ type WriterStats struct {
 	// the batch being inserted, which QueueBytes bounds.
 	QueuedBytes int64
 	Written     uint64 // records stored
-	Dropped     uint64 // records lost: queue full, Writer closed, or left when Close gave up
+	Dropped     uint64 // records lost: queue full, Writer closed, or left when the drain gave up
 	Errors      uint64 // inserts the store refused
 	Pruned      uint64 // records deleted for being older than Keep
 }
 
 // Writer takes records from request goroutines without ever making them wait,
 // and inserts them into a Store in batches from a goroutine of its own. Make
-// one with NewWriter, Add records, and Close it after the server has stopped
+// one with NewWriter, which starts nothing, run it with Run in a goroutine of
+// its own, Add records, and end Run's context after the server has stopped
 // taking requests, so that what is queued is written. Every record Add is
 // given ends up either written or counted as dropped. It is safe for
 // simultaneous use by multiple goroutines.
@@ -81,32 +85,35 @@ type Writer struct {
 	log   *slog.Logger
 	queue chan Record
 
-	flushes  chan chan struct{} // Flush's requests
-	closing  context.Context    // cancelled by Close: write what is queued, then stop
+	flushes chan chan struct{} // Flush's requests
+	done    chan struct{}      // closed when Run's writing goroutine has stopped
+	ran     atomic.Bool        // Run was called
+	closed  atomic.Bool
+	addMu   sync.RWMutex // Add holds it to read closed and send; Run to set closed
+
+	// Set by Run before it starts the writing goroutine.
+	closing  context.Context    // ends with Run's context: write what is queued, then stop
 	endInput context.CancelFunc // cancels closing
-	done     chan struct{}      // closed when the goroutine has stopped
-	stopOnce sync.Once
-	closed   atomic.Bool
-	addMu    sync.RWMutex    // Add holds it to read closed and send; Close to set closed
-	ctx      context.Context // every insert's; cancelled when Close's context ends
+	ctx      context.Context    // every insert's; cancelled when the drain ends
 	cancel   context.CancelFunc
 
 	written, dropped, errors atomic.Uint64
 	pruned                   atomic.Uint64
-	lost                     atomic.Uint64 // of dropped: those Close could not write
+	lost                     atomic.Uint64 // of dropped: those the drain could not write
 	bytes                    atomic.Int64  // recordSize of the records queued or in the batch being written
 
-	// The writer goroutine's own; Close reads lastErr once it has stopped.
+	// The writer goroutine's own; Run reads lastErr once it has stopped.
 	failing    bool               // the last insert failed
 	lastErr    error              // the last insert's error
-	giveUp     context.Context    // after Close, while failing: ends CloseRetry after the failures began
+	giveUp     context.Context    // once closing, while failing: ends CloseRetry after the failures began
 	stopGiveUp context.CancelFunc // releases giveUp
-	gaveUp     bool               // Close gave up on the store: what is left is lost
+	gaveUp     bool               // the drain gave up on the store: what is left is lost
 
 	droppedLogged uint64 // dropped count already logged; the watch goroutine's
 }
 
-// NewWriter starts a Writer that inserts into store.
+// NewWriter returns a Writer that inserts into store once Run runs. It starts
+// nothing; Add queues records from the start.
 func NewWriter(store Store, opt WriterOptions) *Writer {
 	if opt.Queue <= 0 {
 		opt.Queue = DefaultQueue
@@ -126,6 +133,9 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	if opt.RetryMax < opt.RetryMin {
 		opt.RetryMax = max(10*time.Second, opt.RetryMin)
 	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = DefaultDrainTimeout
+	}
 	if opt.CloseRetry <= 0 {
 		opt.CloseRetry = DefaultCloseRetry
 	}
@@ -144,9 +154,6 @@ func NewWriter(store Store, opt WriterOptions) *Writer {
 	if w.log == nil {
 		w.log = slog.New(slog.DiscardHandler)
 	}
-	w.ctx, w.cancel = context.WithCancel(context.Background())
-	w.closing, w.endInput = context.WithCancel(w.ctx)
-	go w.run()
 	return w
 }
 
@@ -174,8 +181,8 @@ func recordSize(r *Record) int64 {
 // blocks: with the queue full (Queue records, or QueueBytes), or the Writer
 // closed, r is dropped and counted.
 func (w *Writer) Add(r Record) bool {
-	// The read lock keeps Close from closing between the check and the
-	// send, so a record taken is one Close writes.
+	// The read lock keeps Run from closing between the check and the
+	// send, so a record taken is one the drain writes.
 	w.addMu.RLock()
 	defer w.addMu.RUnlock()
 	if w.closed.Load() {
@@ -204,21 +211,35 @@ func (w *Writer) Stats() WriterStats {
 		Dropped: w.dropped.Load(), Errors: w.errors.Load(), Pruned: w.pruned.Load()}
 }
 
-// Close stops taking records and writes those queued. A store that takes
-// them gets until ctx ends; one whose last insert failed (before Close or
-// while it writes) gets at most CloseRetry more. What is still unwritten
-// then is dropped, counted and logged, and Close returns an error saying how
-// many records were not written; nil once everything is written.
-func (w *Writer) Close(ctx context.Context) error {
-	w.stopOnce.Do(func() {
-		w.addMu.Lock()
-		w.closed.Store(true)
-		w.addMu.Unlock()
-		w.endInput()
-	})
+// Run writes the records Add queues, in batches, and with Keep set prunes
+// old ones, until ctx ends. Then it stops taking records and writes those
+// queued: a store that takes inserts gets DrainTimeout, one whose last
+// insert failed (before or while draining) at most CloseRetry. What is still
+// unwritten then is dropped, counted and logged, and Run returns an error
+// saying how many records were not written; nil once everything is written.
+// Run returns once its goroutines are done. A Writer runs once: a second
+// Run returns an error at once.
+func (w *Writer) Run(ctx context.Context) error {
+	if !w.ran.CompareAndSwap(false, true) {
+		return errors.New("records: Writer.Run called twice")
+	}
+	// Inserts outlive ctx by the drain.
+	w.ctx, w.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	defer w.cancel()
+	w.closing, w.endInput = context.WithCancel(w.ctx)
+	go w.run()
+	<-ctx.Done()
+	w.addMu.Lock()
+	w.closed.Store(true)
+	w.addMu.Unlock()
+	w.endInput()
+	drain := time.NewTimer(w.opt.DrainTimeout)
+	defer drain.Stop()
+	timedOut := false
 	select {
 	case <-w.done:
-	case <-ctx.Done():
+	case <-drain.C:
+		timedOut = true
 		w.cancel() // an insert in flight gives up too
 		<-w.done
 	}
@@ -228,11 +249,11 @@ func (w *Writer) Close(ctx context.Context) error {
 	switch {
 	case n == 0:
 		return nil
-	case ctx.Err() != nil:
-		return fmt.Errorf("records: %d records not written at shutdown: %w", n, ctx.Err())
+	case timedOut:
+		return fmt.Errorf("records: %d records not written at shutdown: the store took longer than %v: %w", n, w.opt.DrainTimeout, context.DeadlineExceeded)
 	case errors.Is(w.lastErr, context.DeadlineExceeded) || errors.Is(w.lastErr, context.Canceled):
-		// The Writer's own deadline, not ctx's: do not pass it on as if
-		// ctx had ended.
+		// CloseRetry's deadline, not the drain's: do not pass it on as if
+		// the drain had timed out.
 		return fmt.Errorf("records: %d records not written at shutdown: the store did not answer within %v", n, w.opt.CloseRetry)
 	case w.lastErr != nil:
 		return fmt.Errorf("records: %d records not written at shutdown: the store refused them: %w", n, w.lastErr)
@@ -275,7 +296,7 @@ func (w *Writer) run() {
 }
 
 // Flush returns once the records queued before it was called are written
-// (or the Writer closed), or when ctx ends.
+// (or the Writer closed), or when ctx ends. It needs Run running.
 func (w *Writer) Flush(ctx context.Context) error {
 	done := make(chan struct{})
 	select {
@@ -322,8 +343,9 @@ func (w *Writer) watch(stop <-chan struct{}, done chan<- struct{}) {
 	}
 }
 
-// prune deletes the records older than Keep. Close cuts it short: a store
-// that hangs must not hold Close up, and the next start prunes again.
+// prune deletes the records older than Keep. The end of Run's context cuts
+// it short: a store that hangs must not hold the drain up, and the next start
+// prunes again.
 func (w *Writer) prune() {
 	ctx, cancel := context.WithTimeout(w.closing, 10*time.Minute)
 	defer cancel()
@@ -386,8 +408,8 @@ func (w *Writer) write(batch []Record) {
 	defer w.release(batch)
 	wait := w.opt.RetryMin
 	for w.closing.Err() == nil {
-		// A retry gives way to Close at once: the store is known to fail,
-		// and Close gives it one more try of its own, bounded.
+		// A retry gives way to the drain at once: the store is known to
+		// fail, and the drain gives it one more try of its own, bounded.
 		parent := w.ctx
 		if w.failing {
 			parent = w.closing
@@ -413,9 +435,8 @@ func (w *Writer) write(batch []Record) {
 	w.writeClosing(batch)
 }
 
-// writeClosing tries batch once Close was called: while the store takes
-// inserts, until Close's context ends; while it fails, until giveUpContext
-// ends. What it cannot write it counts as lost. It requires that the Writer
+// writeClosing tries batch once the Writer is closing: while the store takes
+// inserts, until the drain ends; while it fails, until giveUpContext ends. What it cannot write it counts as lost. It requires that the Writer
 // is closing.
 func (w *Writer) writeClosing(batch []Record) {
 	wait := w.opt.RetryMin
@@ -441,8 +462,9 @@ func (w *Writer) writeClosing(batch []Record) {
 	}
 }
 
-// giveUpContext returns the context of inserts into a failing store after
-// Close: it ends CloseRetry after the first of them, or with Close's context.
+// giveUpContext returns the context of inserts into a failing store once the
+// Writer is closing: it ends CloseRetry after the first of them, or with the
+// drain.
 // It requires that the Writer is closing and the store failing.
 func (w *Writer) giveUpContext() context.Context {
 	if w.giveUp == nil {
@@ -461,15 +483,15 @@ func (w *Writer) insert(ctx context.Context, batch []Record) error {
 		return err
 	}
 	w.written.Add(uint64(len(batch)))
-	if w.giveUp != nil { // the store is back: Close's context bounds it again
+	if w.giveUp != nil { // the store is back: the drain bounds it again
 		w.stopGiveUp()
 		w.giveUp, w.stopGiveUp = nil, nil
 	}
 	return nil
 }
 
-// lose counts batch as dropped by Close, and logs the first loss with what
-// is left.
+// lose counts batch as dropped by the drain, and logs the first loss with
+// what is left.
 func (w *Writer) lose(batch []Record) {
 	w.lost.Add(uint64(len(batch)))
 	w.dropped.Add(uint64(len(batch)))
@@ -486,7 +508,7 @@ func (w *Writer) lose(batch []Record) {
 
 // loseQueued counts what is queued as lost. Nothing should be (Add queues
 // nothing once the Writer is closed), but should something be, it is
-// counted; two Closes may empty the queue together.
+// counted.
 func (w *Writer) loseQueued() {
 	for {
 		select {

@@ -92,10 +92,23 @@ func (m *memStore) Prune(ctx context.Context, before time.Time) (int64, error) {
 
 func rec(i int) Record { return Record{Path: fmt.Sprintf("/v1/r%d", i), Status: 200} }
 
+// start runs w until stop is called: stop ends Run's context, waits for Run
+// to return and hands back its error (the same one on every call).
+func start(w *Writer) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	return sync.OnceValue(func() error {
+		cancel()
+		return <-ran
+	})
+}
+
 func TestWriterBatchesAndFlushes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{block: make(chan struct{})}
 		w := NewWriter(st, WriterOptions{Queue: 100, Batch: 10})
+		stop := start(w)
 		for i := range 50 {
 			if !w.Add(rec(i)) {
 				t.Fatalf("record %d dropped with room in the queue", i)
@@ -103,7 +116,7 @@ func TestWriterBatchesAndFlushes(t *testing.T) {
 		}
 		close(st.block)
 		synctest.Wait()
-		if err := w.Close(context.Background()); err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		if st.count() != 50 {
@@ -126,7 +139,7 @@ func TestWriterBatchesAndFlushes(t *testing.T) {
 			t.Errorf("stats %+v", s)
 		}
 		if w.Add(rec(99)) || w.Stats().Dropped != 1 {
-			t.Error("Add after Close was taken")
+			t.Error("Add after Run returned was taken")
 		}
 	})
 }
@@ -140,6 +153,7 @@ func TestWriterDropsWhenFull(t *testing.T) {
 		st := &memStore{block: make(chan struct{})}
 		w := NewWriter(st, WriterOptions{Queue: 10, Batch: 5, Linger: -1, LogEvery: time.Second,
 			Logger: slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))})
+		stop := start(w)
 		w.Add(rec(0))
 		synctest.Wait() // the writer holds record 0, stuck in Insert
 		taken := 1
@@ -161,7 +175,7 @@ func TestWriterDropsWhenFull(t *testing.T) {
 			t.Fatalf("dropped records logged %d times, want once:\n%s", n, logs.String())
 		}
 		close(st.block)
-		if err := w.Close(context.Background()); err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		if st.count() != 11 {
@@ -186,6 +200,7 @@ func TestWriterRetriesAStoreThatIsDown(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{fail: 5}
 		w := NewWriter(st, WriterOptions{RetryMin: 100 * time.Millisecond, RetryMax: time.Second})
+		stop := start(w)
 		w.Add(rec(1))
 		time.Sleep(10 * time.Second) // fake time
 		synctest.Wait()
@@ -195,24 +210,22 @@ func TestWriterRetriesAStoreThatIsDown(t *testing.T) {
 		if s := w.Stats(); s.Errors != 5 || s.Written != 1 || s.Dropped != 0 {
 			t.Fatalf("stats %+v", s)
 		}
-		w.Close(context.Background())
+		stop()
 	})
 }
 
-// TestWriterCloseGivesUp: with the store down, Close gives up (after
-// CloseRetry, before its context ends) and counts what was lost.
-func TestWriterCloseGivesUp(t *testing.T) {
+// TestWriterDrainGivesUp: with the store down, the drain gives up (after
+// CloseRetry, before DrainTimeout) and counts what was lost.
+func TestWriterDrainGivesUp(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{fail: 1 << 30}
-		w := NewWriter(st, WriterOptions{})
+		w := NewWriter(st, WriterOptions{DrainTimeout: 5 * time.Second})
 		for i := range 7 {
 			w.Add(rec(i))
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		err := w.Close(ctx)
+		err := start(w)()
 		if err == nil || !strings.Contains(err.Error(), "7 records not written") {
-			t.Fatalf("Close: %v", err)
+			t.Fatalf("Run: %v", err)
 		}
 		if s := w.Stats(); s.Dropped != 7 || s.Written != 0 {
 			t.Fatalf("stats %+v", s)
@@ -225,6 +238,7 @@ func TestWriterLingers(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{}
 		w := NewWriter(st, WriterOptions{Linger: 100 * time.Millisecond})
+		stop := start(w)
 		for i := range 3 {
 			w.Add(rec(i))
 			time.Sleep(30 * time.Millisecond) // fake time
@@ -238,7 +252,7 @@ func TestWriterLingers(t *testing.T) {
 		if st.count() != 3 || len(st.batches) != 1 {
 			t.Fatalf("batches %v, want one of 3", st.batches)
 		}
-		w.Close(context.Background())
+		stop()
 	})
 }
 
@@ -248,6 +262,7 @@ func TestWriterFlush(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{}
 		w := NewWriter(st, WriterOptions{Linger: time.Hour})
+		stop := start(w)
 		w.Add(rec(0))
 		synctest.Wait() // the writer lingers with record 0
 		for i := 1; i < 5; i++ {
@@ -260,7 +275,7 @@ func TestWriterFlush(t *testing.T) {
 		if st.count() != 5 || time.Since(start) >= time.Hour {
 			t.Fatalf("%d written after %v", st.count(), time.Since(start))
 		}
-		w.Close(context.Background())
+		stop()
 	})
 }
 
@@ -271,6 +286,7 @@ func TestWriterPrunes(t *testing.T) {
 		now := time.Now()
 		st := &memStore{rows: []Record{{Time: now.Add(-48 * time.Hour)}, {Time: now.Add(-2 * time.Hour)}}}
 		w := NewWriter(st, WriterOptions{Keep: 24 * time.Hour, PruneEvery: time.Hour})
+		stop := start(w)
 		synctest.Wait()
 		if st.count() != 1 || w.Stats().Pruned != 1 {
 			t.Fatalf("%d rows after the first prune, stats %+v", st.count(), w.Stats())
@@ -280,7 +296,7 @@ func TestWriterPrunes(t *testing.T) {
 		if st.count() != 0 || w.Stats().Pruned != 2 {
 			t.Fatalf("%d rows a day later, stats %+v", st.count(), w.Stats())
 		}
-		w.Close(context.Background())
+		stop()
 	})
 }
 
@@ -294,31 +310,32 @@ func accounted(t *testing.T, w *Writer, added uint64) {
 	}
 }
 
-// TestWriterCloseDeadStore: with a store whose inserts fail, Close gives
-// what is left CloseRetry and no more, however long its context, and counts
-// every record not written as dropped, once, the batch being retried
+// TestWriterDrainDeadStore: with a store whose inserts fail, the drain
+// gives what is left CloseRetry and no more, however long DrainTimeout, and
+// counts every record not written as dropped, once, the batch being retried
 // included.
-func TestWriterCloseDeadStore(t *testing.T) {
+func TestWriterDrainDeadStore(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		closeRetry time.Duration // 0: the default
-		early      bool          // the store fails before Close; else first at Close
-		hang       bool          // when Close comes, a retry hangs in the store
-		why        string        // in Close's error
+		early      bool          // the store fails before the drain; else first in it
+		hang       bool          // when the drain comes, a retry hangs in the store
+		why        string        // in Run's error
 	}{
-		{name: "failing before Close", early: true, why: "the store refused them: store down"},
-		{name: "failing before Close, short CloseRetry", closeRetry: 300 * time.Millisecond, early: true, why: "store down"},
-		{name: "a retry hanging at Close", early: true, hang: true, why: "the store did not answer within 2s"},
-		{name: "failing first at Close", why: "store down"},
+		{name: "failing before the drain", early: true, why: "the store refused them: store down"},
+		{name: "failing before the drain, short CloseRetry", closeRetry: 300 * time.Millisecond, early: true, why: "store down"},
+		{name: "a retry hanging at the drain", early: true, hang: true, why: "the store did not answer within 2s"},
+		{name: "failing first in the drain", why: "store down"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				st := &memStore{fail: 1 << 30}
-				opt := WriterOptions{Queue: 100, Batch: 10, Linger: time.Hour, CloseRetry: tc.closeRetry}
+				opt := WriterOptions{Queue: 100, Batch: 10, Linger: time.Hour, CloseRetry: tc.closeRetry, DrainTimeout: 30 * time.Second}
 				if tc.early {
 					opt.Linger = -1
 				}
 				w := NewWriter(st, opt)
+				stop := start(w)
 				for i := range 35 {
 					if !w.Add(rec(i)) {
 						t.Fatalf("record %d dropped with room in the queue", i)
@@ -328,7 +345,7 @@ func TestWriterCloseDeadStore(t *testing.T) {
 					time.Sleep(5 * time.Second) // fake time: the store refuses a few tries
 					synctest.Wait()
 					if w.Stats().Errors == 0 {
-						t.Fatal("the store was not tried before Close")
+						t.Fatal("the store was not tried before the drain")
 					}
 				}
 				if tc.hang {
@@ -339,29 +356,27 @@ func TestWriterCloseDeadStore(t *testing.T) {
 					synctest.Wait()
 				}
 				limit := cmp.Or(tc.closeRetry, DefaultCloseRetry)
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
 				start := time.Now()
-				err := w.Close(ctx)
+				err := stop()
 				if took := time.Since(start); took > limit {
-					t.Errorf("Close took %v, over CloseRetry %v", took, limit)
+					t.Errorf("the drain took %v, over CloseRetry %v", took, limit)
 				}
 				if err == nil || !strings.Contains(err.Error(), "records: 35 records not written") || !strings.Contains(err.Error(), tc.why) {
-					t.Fatalf("Close: %v, want 35 records not written: %s", err, tc.why)
+					t.Fatalf("Run: %v, want 35 records not written: %s", err, tc.why)
 				}
-				if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-					t.Errorf("Close: %v: its context did not end", err)
+				if errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("Run: %v: DrainTimeout did not pass", err)
 				}
 				if s := w.Stats(); s.Written != 0 || s.Dropped != 35 {
 					t.Errorf("stats %+v, want 35 dropped", s)
 				}
 				accounted(t, w, 35)
 				if w.Add(rec(35)) {
-					t.Error("Add after Close was taken")
+					t.Error("Add after Run returned was taken")
 				}
 				accounted(t, w, 36)
-				if err := w.Close(ctx); err == nil || !strings.Contains(err.Error(), "35 records not written") {
-					t.Errorf("Close again: %v", err)
+				if err := w.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "called twice") {
+					t.Errorf("Run again: %v", err)
 				}
 				accounted(t, w, 36)
 			})
@@ -369,44 +384,45 @@ func TestWriterCloseDeadStore(t *testing.T) {
 	}
 }
 
-// TestWriterCloseDoesNotWaitForPrune: pruning is cut short by Close, so a
-// store that hangs does not hold up a Close with nothing to write.
-func TestWriterCloseDoesNotWaitForPrune(t *testing.T) {
+// TestWriterDrainDoesNotWaitForPrune: pruning is cut short by the end of
+// Run's context, so a store that hangs does not hold up a drain with nothing
+// to write.
+func TestWriterDrainDoesNotWaitForPrune(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{block: make(chan struct{})} // never closed
-		w := NewWriter(st, WriterOptions{Keep: time.Hour})
+		w := NewWriter(st, WriterOptions{Keep: time.Hour, DrainTimeout: 30 * time.Second})
+		stop := start(w)
 		synctest.Wait() // the first prune hangs in the store
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
 		start := time.Now()
-		if err := w.Close(ctx); err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		if took := time.Since(start); took != 0 {
-			t.Errorf("Close took %v with nothing to write", took)
+			t.Errorf("the drain took %v with nothing to write", took)
 		}
 	})
 }
 
-// TestWriterCloseSlowStore: a store that takes inserts, however slowly, gets
-// all of Close's context to take what is queued, also when it failed just
-// before Close; when the context ends first, what is left is counted.
-func TestWriterCloseSlowStore(t *testing.T) {
+// TestWriterDrainSlowStore: a store that takes inserts, however slowly, gets
+// all of DrainTimeout to take what is queued, also when it failed just
+// before the drain; when DrainTimeout passes first, what is left is counted.
+func TestWriterDrainSlowStore(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		fail    int           // inserts that fail first
-		ctx     time.Duration // Close's
+		drain   time.Duration // DrainTimeout
 		written uint64
 	}{
 		// Inserts take 1s: the batch of record 0, then 10, 10, 10, 10, 9.
-		{name: "alive", ctx: 30 * time.Second, written: 50},
-		{name: "failed just before Close", fail: 1, ctx: 30 * time.Second, written: 50},
-		{name: "context ends first", ctx: 3500 * time.Millisecond, written: 21},
+		{name: "alive", drain: 30 * time.Second, written: 50},
+		{name: "failed just before the drain", fail: 1, drain: 30 * time.Second, written: 50},
+		{name: "DrainTimeout passes first", drain: 3500 * time.Millisecond, written: 21},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				st := &memStore{fail: tc.fail, delay: time.Second}
-				w := NewWriter(st, WriterOptions{Queue: 100, Batch: 10, Linger: -1})
+				w := NewWriter(st, WriterOptions{Queue: 100, Batch: 10, Linger: -1, DrainTimeout: tc.drain})
+				stop := start(w)
 				w.Add(rec(0))
 				synctest.Wait() // record 0 is in the store's hands
 				for i := 1; i < 50; i++ {
@@ -419,10 +435,8 @@ func TestWriterCloseSlowStore(t *testing.T) {
 						t.Fatalf("stats %+v, want an insert refused", w.Stats())
 					}
 				}
-				ctx, cancel := context.WithTimeout(context.Background(), tc.ctx)
-				defer cancel()
 				start := time.Now()
-				err := w.Close(ctx)
+				err := stop()
 				took := time.Since(start)
 				s := w.Stats()
 				if s.Written != tc.written || st.count() != int(tc.written) {
@@ -431,19 +445,19 @@ func TestWriterCloseSlowStore(t *testing.T) {
 				accounted(t, w, 50)
 				if tc.written == 50 {
 					if err != nil {
-						t.Fatalf("Close: %v", err)
+						t.Fatalf("Run: %v", err)
 					}
 					if took <= DefaultCloseRetry {
-						t.Errorf("Close took %v: the draining is meant to outlast CloseRetry", took)
+						t.Errorf("the drain took %v: it is meant to outlast CloseRetry", took)
 					}
 					return
 				}
 				want := fmt.Sprintf("records: %d records not written", 50-tc.written)
 				if err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, context.DeadlineExceeded) {
-					t.Fatalf("Close: %v, want %q and the context's error", err, want)
+					t.Fatalf("Run: %v, want %q and context.DeadlineExceeded", err, want)
 				}
-				if took != tc.ctx {
-					t.Errorf("Close took %v, want its context's %v", took, tc.ctx)
+				if took != tc.drain {
+					t.Errorf("the drain took %v, want DrainTimeout's %v", took, tc.drain)
 				}
 			})
 		})
@@ -460,6 +474,7 @@ func TestWriterQueueBytes(t *testing.T) {
 		size := recordSize(&big)
 		st := &memStore{block: make(chan struct{})}
 		w := NewWriter(st, WriterOptions{Queue: 1000, QueueBytes: 10 * size, Linger: -1})
+		stop := start(w)
 		w.Add(big)
 		synctest.Wait() // the writer holds it, stuck in Insert
 		taken := 1
@@ -485,7 +500,7 @@ func TestWriterQueueBytes(t *testing.T) {
 		if w.Add(huge) {
 			t.Error("Add took a record larger than QueueBytes")
 		}
-		if err := w.Close(context.Background()); err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 		if s := w.Stats(); s.Written != 11 || s.Dropped != 91 {
@@ -506,9 +521,9 @@ func TestRecordSize(t *testing.T) {
 	}
 }
 
-// TestWriterCountsEveryRecord: with Adds racing Close, every record is
-// written or counted as dropped, once; those Close could not write are the
-// ones its error names.
+// TestWriterCountsEveryRecord: with Adds racing the end of Run, every record
+// is written or counted as dropped, once; those the drain could not write are
+// the ones Run's error names.
 func TestWriterCountsEveryRecord(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -518,6 +533,7 @@ func TestWriterCountsEveryRecord(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				st := &memStore{fail: tc.fail, delay: 10 * time.Millisecond}
 				w := NewWriter(st, WriterOptions{Queue: 50, Batch: 8})
+				stop := start(w)
 				var (
 					wg     sync.WaitGroup
 					mu     sync.Mutex
@@ -540,7 +556,7 @@ func TestWriterCountsEveryRecord(t *testing.T) {
 				}
 				go func() {
 					time.Sleep(40 * time.Millisecond)
-					closed <- w.Close(context.Background())
+					closed <- stop()
 				}()
 				wg.Wait()
 				err := <-closed
@@ -548,13 +564,13 @@ func TestWriterCountsEveryRecord(t *testing.T) {
 				s := w.Stats()
 				if tc.fail == 0 {
 					if err != nil || s.Written != taken {
-						t.Errorf("Close: %v; %d taken, stats %+v", err, taken, s)
+						t.Errorf("Run: %v; %d taken, stats %+v", err, taken, s)
 					}
 					return
 				}
 				want := fmt.Sprintf("records: %d records not written", taken)
 				if s.Written != 0 || err == nil || !strings.Contains(err.Error(), want) {
-					t.Errorf("Close: %v, want %q; stats %+v", err, want, s)
+					t.Errorf("Run: %v, want %q; stats %+v", err, want, s)
 				}
 			})
 		})
@@ -566,6 +582,7 @@ func TestWriterAddDoesNotAllocate(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		st := &memStore{block: make(chan struct{})}
 		w := NewWriter(st, WriterOptions{Queue: 1000, Linger: -1})
+		stop := start(w)
 		r := Record{Path: "/v1/chat/completions", Model: "gpt-4o-mini", Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "success"}}}
 		w.Add(r)
 		synctest.Wait() // the writer is stuck in Insert
@@ -573,7 +590,7 @@ func TestWriterAddDoesNotAllocate(t *testing.T) {
 			t.Errorf("Add: %v allocations", n)
 		}
 		close(st.block)
-		if err := w.Close(context.Background()); err != nil {
+		if err := stop(); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -587,13 +604,37 @@ func (discardStore) Insert(context.Context, []Record) error { return nil }
 // BenchmarkWriterAdd is what a request pays to hand its record over.
 func BenchmarkWriterAdd(b *testing.B) {
 	w := NewWriter(discardStore{&memStore{}}, WriterOptions{})
-	defer w.Close(context.Background())
+	defer start(w)()
 	r := Record{Client: "ct_0123456789abcdef", IP: "10.0.0.1", Method: "POST", Path: "/v1/chat/completions", Model: "gpt-4o-mini",
 		Upstream: "openai", Key: "k1", Attempts: []Attempt{{Key: "k1", Upstream: "openai", Outcome: "success", Status: 200}}}
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			w.Add(r)
+		}
+	})
+}
+
+// TestWriterStartsNothing: NewWriter starts no goroutine (synctest.Test
+// would fail on one left running); records added before Run wait in the
+// queue, and Run writes them.
+func TestWriterStartsNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		st := &memStore{rows: []Record{{Time: time.Now().Add(-48 * time.Hour)}}}
+		w := NewWriter(st, WriterOptions{Keep: time.Hour})
+		r := rec(0)
+		r.Time = time.Now().Add(time.Hour) // still young when Run prunes
+		w.Add(r)
+		time.Sleep(time.Hour) // fake time
+		synctest.Wait()
+		if st.count() != 1 || w.Stats().Written != 0 || w.Stats().Pruned != 0 {
+			t.Fatalf("the Writer worked before Run: %d rows, stats %+v", st.count(), w.Stats())
+		}
+		if err := start(w)(); err != nil {
+			t.Fatal(err)
+		}
+		if s := w.Stats(); s.Written != 1 || s.Pruned != 1 || st.count() != 1 || st.rows[0].Path != "/v1/r0" {
+			t.Fatalf("after Run: stats %+v, rows %+v", s, st.rows)
 		}
 	})
 }

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -29,8 +29,8 @@ func TestPerUpstreamAccess(t *testing.T) {
 	}
 	srv, err := server.New(server.Options{
 		Transport: tr,
-		Tokens:    []config.Secret{"global-token"},
-		Upstreams: []server.UpstreamAccess{{Name: "main"}, {Name: "team", Tokens: []config.Secret{"team-token"}}, {Name: "public", NoAuth: true}},
+		Tokens:    []secret.String{secret.New("global-token")},
+		Upstreams: []server.UpstreamAccess{{Name: "main"}, {Name: "team", Tokens: []secret.String{secret.New("team-token")}}, {Name: "public", NoAuth: true}},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // maxAdminBody bounds the body of an admin request: a disable reason.
@@ -32,7 +32,7 @@ type AdminOptions struct {
 	Checker Rechecker
 	// Token is the admin token (the config's admin_token). Empty means the
 	// admin API answers only requests from a loopback address.
-	Token config.Secret
+	Token secret.String
 	// Logger receives one line per change made and per refused request;
 	// nil means silent. It never receives a token.
 	Logger *slog.Logger
@@ -92,7 +92,7 @@ type admin struct {
 	pool     *keypool.Pool
 	snapshot func() []keypool.KeyInfo
 	checker  Rechecker
-	token    config.Secret
+	token    secret.String
 	log      *slog.Logger
 	now      func() time.Time
 	refusals refusals // refused requests are logged at most once per 10 s
@@ -102,7 +102,7 @@ type admin struct {
 // those that carry it; without one, those from loopback.
 func (a *admin) guard(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if a.token != "" {
+		if !a.token.IsZero() {
 			token, ok := clientToken(r.Header.Get("Authorization"))
 			if !ok || !a.token.Equal(token) {
 				a.refused(r, http.StatusUnauthorized)

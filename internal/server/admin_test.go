@@ -13,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -38,7 +38,7 @@ type adminFixture struct {
 
 // newAdmin builds the admin API with token over a pool of keyA and keyB on a
 // fake upstream, and checks when the test ends that no secret was logged.
-func newAdmin(t *testing.T, token config.Secret) *adminFixture {
+func newAdmin(t *testing.T, token string) *adminFixture {
 	t.Helper()
 	fake, url := fakeopenai.NewTestServer(t, fakeopenai.Config{},
 		fakeopenai.Key{Secret: keyA}, fakeopenai.Key{Secret: keyB})
@@ -49,7 +49,7 @@ func newAdmin(t *testing.T, token config.Secret) *adminFixture {
 	logs := &syncBuffer{}
 	f := &adminFixture{fake: fake, url: url, tr: tr, checker: &countingChecker{}, logs: logs}
 	f.handler = server.NewAdmin(server.AdminOptions{
-		Transport: tr, Checker: f.checker, Token: token,
+		Transport: tr, Checker: f.checker, Token: secret.New(token),
 		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	t.Cleanup(func() {
@@ -105,7 +105,7 @@ const (
 func TestAdminAuth(t *testing.T) {
 	tests := []struct {
 		name   string
-		token  config.Secret
+		token  string
 		remote string
 		send   string
 		want   int

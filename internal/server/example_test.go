@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -17,7 +17,7 @@ func ExampleNew() {
 	if err != nil {
 		panic(err)
 	}
-	s, err := server.New(server.Options{Transport: tr, Tokens: []config.Secret{"tok-1"}})
+	s, err := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New("tok-1")}})
 	if err != nil {
 		panic(err)
 	}

@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -40,7 +40,7 @@ func BenchmarkRecordOverhead(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			s, err := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}, Records: tc.sink})
+			s, err := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, Records: tc.sink})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -57,7 +57,7 @@ func TestRecords(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{},
 		fakeopenai.Key{Secret: keyA, Behavior: fakeopenai.Revoked}, fakeopenai.Key{Secret: keyB})
 	recs := make(sink, 16)
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}, Records: recs, MaxBody: 1 << 10},
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}, Records: recs, MaxBody: 1 << 10},
 		keypool.WithUpstream(url, keyA+","+keyB))
 
 	t.Run("failover then success", func(t *testing.T) {
@@ -122,7 +122,7 @@ func TestRecordsNoKey(t *testing.T) {
 func TestRecordsBodies(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
 	recs := make(sink, 4)
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}, Records: recs, Bodies: true, BodyLimit: 40},
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}, Records: recs, Bodies: true, BodyLimit: 40},
 		keypool.WithUpstream(url, keyA))
 	resp, b := send(t, "POST", base+"/v1/chat/completions", clientToken, chatBody(false), "Api-Key", clientToken)
 	r := recs.next(t)

@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 // DefaultMaxBody is the request body limit of an Options that sets none:
@@ -33,7 +33,7 @@ type Options struct {
 
 	// Tokens are the client tokens that may use every upstream without
 	// tokens of its own (the config's top-level authorization).
-	Tokens []config.Secret
+	Tokens []secret.String
 	// Upstreams are the access rules of the upstreams, in the transport's
 	// order (the config's upstreams). They may be left empty when no
 	// upstream has rules of its own.
@@ -82,22 +82,12 @@ type UpstreamAccess struct {
 	Name string
 	// Tokens are the upstream's own client tokens (its authorization): when
 	// there are any, only they may use it.
-	Tokens []config.Secret
+	Tokens []secret.String
 	// InheritTokens lets the global tokens use the upstream besides its own
 	// (inherit_authorization, a keypool extension).
 	InheritTokens bool
 	// NoAuth opens the upstream to every client, with a token or without.
 	NoAuth bool
-}
-
-// AccessFromConfig returns the client tokens and per-upstream access rules of
-// cfg, for Options.Tokens and Options.Upstreams.
-func AccessFromConfig(cfg *config.Config) ([]config.Secret, []UpstreamAccess) {
-	ups := make([]UpstreamAccess, len(cfg.Upstream))
-	for i, u := range cfg.Upstream {
-		ups[i] = UpstreamAccess{Name: u.Name, Tokens: u.Authorization, InheritTokens: u.InheritAuthorization, NoAuth: u.NoAuth}
-	}
-	return cfg.Authorization, ups
 }
 
 // allows reports whether a client may use u: anyone when u is noauth; else
@@ -119,15 +109,16 @@ func (u *UpstreamAccess) allows(global, own bool) bool {
 // noauth upstream, every request may use every upstream.
 type Server struct {
 	transport *keypool.Transport
-	global    []config.Secret  // the top-level tokens
+	global    []secret.String  // the top-level tokens
 	access    []UpstreamAccess // one per transport upstream, in its order
+	globalIDs []string         // records.ClientID of each global token
+	accessIDs [][]string       // records.ClientID of each access's tokens
 	names     []string         // the transport's upstream names
 	open      bool             // no token anywhere: every request may use every upstream
 	cors      bool
 	maxBody   int64
-	records   RecordSink        // nil: records off
-	bodyLimit int64             // bytes of each body kept in a record; 0: none
-	clientIDs map[string]string // configured token → its records.ClientID, when recording
+	records   RecordSink // nil: records off
+	bodyLimit int64      // bytes of each body kept in a record; 0: none
 	log       *slog.Logger
 	now       func() time.Time
 	proxy     *httputil.ReverseProxy
@@ -186,16 +177,10 @@ func New(opts Options) (*Server, error) {
 	}
 	s.access = make([]UpstreamAccess, len(s.names))
 	copy(s.access, opts.Upstreams)
-	if s.records != nil {
-		s.clientIDs = map[string]string{}
-		for _, t := range s.global {
-			s.clientIDs[string(t)] = records.ClientID(string(t))
-		}
-		for _, u := range s.access {
-			for _, t := range u.Tokens {
-				s.clientIDs[string(t)] = records.ClientID(string(t))
-			}
-		}
+	s.globalIDs = clientIDs(s.global)
+	s.accessIDs = make([][]string, len(s.access))
+	for i, u := range s.access {
+		s.accessIDs[i] = clientIDs(u.Tokens)
 	}
 	s.open = len(s.global) == 0
 	for _, u := range s.access {
@@ -305,9 +290,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// Who may use what is decided before anything of the request is read,
 	// kept or recorded: a refused client costs a header and a log line
 	// now and then, never a body, a record or memory.
-	only, token, ok := s.authorize(r)
+	only, client, ok := s.authorize(r)
 	if !ok {
-		s.refuse(w, r, token != "")
+		s.refuse(w, r, client != "")
 		return
 	}
 	orig := w // MaxBytesReader tells the server's own writer to close the connection
@@ -326,8 +311,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			}
 			rec.finish(r)
 		}()
-		if token != "" {
-			rec.pending.SetClient(s.clientIDs[token]) // a valid token: one of the map's
+		if client != "" {
+			rec.pending.SetClient(client)
 		}
 		w = rec
 	}
@@ -417,49 +402,64 @@ func (s *Server) count(reason string) {
 }
 
 // authorize returns the upstreams r may use: nil for all of them, and ok
-// false for none; and the client's token when it is a configured one. Every configured token is compared, each in constant time,
-// so neither the time taken nor which token matched tells a client anything
-// about the others.
-func (s *Server) authorize(r *http.Request) (only []string, valid string, ok bool) {
+// false for none; and the client's ID (records.ClientID) when its token is
+// a configured one. Every configured token is compared, each in constant
+// time, so neither the time taken nor which token matched tells a client
+// anything about the others.
+func (s *Server) authorize(r *http.Request) (only []string, client string, ok bool) {
 	if s.open {
 		return nil, "", true
 	}
 	token, hasToken := clientToken(r.Header.Get("Authorization"))
-	global := hasToken && anyEqual(s.global, token)
-	known := global
+	g := indexOf(s.global, token, hasToken)
+	global := g >= 0
+	if global {
+		client = s.globalIDs[g]
+	}
 	all := true
 	for i := range s.access {
 		u := &s.access[i]
-		own := hasToken && anyEqual(u.Tokens, token)
-		known = known || own
+		k := indexOf(u.Tokens, token, hasToken)
+		own := k >= 0
+		if own && client == "" {
+			client = s.accessIDs[i][k]
+		}
 		if u.allows(global, own) {
 			only = append(only, s.names[i])
 		} else {
 			all = false
 		}
 	}
-	if known {
-		valid = token
-	}
 	switch {
 	case len(only) == 0:
-		return nil, valid, false
+		return nil, client, false
 	case all:
-		return nil, valid, true
+		return nil, client, true
 	}
-	return only, valid, true
+	return only, client, true
 }
 
-// anyEqual compares token with every one of tokens in constant time each,
-// without stopping at a match.
-func anyEqual(tokens []config.Secret, token string) bool {
-	match := false
-	for _, t := range tokens {
-		if t.Equal(token) {
-			match = true
+// indexOf returns where token is among tokens, -1 when it is not there or
+// there is no token. It compares token with every one of tokens in constant
+// time each, without stopping at a match.
+func indexOf(tokens []secret.String, token string, hasToken bool) int {
+	at := -1
+	for i, t := range tokens {
+		if t.Equal(token) && hasToken {
+			at = i
 		}
 	}
-	return match
+	return at
+}
+
+// clientIDs returns the records.ClientID of each token: configured tokens
+// are known by these IDs, never by themselves.
+func clientIDs(tokens []secret.String) []string {
+	ids := make([]string, len(tokens))
+	for i, t := range tokens {
+		ids[i] = records.ClientID(t.Reveal())
+	}
+	return ids
 }
 
 // clientToken returns the token of an "Authorization: Bearer <token>"
@@ -489,26 +489,26 @@ type ClientAccess struct {
 // which keys.
 func (s *Server) Clients() []ClientAccess {
 	var out []ClientAccess
-	add := func(t config.Secret, global bool) {
-		c := ClientAccess{ID: records.ClientID(string(t))}
+	add := func(id string, t secret.String, global bool) {
+		c := ClientAccess{ID: id}
 		for i := range s.access {
 			u := &s.access[i]
-			if !u.NoAuth && u.allows(global, anyEqual(u.Tokens, string(t))) {
+			if !u.NoAuth && u.allows(global, indexOf(u.Tokens, t.Reveal(), true) >= 0) {
 				c.Upstreams = append(c.Upstreams, s.names[i])
 			}
 		}
 		out = append(out, c)
 	}
-	seen := map[config.Secret]bool{}
-	for _, t := range s.global {
-		seen[t] = true
-		add(t, true)
+	seen := map[string]bool{}
+	for i, t := range s.global {
+		seen[s.globalIDs[i]] = true
+		add(s.globalIDs[i], t, true)
 	}
-	for _, u := range s.access {
-		for _, t := range u.Tokens {
-			if !seen[t] {
-				seen[t] = true
-				add(t, false)
+	for i, u := range s.access {
+		for k, t := range u.Tokens {
+			if id := s.accessIDs[i][k]; !seen[id] {
+				seen[id] = true
+				add(id, t, false)
 			}
 		}
 	}

@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -136,7 +136,7 @@ func TestNewNeedsTransport(t *testing.T) {
 
 func TestHealthz(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}}, keypool.WithUpstream(url, keyA))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}}, keypool.WithUpstream(url, keyA))
 	resp, b := send(t, "GET", base+"/healthz", "", nil)
 	if resp.StatusCode != 200 || strings.TrimSpace(string(b)) != "ok" {
 		t.Fatalf("healthz: %d %q", resp.StatusCode, b)
@@ -151,15 +151,15 @@ func TestHealthz(t *testing.T) {
 func TestAuth(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
 	restricted := server.Options{
-		Tokens:    []config.Secret{clientToken},
-		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []config.Secret{upToken}}},
+		Tokens:    []secret.String{secret.New(clientToken)},
+		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []secret.String{secret.New(upToken)}}},
 	}
 	inherits := server.Options{
-		Tokens:    []config.Secret{clientToken},
-		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []config.Secret{upToken}, InheritTokens: true}},
+		Tokens:    []secret.String{secret.New(clientToken)},
+		Upstreams: []server.UpstreamAccess{{Name: "main", Tokens: []secret.String{secret.New(upToken)}, InheritTokens: true}},
 	}
 	openToAll := server.Options{
-		Tokens:    []config.Secret{clientToken},
+		Tokens:    []secret.String{secret.New(clientToken)},
 		Upstreams: []server.UpstreamAccess{{Name: "free", NoAuth: true}},
 	}
 	for _, tc := range []struct {
@@ -218,7 +218,7 @@ func TestAuth(t *testing.T) {
 
 func TestChatJSON(t *testing.T) {
 	fake, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA}, fakeopenai.Key{Secret: keyB})
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}}, keypool.WithUpstream(url, keyA+","+keyB))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}}, keypool.WithUpstream(url, keyA+","+keyB))
 	resp, b := send(t, "POST", base+"/v1/chat/completions", clientToken, chatBody(false), "Content-Type", "application/json")
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
@@ -246,7 +246,7 @@ func TestChatJSON(t *testing.T) {
 
 func TestStreamThroughProxy(t *testing.T) {
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}}, keypool.WithUpstream(url, keyA))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}}, keypool.WithUpstream(url, keyA))
 	resp, b := send(t, "POST", base+"/v1/chat/completions", clientToken, chatBody(true), "Content-Type", "application/json")
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
@@ -279,7 +279,7 @@ func TestStreamFlushedPerEvent(t *testing.T) {
 	}))
 	t.Cleanup(up.Close)
 	t.Cleanup(unblock) // runs before up.Close
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}}, keypool.WithUpstream(up.URL+"/v1", keyA))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}}, keypool.WithUpstream(up.URL+"/v1", keyA))
 
 	req, _ := http.NewRequest("POST", base+"/v1/chat/completions", chatBody(true))
 	req.Header.Set("Authorization", "Bearer "+clientToken)
@@ -302,7 +302,7 @@ func TestStreamFlushedPerEvent(t *testing.T) {
 
 func TestMultipartTranscription(t *testing.T) {
 	fake, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}}, keypool.WithUpstream(url, keyA))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}}, keypool.WithUpstream(url, keyA))
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	mw.WriteField("model", "whisper-1")
@@ -325,7 +325,7 @@ func TestMultipartTranscription(t *testing.T) {
 
 func TestBodyLimit(t *testing.T) {
 	fake, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: keyA})
-	_, base := proxy(t, server.Options{Tokens: []config.Secret{clientToken}, MaxBody: 1024}, keypool.WithUpstream(url, keyA))
+	_, base := proxy(t, server.Options{Tokens: []secret.String{secret.New(clientToken)}, MaxBody: 1024}, keypool.WithUpstream(url, keyA))
 	big := `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"` + strings.Repeat("x", 2048) + `"}]}`
 	for _, tc := range []struct {
 		name string

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
-	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -77,7 +77,7 @@ func TestRefusedClientCostsLittle(t *testing.T) {
 	// The clock stands still: however slowly a loaded machine sends the 50
 	// requests, they fall in one 10 s window of the refusal log.
 	still := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	srv, err := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}, Records: sink,
+	srv, err := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, Records: sink,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Now: func() time.Time { return still }})
 	if err != nil {
 		t.Fatal(err)
@@ -125,7 +125,7 @@ func TestRefusedClientCostsLittle(t *testing.T) {
 func TestStalledBodyIsCutOff(t *testing.T) {
 	up := &pathRecorder{}
 	tr, _ := keypool.New(keypool.WithUpstream("https://up.invalid/v1", keyA), keypool.WithBase(up))
-	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}, BodyIdle: 200 * time.Millisecond})
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, BodyIdle: 200 * time.Millisecond})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	for _, tc := range []struct{ name, text string }{
@@ -183,7 +183,7 @@ func (h *holdUpstream) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestBodyMemoryIsBounded(t *testing.T) {
 	up := &holdUpstream{release: make(chan struct{}), started: make(chan struct{}, 4)}
 	tr, _ := keypool.New(keypool.WithUpstream("https://up.invalid/v1", keyA+","+keyB), keypool.WithBase(up))
-	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}, BodyMemory: 1 << 20})
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, BodyMemory: 1 << 20})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	body := `{"model":"gpt-4o","pad":"` + strings.Repeat("p", 700<<10) + `"}`
@@ -276,7 +276,7 @@ func (h *headerEcho) RoundTrip(r *http.Request) (*http.Response, error) {
 func TestHeadersCrossOnAnAllowlist(t *testing.T) {
 	up := &headerEcho{}
 	tr, _ := keypool.New(keypool.WithUpstream("https://up.invalid/v1", keyA), keypool.WithBase(up))
-	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}})
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o"}`))
@@ -327,7 +327,7 @@ func TestCompressingUpstreamThroughTheProxy(t *testing.T) {
 	sink := &countingSink{}
 	tr, _ := keypool.New(keypool.WithUpstreams(keypool.Upstream{BaseURL: url, StreamTimeout: time.Second,
 		Keys: []keypool.Key{keypool.NewKey(keyA), keypool.NewKey(keyB)}}), keypool.WithTrialsFirst(false))
-	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}, Records: sink})
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, Records: sink})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}} // asks by hand, as Node and Python do
@@ -392,7 +392,7 @@ func TestUnknownModelIsTheClientsMistake(t *testing.T) {
 	tr, _ := keypool.New(keypool.WithUpstreams(
 		keypool.Upstream{Name: "main", BaseURL: url, Keys: []keypool.Key{keypool.NewKey(keyA)}, Allow: []string{"gpt-4o*", "gpt-typo*"}},
 		keypool.Upstream{Name: "backup", BaseURL: url, Keys: []keypool.Key{keypool.NewKey(keyB)}, Allow: []string{"gpt-4o*", "gpt-typo*"}}))
-	srv, _ := server.New(server.Options{Transport: tr, Tokens: []config.Secret{clientToken}})
+	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
 	ask := func(model string) (int, string) {

@@ -1,4 +1,4 @@
-package server_test
+package app_test
 
 import (
 	"bytes"
@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
-	"github.com/keypool/keypool/internal/server"
 )
 
 // These tests prove that openai-api-route's own config examples, loaded
@@ -78,8 +78,8 @@ func (s *upstreamScript) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // compatProxy serves the config file (openai-api-route's fixtures, or one
-// given as text) over a router; it returns the handler, the router and the
-// log.
+// given as text) over a router, built by app.New as keypool serve builds it;
+// it returns the handler, the router and the log.
 type compatProxy struct {
 	h      http.Handler
 	router *fakeopenai.Router
@@ -95,21 +95,32 @@ func newCompatProxy(t *testing.T, cfg *config.Config) *compatProxy {
 	router := &fakeopenai.Router{Handler: script}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	topts, err := cfg.TransportOptions()
+	cfg.DBType = "none" // these tests are not about records: no ./db.sqlite
+	a, err := app.New(cfg, app.Options{Logger: logger, Transport: []keypool.Option{keypool.WithBase(router),
+		keypool.WithBackoff(time.Millisecond, time.Millisecond), keypool.WithMaxWait(0)}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := keypool.New(append(topts, keypool.WithBase(router), keypool.WithLogger(logger),
-		keypool.WithBackoff(time.Millisecond, time.Millisecond), keypool.WithMaxWait(0))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, access := server.AccessFromConfig(cfg)
-	srv, err := server.New(server.Options{Transport: tr, Tokens: tokens, Upstreams: access, Logger: logger, CORS: !cfg.NoCORS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &compatProxy{h: srv.Handler(), router: router, script: script, tr: tr, logs: logs, cfg: cfg}
+	return &compatProxy{h: a.Handler(), router: router, script: script, tr: a.Transport(), logs: logs, cfg: cfg}
+}
+
+// syncBuffer is a log written by the proxy's goroutines and read by the
+// test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func fixture(t *testing.T, name string) *config.Config {

@@ -1,0 +1,263 @@
+// Package app is keypool serve's composition root: it turns a loaded config
+// into running parts and owns their lifecycles, so that cmd/keypool is flags,
+// then a config, then one call (Serve).
+//
+// The parts are the transport (keypool.Transport, with the metrics and the
+// notifier as its observers), the key checker, the proxy server with the
+// admin API and the metrics handler, the request records (a store and the
+// writer in front of it), the notifier and the metrics registry. One
+// function, build, makes all of them from one config into one struct and
+// starts nothing; a reload would build a second set and swap it in.
+//
+// Every long-lived part starts and stops the same way: its constructor
+// starts nothing, and Run(ctx) blocks until ctx ends, then finishes what it
+// holds within a bound set when it was built, and returns once its
+// goroutines are done (keypool.Checker.Run, notify.Notifier.Run,
+// records.Writer.Run). The HTTP server is net/http's: Serve, then Shutdown
+// with a timeout.
+//
+// Once the context of App.Run ends, the parts stop in this order:
+//
+//  1. The server stops accepting connections, and in-flight requests get
+//     the shutdown timeout to finish (http.Server.Shutdown).
+//  2. The requests the shutdown cut off get up to 2s more to hand their
+//     records over (server.Server.Drain).
+//  3. The records writer writes what is queued, within the shutdown
+//     timeout, and the store closes ("records flushed").
+//  4. The checker stops, and the notifier, which delivers its queue
+//     briefly.
+//  5. The transport's idle connections close ("stopped").
+package app
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/server"
+)
+
+// Defaults of Options.
+const (
+	DefaultListen          = "127.0.0.1:8080"
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+// Timeouts of the HTTP server, and of the records of requests cut off at
+// shutdown.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	drainRequests     = 2 * time.Second
+)
+
+// Options are what the flags decide, and what tests and harnesses put in;
+// everything else comes from the config. The zero value is usable.
+type Options struct {
+	// Listen is the address Serve listens on; "" means the config's listen,
+	// else DefaultListen.
+	Listen string
+	// ShutdownTimeout is the time in-flight requests get to finish at
+	// shutdown, and then the records to be written; 0 means
+	// DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Logger receives what the parts log; nil means silent. It never
+	// receives a key or a token.
+	Logger *slog.Logger
+	// Transport are more options of keypool.New, applied after the
+	// config's: tests and harnesses answer upstream requests in memory
+	// (keypool.WithBase), watch them (keypool.WithObserver) or shorten
+	// the backoff.
+	Transport []keypool.Option
+	// Ready, when not nil, is told the address Serve listens on once it
+	// accepts connections (tests listen on 127.0.0.1:0).
+	Ready func(net.Addr)
+}
+
+// withDefaults is o with its zero fields set to what they mean.
+func (o Options) withDefaults() Options {
+	o.ShutdownTimeout = cmp.Or(o.ShutdownTimeout, DefaultShutdownTimeout)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// App is keypool serve's parts, built from a config. Build it with New, then
+// call Run once; Serve does both and listens.
+type App struct {
+	opts  Options
+	log   *slog.Logger
+	parts *parts
+}
+
+// New builds the parts cfg describes. It starts nothing and listens nowhere,
+// but it opens the records store (SQLite makes its file).
+func New(cfg *config.Config, opts Options) (*App, error) {
+	topts, err := transportOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return newApp(cfg, opts, topts)
+}
+
+// newApp is New with cfg's transport options already made.
+func newApp(cfg *config.Config, opts Options, topts []keypool.Option) (*App, error) {
+	opts = opts.withDefaults()
+	p, err := build(cfg, opts, topts)
+	if err != nil {
+		return nil, err
+	}
+	return &App{opts: opts, log: opts.Logger, parts: p}, nil
+}
+
+// Handler serves the whole HTTP surface: the proxy, the admin API, the
+// probes and the metrics.
+func (a *App) Handler() http.Handler { return a.parts.handler }
+
+// Transport is the transport the proxy sends every request with.
+func (a *App) Transport() *keypool.Transport { return a.parts.transport }
+
+// Serve listens on opts.Listen (else cfg's listen, else DefaultListen),
+// builds cfg's parts as New does and runs them with Run until ctx ends. It
+// reads the keys files, then listens, before it builds anything, so that a
+// serve that cannot start leaves nothing behind (no records file, no
+// checks); and it refuses an address off loopback when cfg lets every
+// client use the keys.
+func Serve(ctx context.Context, cfg *config.Config, opts Options) error {
+	opts = opts.withDefaults()
+	topts, err := transportOptions(cfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cmp.Or(opts.Listen, cfg.Listen, DefaultListen))
+	if err != nil {
+		return err
+	}
+	defer ln.Close() // on the early returns; Run's http.Server closes it too
+	ln = server.LimitListener(ln, cfg.MaxConnections)
+	if openToAll(cfg) {
+		if !loopback(ln.Addr()) {
+			return fmt.Errorf("refusing to serve on %s without client tokens: anyone who can reach it could use the keys; set authorization in the config, or listen on 127.0.0.1", ln.Addr())
+		}
+		opts.Logger.Warn("no client tokens configured: any local process may use the keys", "addr", ln.Addr().String())
+	}
+	a, err := newApp(cfg, opts, topts)
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx, ln)
+}
+
+// Run runs the parts, and serves Handler on ln (when ln is not nil; else
+// the caller serves Handler itself), until ctx ends; then it stops them in
+// the order the package's documentation gives. It returns nil after a clean
+// shutdown, or the listener's or the shutdown's error.
+func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	p := a.parts
+	if ln != nil {
+		a.log.Info("listening", "addr", ln.Addr().String(), "keys", len(p.transport.Snapshot()))
+	}
+	// Each part outlives ctx until its turn in the shutdown.
+	recordsCtx, stopRecords := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopRecords()
+	backgroundCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBackground()
+	var recorded <-chan error
+	if p.records != nil {
+		recorded = start(recordsCtx, p.records)
+	}
+	background := []<-chan error{start(backgroundCtx, p.checker)}
+	if p.notifier != nil {
+		background = append(background, start(backgroundCtx, p.notifier))
+	}
+
+	err := a.serve(ctx, ln) // 1
+	if p.records != nil {   // 2 and 3
+		a.drainRecords(ctx, stopRecords, recorded)
+	}
+	stopBackground() // 4
+	for _, done := range background {
+		<-done
+	}
+	p.transport.CloseIdleConnections() // 5
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	a.log.Info("stopped")
+	return nil
+}
+
+// serve serves Handler on ln until ctx ends or the listener fails, then
+// shuts the HTTP server down, giving in-flight requests the shutdown
+// timeout. Without a listener it waits for ctx.
+func (a *App) serve(ctx context.Context, ln net.Listener) error {
+	timeout := a.opts.ShutdownTimeout
+	if ln == nil {
+		<-ctx.Done()
+		a.log.Info("shutting down", "timeout", timeout.String())
+		return nil
+	}
+	hs := &http.Server{
+		Handler:           a.parts.handler,
+		IdleTimeout:       idleTimeout,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	if a.opts.Ready != nil {
+		a.opts.Ready(ln.Addr())
+	}
+	select {
+	case err := <-served: // the listener failed
+		return err
+	case <-ctx.Done():
+	}
+	a.log.Info("shutting down", "timeout", timeout.String())
+	// A fresh context: ctx is already done, and Shutdown must get time to
+	// let in-flight streams finish.
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return <-served
+}
+
+// drainRecords gives the requests the shutdown cut off a moment to hand
+// their records over (those still running then are counted as dropped),
+// then stops the records with stop and waits for them on recorded: the
+// writer writes what is queued, and the store closes.
+func (a *App) drainRecords(ctx context.Context, stop context.CancelFunc, recorded <-chan error) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.opts.ShutdownTimeout, drainRequests))
+	unfinished := a.parts.server.Drain(dctx)
+	cancel()
+	stop()
+	if err := <-recorded; err != nil {
+		a.log.Warn("records", "err", err.Error())
+	}
+	s := a.parts.records.writer.Stats()
+	a.log.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
+}
+
+// runner is a long-lived part: it runs until ctx ends, finishes what it
+// holds, and returns once its goroutines are done.
+type runner interface {
+	Run(ctx context.Context) error
+}
+
+// start runs r on a goroutine of its own; the channel gets what Run returns.
+func start(ctx context.Context, r runner) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	return done
+}

@@ -1,0 +1,100 @@
+package app
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
+	"github.com/keypool/keypool/internal/metrics"
+	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/server"
+)
+
+// parts is everything a config turns into: one set, built by build, run by
+// App.Run. A reload builds a new set from the new config.
+type parts struct {
+	cfg       *config.Config
+	registry  *prometheus.Registry
+	transport *keypool.Transport
+	notifier  *notify.Notifier // nil: no notifications configured
+	records   *recordsPart     // nil: records off (dbtype none)
+	server    *server.Server
+	checker   *keypool.Checker
+	handler   http.Handler // the proxy, the admin API and the metrics
+}
+
+// build makes the parts of cfg, whose transport options (see
+// transportOptions) are topts, and starts none of them. On an error it
+// leaves nothing open.
+func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, err error) {
+	log := opts.Logger
+	p := &parts{cfg: cfg, registry: metrics.NewRegistry()}
+	// The snapshot is read at scrape time only, once p.transport is set
+	// below and the server (which starts the scrapes) is running.
+	m, err := metrics.New(p.registry, func() []keypool.KeyInfo { return p.transport.Snapshot() })
+	if err != nil {
+		return nil, err
+	}
+	topts = append(topts, keypool.WithLogger(log), keypool.WithObserver(m))
+	if nc, ok := notifyConfig(cfg.Notify, log); ok {
+		if p.notifier, err = notify.New(nc); err != nil {
+			return nil, err
+		}
+		if err := metrics.RegisterNotify(p.registry, p.notifier.Stats); err != nil {
+			return nil, err
+		}
+		topts = append(topts, keypool.WithObserver(p.notifier))
+		log.Info("notifications", "to", p.notifier.String())
+	}
+	if p.transport, err = keypool.New(append(topts, opts.Transport...)...); err != nil {
+		return nil, err
+	}
+	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
+
+	if p.records, err = newRecords(cfg, opts.ShutdownTimeout, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && p.records != nil {
+			p.records.store.Close()
+		}
+	}()
+	sopts := serverOptions(cfg, p.transport, log)
+	if p.records != nil {
+		sopts.Records, sopts.Bodies, sopts.BodyLimit = p.records.writer, cfg.Records.Bodies, cfg.Records.BodyLimit
+		if err := metrics.RegisterRecords(p.registry, p.records.writer.Stats); err != nil {
+			return nil, err
+		}
+	}
+	if p.server, err = server.New(sopts); err != nil {
+		return nil, err
+	}
+	if err := metrics.RegisterProxy(p.registry, p.server.Stats); err != nil {
+		return nil, err
+	}
+	if p.checker, err = keypool.NewChecker(p.transport, append(CheckerOptions(cfg), keypool.WithCheckLogger(log))...); err != nil {
+		return nil, err
+	}
+	admin := server.NewAdmin(server.AdminOptions{Transport: p.transport, Checker: p.checker, Token: cfg.AdminToken, Logger: log})
+	if cfg.AdminToken.IsZero() {
+		log.Info("no admin_token configured: the admin API answers on loopback only")
+	}
+	p.handler = routes(p.server.Handler(), admin, metrics.Handler(p.registry))
+	logAccess(p, log)
+	return p, nil
+}
+
+// routes sends the metrics (at /metrics, and at /v1/metrics as
+// openai-api-route has them), the admin API and /readyz to their handlers,
+// and every other request to the proxy.
+func routes(proxy, admin, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.Handle("/v1/metrics", metrics)
+	mux.Handle("/admin/", admin)
+	mux.Handle("/readyz", admin)
+	mux.Handle("/", proxy)
+	return mux
+}
