@@ -388,7 +388,7 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 func (c *Checker) settled(res CheckResult, k *key, state State, reason string, models []string, limits RateLimits, start time.Time) CheckResult {
 	now := c.t.now()
 	c.p.checked(k, state, reason, models, limits, now)
-	info, _ := c.p.Key(k.cred.id, now)
+	info, _ := c.p.keyAt(k.cred.id, now)
 	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
 	res.LimitRequests, res.LimitTokens, res.Models, res.Scope = info.LimitRequests, info.LimitTokens, info.Models, info.Scope
 	res.Duration = now.Sub(start)
@@ -398,7 +398,7 @@ func (c *Checker) settled(res CheckResult, k *key, state State, reason string, m
 func (c *Checker) failed(res CheckResult, k *key, err error, start time.Time) CheckResult {
 	res.Err = err
 	now := c.t.now()
-	info, _ := c.p.Key(k.cred.id, now)
+	info, _ := c.p.keyAt(k.cred.id, now)
 	res.Organization, res.State, res.Reason, res.Trial = info.Organization, info.State, info.Reason, info.Trial
 	res.Duration = now.Sub(start)
 	c.logf(slog.LevelWarn, "keypool: key check failed; will retry", k, "error", err.Error())

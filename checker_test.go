@@ -353,12 +353,12 @@ func TestCheckRun(t *testing.T) {
 			t.Fatalf("first pass: %d checks, last at %v", first, last.Sub(start))
 		}
 		k7 := keypool.NewKey("sk-run-07").ID()
-		if info, _ := tr.Pool().Key(k7, time.Now()); info.State != keypool.StateUnchecked {
+		if info, _ := tr.Pool().Key(k7); info.State != keypool.StateUnchecked {
 			t.Fatalf("key with a network error: %v", info.State)
 		}
 		time.Sleep(time.Minute) // the network error is retried a minute later
 		synctest.Wait()
-		if info, _ := tr.Pool().Key(k7, time.Now()); info.State != keypool.StateReady {
+		if info, _ := tr.Pool().Key(k7); info.State != keypool.StateReady {
 			t.Fatalf("after the retry: %v", info.State)
 		}
 
@@ -368,7 +368,7 @@ func TestCheckRun(t *testing.T) {
 		time.Sleep(3 * time.Second)
 		synctest.Wait()
 		k3 := keypool.NewKey("sk-run-03").ID()
-		if info, _ := tr.Pool().Key(k3, time.Now()); info.State != keypool.StateReady {
+		if info, _ := tr.Pool().Key(k3); info.State != keypool.StateReady {
 			t.Fatalf("revoked key after Recheck: %v", info.State)
 		}
 		mu.Lock()
@@ -377,7 +377,7 @@ func TestCheckRun(t *testing.T) {
 		if afterRecheck != 20+1+20 {
 			t.Fatalf("%d checks after the recheck", afterRecheck)
 		}
-		if info, _ := tr.Pool().Key(keypool.NewKey("sk-run-05").ID(), time.Now()); info.State != keypool.StateRevoked {
+		if info, _ := tr.Pool().Key(keypool.NewKey("sk-run-05").ID()); info.State != keypool.StateRevoked {
 			t.Fatalf("key revoked since: %v", info.State)
 		}
 		time.Sleep(time.Hour) // the periodic recheck skips the revoked key

@@ -35,7 +35,7 @@ func total(c Counts) int {
 // would.
 func snapshotCounts(p *Pool, now time.Time) Counts {
 	var c Counts
-	for _, k := range p.Snapshot(now) {
+	for _, k := range p.snapshot(now) {
 		c.Add(k.State)
 	}
 	return c
@@ -68,7 +68,7 @@ func TestPoolCounts(t *testing.T) {
 	a := &Answer{Status: 429, Error: &APIError{Type: "requests"}, Limits: noLimits}
 	a.Limits.RetryAfter = time.Minute
 	answer(p, cooling, a, t0)
-	if info, _ := p.Key(cooling.k.cred.id, t0); info.State != StateCooling {
+	if info, _ := p.keyAt(cooling.k.cred.id, t0); info.State != StateCooling {
 		t.Fatalf("rate-limited key: %v", info.State)
 	}
 	want("one cooling", 4, "3 unchecked, 1 ready, 1 revoked")

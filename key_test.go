@@ -473,7 +473,7 @@ func TestPoolRecordsNeverLeak(t *testing.T) {
 	if got := k.auth(); len(got) != 1 || got[0] != "Bearer "+keyTestSecret {
 		t.Fatalf("the key's Authorization header is %d values", len(got))
 	}
-	info, _ := p.Key(k.cred.id, t0)
+	info, _ := p.keyAt(k.cred.id, t0)
 	a := Answer{Status: 200, Header: http.Header{"X-Request-Id": {"req_1"}}, Limits: noLimits}
 	values := []struct {
 		name string

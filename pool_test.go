@@ -301,7 +301,7 @@ func TestCooldownAndRefill(t *testing.T) {
 	if est := e.bud.estimate(t0.Add(time.Second)); est != 50 {
 		t.Fatalf("estimate after 1s = %d, want 50", est)
 	}
-	info := p.Snapshot(t0.Add(20 * time.Millisecond))[0]
+	info := p.snapshot(t0.Add(20 * time.Millisecond))[0]
 	if info.State != StateReady || info.InFlight != 2 {
 		t.Fatalf("snapshot %+v", info)
 	}
@@ -319,7 +319,7 @@ func TestRateLimitedCoolsOneModel(t *testing.T) {
 	a.Error = &APIError{Status: 429, Type: "requests", Code: "rate_limit_exceeded"}
 	a.Limits.RetryAfter = 7 * time.Second
 	answer(p, e, a, t0)
-	info := p.Snapshot(t0)[0]
+	info := p.snapshot(t0)[0]
 	if info.State != StateCooling || !info.CoolingUntil.Equal(t0.Add(7*time.Second)) {
 		t.Fatalf("state %v until %v", info.State, info.CoolingUntil)
 	}
@@ -348,7 +348,7 @@ func TestStateTransitions(t *testing.T) {
 			e := takeKey(t, p, "m", t0)
 			tt.a.Limits = noLimits
 			answer(p, e, tt.a, t0)
-			info, _ := p.Key(e.k.cred.id, t0)
+			info, _ := p.keyAt(e.k.cred.id, t0)
 			if info.State != tt.want {
 				t.Fatalf("state %v, want %v", info.State, tt.want)
 			}
@@ -363,7 +363,7 @@ func TestStateTransitions(t *testing.T) {
 				if err := p.Enable(e.k.cred.id); err != nil {
 					t.Fatal(err)
 				}
-				if info, _ := p.Key(e.k.cred.id, t0); info.State != StateUnchecked {
+				if info, _ := p.keyAt(e.k.cred.id, t0); info.State != StateUnchecked {
 					t.Fatalf("after Enable: %v", info.State)
 				}
 			}
@@ -404,7 +404,7 @@ func TestStateTransitions(t *testing.T) {
 			t.Fatalf("key still offered for a model it lacks: %+v", ref)
 		}
 		takeKey(t, p, "gpt-4o", t0)
-		if info := p.Snapshot(t0)[0]; len(info.Lacks) != 1 || info.Lacks[0] != "gpt-5" {
+		if info := p.snapshot(t0)[0]; len(info.Lacks) != 1 || info.Lacks[0] != "gpt-5" {
 			t.Fatalf("lacks %v", info.Lacks)
 		}
 	})
@@ -520,7 +520,7 @@ func TestPoolConcurrent(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	for _, info := range p.Snapshot(time.Now()) {
+	for _, info := range p.snapshot(time.Now()) {
 		if info.InFlight != 0 {
 			t.Fatalf("%s left %d in flight", info.ID, info.InFlight)
 		}

@@ -9,10 +9,13 @@ import (
 // snapshotChunk bounds how long one snapshot holds the lock.
 const snapshotChunk = 512
 
-// Snapshot returns what the pool knows of every key at now, in config order.
-// It is safe to call while traffic flows: it takes the lock for a few hundred
-// keys at a time.
-func (p *Pool) Snapshot(now time.Time) []KeyInfo {
+// Snapshot returns what the pool knows of every key now (by the pool's
+// clock), in config order. It is safe to call while traffic flows: it takes
+// the lock for a few hundred keys at a time.
+func (p *Pool) Snapshot() []KeyInfo { return p.snapshot(p.cfg.now()) }
+
+// snapshot is Snapshot at now.
+func (p *Pool) snapshot(now time.Time) []KeyInfo {
 	p.mu.Lock()
 	n := len(p.keys)
 	p.mu.Unlock()
@@ -27,8 +30,12 @@ func (p *Pool) Snapshot(now time.Time) []KeyInfo {
 	return out
 }
 
-// Key returns the snapshot of one key, and false if the pool has no such key.
-func (p *Pool) Key(id KeyID, now time.Time) (KeyInfo, bool) {
+// Key returns the snapshot of one key now (by the pool's clock), and false
+// if the pool has no such key.
+func (p *Pool) Key(id KeyID) (KeyInfo, bool) { return p.keyAt(id, p.cfg.now()) }
+
+// keyAt is Key at now.
+func (p *Pool) keyAt(id KeyID, now time.Time) (KeyInfo, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	k := p.byID[id]

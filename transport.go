@@ -120,8 +120,8 @@ func (t *Transport) UpstreamNames() []string {
 // Pool returns the transport's pool, for snapshots and operator actions.
 func (t *Transport) Pool() *Pool { return t.pool }
 
-// Snapshot is shorthand for t.Pool().Snapshot(now) at the transport's clock.
-func (t *Transport) Snapshot() []KeyInfo { return t.pool.Snapshot(t.now()) }
+// Snapshot is shorthand for t.Pool().Snapshot().
+func (t *Transport) Snapshot() []KeyInfo { return t.pool.Snapshot() }
 
 // CloseIdleConnections closes the idle connections of the base RoundTripper.
 func (t *Transport) CloseIdleConnections() {

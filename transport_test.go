@@ -118,7 +118,7 @@ func keysServed(fake *fakeopenai.Server) []string {
 
 func stateOf(t *testing.T, tr *keypool.Transport, secret string) keypool.KeyInfo {
 	t.Helper()
-	info, ok := tr.Pool().Key(keypool.NewKey(secret).ID(), time.Now())
+	info, ok := tr.Pool().Key(keypool.NewKey(secret).ID())
 	if !ok {
 		t.Fatalf("no key for %s", secret[:6])
 	}
@@ -269,7 +269,7 @@ func TestCloneMismatchedOrganization(t *testing.T) {
 	if len(recs) != 2 || recs[0].Org != "org-gone" || recs[0].Status != 401 || recs[1].Org != "org-b" || recs[1].OrgUsed != "org-b" {
 		t.Fatalf("records %+v", recs)
 	}
-	gone, _ := tr.Pool().Key(multi.WithOrganization("org-gone").ID(), time.Now())
+	gone, _ := tr.Pool().Key(multi.WithOrganization("org-gone").ID())
 	if gone.State != keypool.StateRevoked {
 		t.Fatalf("clone state %v", gone.State)
 	}

@@ -211,7 +211,7 @@ func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op fu
 		return
 	}
 	a.log.LogAttrs(r.Context(), slog.LevelInfo, msg, slog.String("key", string(id)), slog.String("remote", r.RemoteAddr))
-	info, _ := a.pool.Key(id, a.now())
+	info, _ := a.pool.Key(id)
 	writeJSON(w, http.StatusOK, info)
 }
 
