@@ -573,7 +573,7 @@ func TestCheckResultsReachObservers(t *testing.T) {
 // F1: a context with a deadline makes rate.Limiter.Wait fail at once (not
 // with ctx.Err) for every key whose turn falls after the deadline; pass()
 // drops those keys silently and CheckAll reports success.
-func TestRegressionCheckAllDeadlineDropsKeys(t *testing.T) {
+func TestCheckAllDeadlineReportsDroppedKeys(t *testing.T) {
 	_, _, _, c := checkSetupURL(t, nil, []keypool.CheckOption{keypool.WithCheckRate(0.1)},
 		fakeopenai.Key{Secret: "sk-a"}, fakeopenai.Key{Secret: "sk-b"}, fakeopenai.Key{Secret: "sk-c"})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
@@ -587,7 +587,7 @@ func TestRegressionCheckAllDeadlineDropsKeys(t *testing.T) {
 // F3: with WithCheckedKeysOnly, Enable puts a key back as unchecked, which
 // that option keeps out of selection until the next check (an hour later by
 // default): Enable does not return the key to selection.
-func TestRegressionEnableUnderCheckedKeysOnly(t *testing.T) {
+func TestEnableUnderCheckedKeysOnlyReturnsKey(t *testing.T) {
 	_, tr, c := checkSetup(t, []keypool.Option{keypool.WithCheckedKeysOnly(true)}, nil, fakeopenai.Key{Secret: "sk-a"})
 	if _, err := c.CheckAll(context.Background()); err != nil {
 		t.Fatal(err)
@@ -614,7 +614,7 @@ func TestRegressionEnableUnderCheckedKeysOnly(t *testing.T) {
 // "this key cannot list organizations" for good: orgsKnown is set, and no
 // later check (Recheck, periodic, CheckAll) ever lists them again, so the
 // key's other organizations are never cloned.
-func TestRegressionTransientOrgErrorForgetsClonesForever(t *testing.T) {
+func TestTransientOrgErrorListsOrganizationsAgain(t *testing.T) {
 	fake := fakeopenai.New(fakeopenai.Config{},
 		fakeopenai.Key{Secret: "sk-multi", Orgs: []fakeopenai.Org{{ID: "org-home", Default: true}, {ID: "org-work"}}})
 	defer fake.Close()

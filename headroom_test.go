@@ -30,7 +30,7 @@ func (b *rvBlock) Close() error {
 // R1: a success answer lowers a Ready key's remaining requests but the ready
 // heap keeps its old score; take looks only at the heap top, finds it full,
 // and never considers the idle key X.
-func TestRegressionStaleScoreHidesFreeKey(t *testing.T) {
+func TestSuccessRescoresReadyKey(t *testing.T) {
 	var n atomic.Int32
 	base := rvRT(func(r *http.Request) (*http.Response, error) {
 		r.Body.Close()
@@ -82,7 +82,7 @@ func TestRegressionStaleScoreHidesFreeKey(t *testing.T) {
 // R2: probe limit 1: a request waits while the key's first answer is
 // pending; the answer states 100 remaining, but while its body is open the
 // waiter is not woken and waits out maxWait (20s).
-func TestRegressionNoWakeOnSuccessHeaders(t *testing.T) {
+func TestSuccessHeadersWakeWaiters(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var n atomic.Int32
 		gate := make(chan struct{})
@@ -124,7 +124,7 @@ func TestRegressionNoWakeOnSuccessHeaders(t *testing.T) {
 
 // R3: an upstream that states remaining requests but no reset (Azure style):
 // remaining only ever goes down; after one "0" the key is stuck at 1.
-func TestRegressionRemainingRatchetsDown(t *testing.T) {
+func TestRemainingWithoutResetRecovers(t *testing.T) {
 	var seq = []string{"5", "0", "100", "100", "100"}
 	var i atomic.Int32
 	now := time.Unix(1_700_000_000, 0)
@@ -157,7 +157,7 @@ func TestRegressionRemainingRatchetsDown(t *testing.T) {
 // compatible servers) is documented as "not limited", but e.answered is set
 // only when some rate-limit header was present, so each key stays at the
 // probe limit (4 in flight) for ever.
-func TestRegressionNoHeadersStaysProbeLimited(t *testing.T) {
+func TestNoRateLimitHeadersMeansUnlimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		base := rvRT(func(r *http.Request) (*http.Response, error) {
 			r.Body.Close()

@@ -61,7 +61,7 @@ func TestLoneKeyTransientRetry(t *testing.T) {
 // R9: requests without a JSON model use their URL path as the model, so
 // GETs of distinct IDs each make a bucket; 64 of them evict the bucket of a
 // real model, and with it a 429 cooldown: the cooling key is hit again.
-func TestRegressionPathBucketsEvictCooldown(t *testing.T) {
+func TestPathBucketsKeepModelCooldown(t *testing.T) {
 	var chat atomic.Int32
 	base := rvRT(func(r *http.Request) (*http.Response, error) {
 		if r.Body != nil {

@@ -16,7 +16,7 @@ import (
 // F2: a trial key is sent image requests whose model is not a JSON field:
 // multipart /v1/images/edits (gpt-image-1, dall-e-2) and /v1/images/generations
 // with the model left to its default (dall-e-2).
-func TestRegressionTrialKeyGetsMultipartImageEdit(t *testing.T) {
+func TestTrialKeyNotSentImageRequests(t *testing.T) {
 	fake, tr, c := checkSetup(t, nil, nil, fakeopenai.Key{Secret: "sk-trial", Trial: true})
 	if _, err := c.CheckAll(context.Background()); err != nil {
 		t.Fatal(err)
@@ -87,7 +87,7 @@ func scriptedUpstream(models string) rvRT {
 // F7: the trial flag flips on ANY answer whose per-model request limit is
 // <= 250. A paid tier-1 key that serves gpt-4o-search-preview (100 RPM on
 // tier 1) becomes "trial" and loses the image families.
-func TestRegressionPaidKeyTurnsTrialOnLowPerModelLimit(t *testing.T) {
+func TestLowPerModelLimitKeepsPaidKeyPaid(t *testing.T) {
 	models := `{"object":"list","data":[{"id":"gpt-4o"},{"id":"gpt-4o-search-preview"},{"id":"gpt-image-1"}]}`
 	tr, err := keypool.New(keypool.WithUpstream("https://api.openai.com/v1", "sk-paid"), keypool.WithBase(scriptedUpstream(models)))
 	if err != nil {
@@ -118,7 +118,7 @@ func TestRegressionPaidKeyTurnsTrialOnLowPerModelLimit(t *testing.T) {
 // F6: a 200 model list with no models (an OpenAI-compatible gateway that does
 // not list, a key whose list is empty) makes the key serve no model at all:
 // an empty non-nil families map excludes it from every JSON request.
-func TestRegressionEmptyModelListExcludesKey(t *testing.T) {
+func TestEmptyModelListServesAnyModel(t *testing.T) {
 	tr, _ := keypool.New(keypool.WithUpstream("https://gw.example/v1", "sk-gw"),
 		keypool.WithBase(scriptedUpstream(`{"object":"list","data":[]}`)))
 	c, _ := keypool.NewChecker(tr, keypool.WithCheckRate(1000))

@@ -962,7 +962,7 @@ func TestRequestObserver(t *testing.T) {
 
 // R4: a 503 whose body never ends hangs RoundTrip: the attempt timer is
 // stopped before the error body is read.
-func TestRegressionErrorBodyNoDeadline(t *testing.T) {
+func TestErrorBodyReadUnderAttemptDeadline(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		base := rvRT(func(r *http.Request) (*http.Response, error) {
 			r.Body.Close()
@@ -992,7 +992,7 @@ func rvKeys(s string) []keypool.Key { k, _ := keypool.ParseKeys(s); return k }
 
 // A non-2xx answer handed back and read to EOF, never closed, still ends
 // its attempt's context (a success body is released at EOF too).
-func TestRegressionContextEndsAtEOFWithoutClose(t *testing.T) {
+func TestAttemptContextEndsAtEOFWithoutClose(t *testing.T) {
 	var attemptCtx context.Context
 	base := rvRT(func(r *http.Request) (*http.Response, error) {
 		r.Body.Close()
@@ -1016,7 +1016,7 @@ func TestRegressionContextEndsAtEOFWithoutClose(t *testing.T) {
 
 // R7: an error event with no blank line after it, then EOF, is handed back
 // as a success instead of failing over.
-func TestRegressionStreamErrorAtEOF(t *testing.T) {
+func TestStreamErrorEventAtEOFFailsOver(t *testing.T) {
 	var n atomic.Int32
 	base := rvRT(func(r *http.Request) (*http.Response, error) {
 		r.Body.Close()
@@ -1042,7 +1042,7 @@ func TestRegressionStreamErrorAtEOF(t *testing.T) {
 
 // R10: a policy that does not retry a transport error (here: timeouts are
 // final) makes RoundTrip return (nil, nil).
-func TestRegressionNilNilOnFinalTransportError(t *testing.T) {
+func TestFinalTransportErrorIsReturned(t *testing.T) {
 	base := rvRT(func(r *http.Request) (*http.Response, error) {
 		r.Body.Close()
 		return nil, errors.New("dial tcp: connection refused")
