@@ -31,6 +31,11 @@ type key struct {
 	usage      map[string]*FamilyUsage
 	usageOrder []string
 	authz      func() []string // the Authorization header value (see bearer)
+
+	clones    []string  // the organizations the checker cloned it into, beyond its own
+	restored  bool      // its last check was restored from a StateStore, and this process has not checked it since
+	saving    bool      // in p.saves
+	changedAt time.Time // when what its KeyState holds last changed
 }
 
 func (k *key) node() *heapNode { return &k.heapNode }
@@ -123,6 +128,7 @@ func (p *Pool) setState(k *key, to State, reason string, now time.Time) {
 		k.coolUntil = time.Time{}
 		k.health = health{}
 	}
+	p.changed(k, now)
 	p.placeKey(k, now)
 	p.wakeUpstream(k.up)
 	p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: to, Reason: reason, At: now})
@@ -136,6 +142,7 @@ func (p *Pool) restKey(k *key, t time.Time, reason string, now time.Time) {
 	}
 	from, _ := p.derivedState(k, now)
 	k.coolUntil = t
+	p.changed(k, now)
 	p.placeKey(k, now)
 	if k.state.Usable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling, Reason: reason, Until: t, At: now})

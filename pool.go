@@ -37,6 +37,8 @@ type Pool struct {
 	byID      map[KeyID]*key
 	seq       uint64               // pick counter: least recently used first
 	events    []StateEvent         // state changes to send once mu is released
+	saves     []*key               // keys whose KeyState changed, to save once mu is released
+	store     StateStore           // nil: none
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own
@@ -267,9 +269,17 @@ func (p *Pool) takeEvents() []StateEvent {
 	return evs
 }
 
-// unlock releases p.mu and sends the state changes gathered under it.
+// unlock releases p.mu, then sends the state changes gathered under it and
+// hands the keys' changed states to the store.
 func (p *Pool) unlock() {
 	evs := p.takeEvents()
+	var saves []KeyState
+	if len(p.saves) > 0 {
+		saves = p.takeSaves()
+	}
 	p.mu.Unlock()
 	p.flushEvents(evs)
+	for _, st := range saves {
+		p.store.Save(st)
+	}
 }
