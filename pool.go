@@ -26,7 +26,9 @@ import (
 // Every change to key or budget state goes through a few transitions,
 // applied here under the lock: an answer (answered, finished), a check
 // (checked, orgsFound), and an operator's action (Disable, Enable). The
-// transport and the checker call them; neither takes the lock itself.
+// transport and the checker call them; neither takes the lock itself. With
+// a StateStore (WithStateStore), each changed key's state is saved once the
+// lock is released.
 //
 // Most callers never touch a Pool directly: New builds one inside the
 // Transport. Use Transport.Pool for snapshots and operator actions.

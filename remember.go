@@ -38,7 +38,9 @@ const (
 
 // changed queues k's KeyState for the store: the transitions call it for
 // every change of what a KeyState holds, and unlock hands the queue over.
-// Without a store it does nothing. Requires p.mu.
+// Without a store it does nothing, and so for the stand-in of an upstream
+// without keys, which has nothing to remember but a short rest. Requires
+// p.mu.
 func (p *Pool) changed(k *key, now time.Time) {
 	if p.store == nil || k.standIn() {
 		return

@@ -9,8 +9,9 @@ import (
 // This file is the seam through which every change to key and budget state
 // goes: an answer (answered, finished), a check (checked, orgsFound), and an
 // operator's action (Disable, Enable). Each takes the pool's lock itself,
-// applies the change, and sends the state events once the lock is released.
-// A store shared by several processes plugs in here.
+// applies the change, and once the lock is released sends the state events
+// and hands the changed keys' states to the StateStore (see remember.go),
+// the seam where a store shared by several processes plugs in.
 
 // answered applies one attempt's answer to its key and budget and, unless
 // the answer goes back to the caller to be read, ends the attempt's hold.
