@@ -15,6 +15,7 @@ type key struct {
 	index      int   // in up.keys
 	sidx       int   // in s.keys
 	state      State // lifecycle: never StateCooling, which is derived from cooldowns
+	saveAt     int32 // 1 + its place in Pool.saves; 0 when its state is not queued to be saved
 	reason     string
 	since      time.Time
 	trial      bool
@@ -22,6 +23,7 @@ type key struct {
 	org        string     // the organization it is sent with, or its default one
 	checked    time.Time  // last check
 	orgsKnown  bool       // organizations listed (or found unlistable)
+	restored   bool       // its last check came from a StateStore, and this process has not checked it since
 	probe      RateLimits // what the checker's probe answer said
 	coolUntil  time.Time  // rest after failures
 	health     health
@@ -31,11 +33,6 @@ type key struct {
 	usage      map[string]*FamilyUsage
 	usageOrder []string
 	authz      func() []string // the Authorization header value (see bearer)
-
-	clones    []string  // the organizations the checker cloned it into, beyond its own
-	restored  bool      // its last check was restored from a StateStore, and this process has not checked it since
-	saving    bool      // in p.saves
-	changedAt time.Time // when what its KeyState holds last changed
 }
 
 func (k *key) node() *heapNode { return &k.heapNode }

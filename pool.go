@@ -39,8 +39,9 @@ type Pool struct {
 	byID      map[KeyID]*key
 	seq       uint64               // pick counter: least recently used first
 	events    []StateEvent         // state changes to send once mu is released
-	saves     []*key               // keys whose KeyState changed, to save once mu is released
+	saves     []pendingSave        // keys whose KeyState changed, to save once mu is released
 	store     StateStore           // nil: none
+	cloneOrgs map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own

@@ -45,33 +45,40 @@ func (p *Pool) changed(k *key, now time.Time) {
 	if p.store == nil || k.standIn() {
 		return
 	}
-	k.changedAt = now
-	if !k.saving {
-		k.saving = true
-		p.saves = append(p.saves, k)
+	if k.saveAt > 0 {
+		p.saves[k.saveAt-1].at = now
+		return
 	}
+	p.saves = append(p.saves, pendingSave{k, now})
+	k.saveAt = int32(len(p.saves))
+}
+
+// pendingSave is a key whose state changed at at, to be saved.
+type pendingSave struct {
+	k  *key
+	at time.Time
 }
 
 // takeSaves returns the states of the keys changed since the last call, one
 // each however often it changed. Requires p.mu.
 func (p *Pool) takeSaves() []KeyState {
 	out := make([]KeyState, len(p.saves))
-	for i, k := range p.saves {
-		out[i] = p.keyState(k)
-		k.saving = false
+	for i, e := range p.saves {
+		out[i] = p.keyState(e.k, e.at)
+		e.k.saveAt = 0
 	}
 	clear(p.saves)
 	p.saves = p.saves[:0]
 	return out
 }
 
-// keyState is what a store keeps of k: none of its slices is the pool's.
-// Requires p.mu.
-func (p *Pool) keyState(k *key) KeyState {
+// keyState is what a store keeps of k, as of its last change at updated:
+// none of its slices is the pool's. Requires p.mu.
+func (p *Pool) keyState(k *key, updated time.Time) KeyState {
 	s := k.s
 	st := KeyState{
 		ID: k.cred.id, Upstream: k.up.Name, State: k.state, Reason: k.reason, Since: k.since, Checked: k.checked,
-		Trial: k.trial || s.trial, Organization: k.org, Scope: s.name, OrgsKnown: k.orgsKnown, Updated: k.changedAt,
+		Trial: k.trial || s.trial, Organization: k.org, Scope: s.name, OrgsKnown: k.orgsKnown, Updated: updated,
 	}
 	if s.models != nil {
 		st.Models = sortedKeys(s.models)
@@ -79,11 +86,11 @@ func (p *Pool) keyState(k *key) KeyState {
 	if len(s.noStream) > 0 {
 		st.NoStream = sortedKeys(s.noStream)
 	}
-	if k.coolUntil.After(k.changedAt) {
+	if k.coolUntil.After(updated) {
 		st.Cooldown = k.coolUntil
 	}
-	if len(k.clones) > 0 {
-		st.Clones = slices.Clone(k.clones)
+	if orgs := p.cloneOrgs[k.cred.id]; len(orgs) > 0 {
+		st.Clones = slices.Clone(orgs)
 	}
 	return st
 }
@@ -214,7 +221,7 @@ func (p *Pool) restoreClones(k *key, orgs []string, now time.Time) bool {
 			return false
 		}
 	}
-	k.clones = slices.Clone(orgs)
+	p.setCloneOrgs(k, slices.Clone(orgs))
 	for _, o := range orgs {
 		cred := k.cred.WithOrganization(o)
 		if _, exists := p.byID[cred.id]; exists {
@@ -224,6 +231,18 @@ func (p *Pool) restoreClones(k *key, orgs []string, now time.Time) bool {
 		cl.clone, cl.orgsKnown = true, true
 	}
 	return true
+}
+
+// setCloneOrgs records the organizations k was cloned into. Requires p.mu.
+func (p *Pool) setCloneOrgs(k *key, orgs []string) {
+	switch {
+	case len(orgs) == 0:
+		delete(p.cloneOrgs, k.cred.id)
+	case p.cloneOrgs == nil:
+		p.cloneOrgs = map[KeyID][]string{k.cred.id: orgs}
+	default:
+		p.cloneOrgs[k.cred.id] = orgs
+	}
 }
 
 // applyState sets k to what st says, as of now: its state, reason, check,

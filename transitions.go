@@ -251,13 +251,13 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 	}
 	k.org = orgs[def].ID
 	p.move(k, orgs[def].scope(), now)
-	k.clones = k.clones[:0]
+	var orgIDs []string
 	var clones []*key
 	for i, o := range orgs {
 		if i == def {
 			continue
 		}
-		k.clones = append(k.clones, o.ID)
+		orgIDs = append(orgIDs, o.ID)
 		cred := k.cred.WithOrganization(o.ID)
 		if _, exists := p.byID[cred.id]; exists {
 			continue
@@ -268,6 +268,7 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 		p.changed(cl, now)
 		clones = append(clones, cl)
 	}
+	p.setCloneOrgs(k, orgIDs)
 	return clones
 }
 
