@@ -174,7 +174,9 @@ func (p *Pool) learn(bud *budget, k *key, l *RateLimits, now time.Time) {
 	bud.answered = true
 	if l.LimitRequests >= 0 {
 		bud.limitReq = l.LimitRequests
-		p.learnTrial(bud.s, l, now)
+		if p.learnTrial(bud.s, l, now) {
+			p.changed(k, now) // its scope's other keys keep theirs: see keyState
+		}
 	}
 	if r := l.RemainingRequests; r >= 0 {
 		prevEnd := bud.end
@@ -214,16 +216,17 @@ func (p *Pool) learn(bud *budget, k *key, l *RateLimits, now time.Time) {
 // learnTrial takes a low request limit as a trial tier, for a scope whose
 // tier a check has not stated. Limits are per model: a paid organization's
 // low limit for one model is no sign of a trial, so traffic may clear the
-// flag and only sets it before a check. Requires p.mu.
-func (p *Pool) learnTrial(s *scope, l *RateLimits, now time.Time) {
+// flag and only sets it before a check. It reports whether the scope's tier
+// changed. Requires p.mu.
+func (p *Pool) learnTrial(s *scope, l *RateLimits, now time.Time) bool {
 	trial := l.Trial()
 	if trial == s.trial || s.up.Auth != AuthKeys {
-		return
+		return false
 	}
 	if trial {
 		for _, k := range s.keys {
 			if !k.checked.IsZero() {
-				return
+				return false
 			}
 		}
 	}
@@ -232,6 +235,7 @@ func (p *Pool) learnTrial(s *scope, l *RateLimits, now time.Time) {
 		k.trial = trial
 	}
 	p.placeScope(s, now) // trials serve no image model
+	return true
 }
 
 // spentWait is how long a budget with no request left rests: until its

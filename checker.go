@@ -98,7 +98,8 @@ func WithCheckConcurrency(n int) CheckOption {
 }
 
 // WithRecheckEvery sets how often Run checks every key again (default 1h); 0
-// switches periodic rechecks off.
+// switches periodic rechecks off. With a StateStore, each key's interval
+// counts from its own last check, which may be from before a restart.
 func WithRecheckEvery(d time.Duration) CheckOption {
 	return checkOptionFunc(func(c *checkConfig) error {
 		if d < 0 {
@@ -191,7 +192,7 @@ func (c *Checker) Recheck() {
 // found on the way, and returns the results in the pool's order, each clone
 // after its parent. It returns early with ctx's error.
 func (c *Checker) CheckAll(ctx context.Context) ([]CheckResult, error) {
-	results := c.pass(ctx, c.p.checkable(), false)
+	results, _ := c.pass(ctx, c.p.checkable(), false)
 	if err := ctx.Err(); err != nil {
 		return results, err
 	}
@@ -201,7 +202,17 @@ func (c *Checker) CheckAll(ctx context.Context) ([]CheckResult, error) {
 // Run checks every key, then again every recheck interval (over-quota and
 // revoked keys aside: Recheck gives those a new look), on Recheck, and a
 // while after a network error, until ctx ends; then it returns nil.
+//
+// With a StateStore (WithStateStore), a key's last check may be older than
+// the process: Run then checks each key a recheck interval after its own
+// last check rather than all keys in one pass per interval, and at start
+// only the keys never checked and those whose recheck is due. A key
+// restored over quota or revoked gets that one check when it is due, as it
+// would have had one at start.
 func (c *Checker) Run(ctx context.Context) error {
+	if c.p.store != nil {
+		return c.runEach(ctx)
+	}
 	c.pass(ctx, c.p.checkable(), true)
 	var tick <-chan time.Time
 	if c.cfg.recheckEvery > 0 {
@@ -225,7 +236,8 @@ func (c *Checker) Run(ctx context.Context) error {
 
 // pass checks keys, paced and bounded, and the clones their checks find.
 // With retry set, keys that met a network error are checked again later.
-func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []CheckResult {
+// It returns the results in the pool's order, and the keys it checked.
+func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) ([]CheckResult, []*key) {
 	var (
 		mu       sync.Mutex
 		cond     = sync.NewCond(&mu)
@@ -286,7 +298,7 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) []Chec
 			mu.Unlock()
 		}()
 	}
-	return c.p.inPoolOrder(order, results)
+	return c.p.inPoolOrder(order, results), order
 }
 
 // waitTurn waits for the limiter's next slot or ctx's end. Unlike

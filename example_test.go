@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -187,4 +188,61 @@ func ExampleNewChecker() {
 	// ready trial: false requests/min or /day: 3000
 	// ready trial: true requests/min or /day: 200
 	// revoked trial: false requests/min or /day: -1
+}
+
+// mapStore keeps key states in a map. A real StateStore keeps them where a
+// restart finds them (a database, Redis), and its Save only queues: it must
+// not block.
+type mapStore struct {
+	mu     sync.Mutex
+	states map[keypool.KeyID]keypool.KeyState
+}
+
+func (s *mapStore) Load(context.Context) ([]keypool.KeyState, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []keypool.KeyState
+	for _, st := range s.states {
+		out = append(out, st)
+	}
+	return out, nil
+}
+
+func (s *mapStore) Save(st keypool.KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.states[st.ID] = st
+}
+
+func ExampleWithStateStore() {
+	base, stop := exampleUpstream(
+		fakeopenai.Key{Secret: "sk-revoked", Behavior: fakeopenai.Revoked},
+		fakeopenai.Key{Secret: "sk-good"})
+	defer stop()
+	store := &mapStore{states: map[keypool.KeyID]keypool.KeyState{}}
+
+	t, err := keypool.New(keypool.WithUpstream(base, "sk-revoked,sk-good"), keypool.WithStateStore(store))
+	if err != nil {
+		log.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: t}).Post("http://localhost/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		log.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+
+	// A restart: the new transport knows which key is revoked before any
+	// request, and sends it none.
+	t, err = keypool.New(keypool.WithUpstream(base, "sk-revoked,sk-good"), keypool.WithStateStore(store))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, k := range t.Snapshot() {
+		fmt.Println(k.State, k.Reason)
+	}
+	// Output:
+	// revoked 401 invalid_request_error/invalid_api_key
+	// ready answered
 }

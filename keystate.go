@@ -15,6 +15,7 @@ type key struct {
 	index      int   // in up.keys
 	sidx       int   // in s.keys
 	state      State // lifecycle: never StateCooling, which is derived from cooldowns
+	saveAt     int32 // 1 + its place in Pool.saves; 0 when its state is not queued to be saved
 	reason     string
 	since      time.Time
 	trial      bool
@@ -22,6 +23,7 @@ type key struct {
 	org        string     // the organization it is sent with, or its default one
 	checked    time.Time  // last check
 	orgsKnown  bool       // organizations listed (or found unlistable)
+	restored   bool       // its last check came from a StateStore, and this process has not checked it since
 	probe      RateLimits // what the checker's probe answer said
 	coolUntil  time.Time  // rest after failures
 	health     health
@@ -123,6 +125,7 @@ func (p *Pool) setState(k *key, to State, reason string, now time.Time) {
 		k.coolUntil = time.Time{}
 		k.health = health{}
 	}
+	p.changed(k, now)
 	p.placeKey(k, now)
 	p.wakeUpstream(k.up)
 	p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: to, Reason: reason, At: now})
@@ -136,6 +139,7 @@ func (p *Pool) restKey(k *key, t time.Time, reason string, now time.Time) {
 	}
 	from, _ := p.derivedState(k, now)
 	k.coolUntil = t
+	p.changed(k, now)
 	p.placeKey(k, now)
 	if k.state.Usable() && from != StateCooling {
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling, Reason: reason, Until: t, At: now})

@@ -30,6 +30,7 @@ type config struct {
 	backoffCap  time.Duration
 	maxBody     int64
 	order       UpstreamOrder
+	store       StateStore
 	pool        poolConfig
 }
 
@@ -140,6 +141,30 @@ func WithObserver(o Observer) Option {
 // info level, by key ID. nil (the default) logs nothing.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) error { c.logger = l; return nil })
+}
+
+// WithStateStore sets where the pool keeps the state of its keys beyond its
+// process, so that a restart (or another replica) starts from what it knew:
+// which keys are revoked, over quota or disabled and why, when each was
+// last checked, what checks and answers taught of each (trial tier,
+// organization and scope, models, models it may not stream, organization
+// clones), and rests after failures that have not ended. nil (the default)
+// keeps them in memory only.
+//
+// New loads the store's states once, waiting at most 5s, and applies those
+// of keys it holds in the same upstream; any other state is ignored, as is
+// a field that does not decode. A restored state sends no StateEvent. When
+// Load fails or takes too long, New still succeeds, starts as without a
+// store, and logs why once (WithLogger): a store's errors must hold no
+// secret. From then on every change of a key's state is handed to Save (at
+// most once per change, and never for an answer that changes nothing),
+// from the goroutine that made it, without the pool's lock held.
+//
+// A Checker does not check a key restored with a check at start, but when
+// its recheck is due (WithRecheckEvery), counted from that check, or on
+// Recheck.
+func WithStateStore(s StateStore) Option {
+	return optionFunc(func(c *config) error { c.store = s; return nil })
 }
 
 // WithMaxAttempts bounds the attempts of one request, from 1 to 16; the

@@ -26,7 +26,9 @@ import (
 // Every change to key or budget state goes through a few transitions,
 // applied here under the lock: an answer (answered, finished), a check
 // (checked, orgsFound), and an operator's action (Disable, Enable). The
-// transport and the checker call them; neither takes the lock itself.
+// transport and the checker call them; neither takes the lock itself. With
+// a StateStore (WithStateStore), each changed key's state is saved once the
+// lock is released.
 //
 // Most callers never touch a Pool directly: New builds one inside the
 // Transport. Use Transport.Pool for snapshots and operator actions.
@@ -37,6 +39,9 @@ type Pool struct {
 	byID      map[KeyID]*key
 	seq       uint64               // pick counter: least recently used first
 	events    []StateEvent         // state changes to send once mu is released
+	saves     []pendingSave        // keys whose KeyState changed, to save once mu is released
+	store     StateStore           // nil: none
+	cloneOrgs map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own
@@ -267,9 +272,17 @@ func (p *Pool) takeEvents() []StateEvent {
 	return evs
 }
 
-// unlock releases p.mu and sends the state changes gathered under it.
+// unlock releases p.mu, then sends the state changes gathered under it and
+// hands the keys' changed states to the store.
 func (p *Pool) unlock() {
 	evs := p.takeEvents()
+	var saves []KeyState
+	if len(p.saves) > 0 {
+		saves = p.takeSaves()
+	}
 	p.mu.Unlock()
 	p.flushEvents(evs)
+	for _, st := range saves {
+		p.store.Save(st)
+	}
 }

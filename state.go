@@ -1,6 +1,7 @@
 package keypool
 
 import (
+	"errors"
 	"strconv"
 	"time"
 )
@@ -39,6 +40,19 @@ func (s State) String() string {
 
 // MarshalText encodes the state as its name.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText sets s to the state text names, as MarshalText writes it,
+// so that a KeyState or KeyInfo decodes from its JSON. A name this package
+// does not define is an error, which does not repeat it.
+func (s *State) UnmarshalText(text []byte) error {
+	for i, name := range stateNames {
+		if string(text) == name {
+			*s = State(i)
+			return nil
+		}
+	}
+	return errors.New("keypool: unknown state name")
+}
 
 // Usable reports whether a key in state s may take requests, now or once a
 // cooldown ends by itself: unchecked, ready or cooling. Over-quota and

@@ -9,8 +9,9 @@ import (
 // This file is the seam through which every change to key and budget state
 // goes: an answer (answered, finished), a check (checked, orgsFound), and an
 // operator's action (Disable, Enable). Each takes the pool's lock itself,
-// applies the change, and sends the state events once the lock is released.
-// A store shared by several processes plugs in here.
+// applies the change, and once the lock is released sends the state events
+// and hands the changed keys' states to the StateStore (see remember.go),
+// the seam where a store shared by several processes plugs in.
 
 // answered applies one attempt's answer to its key and budget and, unless
 // the answer goes back to the caller to be read, ends the attempt's hold.
@@ -56,6 +57,7 @@ func (p *Pool) observe(l lease, a *Answer, out Outcome, model string, now time.T
 	if answered {
 		if name := answerScope(a.Header, k.s.name); name != "" && name != k.s.name {
 			p.move(k, name, now)
+			p.changed(k, now)
 		}
 	}
 	// The budget that learns: the key's scope's in the lease's bucket (the
@@ -112,7 +114,10 @@ func (p *Pool) observe(l lease, a *Answer, out Outcome, model string, now time.T
 			if k.s.noStream == nil {
 				k.s.noStream = map[string]bool{}
 			}
-			k.s.noStream[target.b.model] = true
+			if !k.s.noStream[target.b.model] {
+				k.s.noStream[target.b.model] = true
+				p.changed(k, now)
+			}
 			p.noStream[target.b.model] = true
 			p.placeScope(k.s, now)
 		} else {
@@ -233,6 +238,7 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 	p.mu.Lock()
 	defer p.unlock()
 	k.orgsKnown = true
+	p.changed(k, now)
 	if len(orgs) == 0 {
 		return nil
 	}
@@ -245,11 +251,13 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 	}
 	k.org = orgs[def].ID
 	p.move(k, orgs[def].scope(), now)
+	var orgIDs []string
 	var clones []*key
 	for i, o := range orgs {
 		if i == def {
 			continue
 		}
+		orgIDs = append(orgIDs, o.ID)
 		cred := k.cred.WithOrganization(o.ID)
 		if _, exists := p.byID[cred.id]; exists {
 			continue
@@ -257,8 +265,10 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 		cl := p.addKeyLocked(k.up, cred, now)
 		cl.clone, cl.orgsKnown = true, true
 		p.move(cl, o.scope(), now)
+		p.changed(cl, now)
 		clones = append(clones, cl)
 	}
+	p.setCloneOrgs(k, orgIDs)
 	return clones
 }
 
@@ -273,24 +283,16 @@ func (p *Pool) checked(k *key, state State, reason string, models []string, limi
 		p.tally(k, 1)
 	}
 	k.checked = now
+	k.restored = false
 	k.probe = limits
+	p.changed(k, now)
 	if limits.LimitRequests >= 0 {
 		k.trial = limits.Trial()
 		s.trial = k.trial // a check is the organization's tier
 	}
 	if models != nil {
-		set := p.internModels(models)
-		if s.families == nil {
-			u.unlisted--
-		}
-		s.models, s.families = set.models, set.families
+		p.listModels(s, p.internModels(models))
 		s.lacks = nil // a new list overrules what answers taught
-		for m := range set.models {
-			u.served[m] = true
-		}
-		for f := range set.families {
-			u.served[f] = true
-		}
 	}
 	// An organization may have been verified since: a recheck gives streaming
 	// a new try (at worst one failover per scope per recheck interval).
@@ -305,6 +307,22 @@ func (p *Pool) checked(k *key, state State, reason string, models []string, limi
 	p.placeKey(k, now)
 	p.placeScope(s, now)
 	p.wakeUpstream(u)
+}
+
+// listModels makes set the model list of s: requests for other models skip
+// its keys. Requires p.mu.
+func (p *Pool) listModels(s *scope, set *modelSet) {
+	u := s.up
+	if s.families == nil {
+		u.unlisted--
+	}
+	s.models, s.families = set.models, set.families
+	for m := range set.models {
+		u.served[m] = true
+	}
+	for f := range set.families {
+		u.served[f] = true
+	}
 }
 
 // Disable takes a key out of selection until Enable, at the pool's clock.

@@ -82,6 +82,10 @@ func New(opts ...Option) (*Transport, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.store != nil {
+		pool.loadStates(c.store, c.logger)
+		pool.store = c.store
+	}
 	base := c.base
 	if base == nil {
 		base = defaultBase()

@@ -1,0 +1,191 @@
+package keypool
+
+import (
+	"container/heap"
+	"context"
+	"time"
+)
+
+// With a StateStore a key's last check may be older than the process that
+// runs the Checker: New restored it. Run then keeps a schedule per key, so
+// that a key is checked a recheck interval after its own last check,
+// wherever and whenever that was made, and not again at every start.
+
+// runEach is Run for a pool with a StateStore.
+func (c *Checker) runEach(ctx context.Context) error {
+	every := c.cfg.recheckEvery
+	q := &recheckQueue{at: map[*key]time.Time{}}
+	now := c.t.now()
+	var first []*key
+	for _, k := range c.p.checkedKeys() {
+		due, next := c.p.checkDue(k, every, now)
+		switch {
+		case due:
+			first = append(first, k)
+		case !next.IsZero():
+			q.push(k, next)
+		}
+	}
+	c.passScheduled(ctx, q, first)
+	timer := time.NewTimer(0)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		var wake <-chan time.Time
+		if at, ok := q.first(); ok {
+			timer.Reset(at.Sub(c.t.now()))
+			wake = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+			now := c.t.now()
+			var batch []*key
+			for _, k := range q.due(now) {
+				due, next := c.p.checkDue(k, every, now)
+				switch {
+				case due:
+					batch = append(batch, k)
+				case !next.IsZero():
+					q.push(k, next)
+				}
+			}
+			c.passScheduled(ctx, q, batch)
+		case <-c.recheck:
+			c.passScheduled(ctx, q, c.p.checkable())
+		case k := <-c.retryCh:
+			c.passScheduled(ctx, q, []*key{k})
+		}
+	}
+}
+
+// passScheduled checks keys in one pass and schedules each key it checked
+// a recheck interval later: after its check, or after this pass for a key
+// whose check met a network error (retried sooner by scheduleRetry).
+func (c *Checker) passScheduled(ctx context.Context, q *recheckQueue, keys []*key) {
+	if len(keys) == 0 {
+		return
+	}
+	start := c.t.now()
+	_, checked := c.pass(ctx, keys, true)
+	if c.cfg.recheckEvery <= 0 {
+		return
+	}
+	for _, k := range checked {
+		q.push(k, c.p.lastChecked(k, start).Add(c.cfg.recheckEvery))
+	}
+}
+
+// checkedKeys returns the keys a checker may ever check: all but the
+// stand-ins of upstreams without keys.
+func (p *Pool) checkedKeys() []*key {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]*key, 0, len(p.keys))
+	for _, k := range p.keys {
+		if !k.standIn() {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// checkDue says whether k is due for a check at now, when rechecks come
+// every interval after a key's last check (0: never), and if not, when to
+// ask again (zero: only Recheck checks it). A key never checked is due at
+// once; one that may take requests, or whose restored check this process
+// has not redone, once its interval has passed; an over-quota or revoked
+// key waits for Recheck, and a disabled one for Enable, but each is asked
+// about again every interval.
+func (p *Pool) checkDue(k *key, every time.Duration, now time.Time) (due bool, next time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if k.state == StateDisabled {
+		if every <= 0 {
+			return false, time.Time{}
+		}
+		return false, now.Add(every)
+	}
+	if k.checked.IsZero() {
+		return true, time.Time{}
+	}
+	if every <= 0 {
+		return false, time.Time{}
+	}
+	if at := k.checked.Add(every); at.After(now) {
+		return false, at
+	}
+	if k.state.Usable() || k.restored {
+		return true, time.Time{}
+	}
+	return false, now.Add(every)
+}
+
+// lastChecked returns when k was last checked, or since if that is later
+// (its last check failed).
+func (p *Pool) lastChecked(k *key, since time.Time) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if k.checked.After(since) {
+		return k.checked
+	}
+	return since
+}
+
+// recheckQueue orders keys by when they are next due. A key pushed again
+// replaces its earlier entry, which stays in the heap until its time and
+// is then skipped. It belongs to runEach's goroutine.
+type recheckQueue struct {
+	h  dueHeap
+	at map[*key]time.Time // each key's current entry
+}
+
+type dueCheck struct {
+	k  *key
+	at time.Time
+}
+
+func (q *recheckQueue) push(k *key, at time.Time) {
+	q.at[k] = at
+	heap.Push(&q.h, dueCheck{k, at})
+}
+
+// first returns when the earliest current entry is due.
+func (q *recheckQueue) first() (time.Time, bool) {
+	for len(q.h) > 0 {
+		top := q.h[0]
+		if at, ok := q.at[top.k]; ok && at.Equal(top.at) {
+			return top.at, true
+		}
+		heap.Pop(&q.h)
+	}
+	return time.Time{}, false
+}
+
+// due takes the keys due by now out of the queue.
+func (q *recheckQueue) due(now time.Time) []*key {
+	var out []*key
+	for {
+		at, ok := q.first()
+		if !ok || at.After(now) {
+			return out
+		}
+		e := heap.Pop(&q.h).(dueCheck)
+		delete(q.at, e.k)
+		out = append(out, e.k)
+	}
+}
+
+type dueHeap []dueCheck
+
+func (h dueHeap) Len() int           { return len(h) }
+func (h dueHeap) Less(i, j int) bool { return h[i].at.Before(h[j].at) }
+func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueCheck)) }
+func (h *dueHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
