@@ -263,6 +263,11 @@ func (s *StateStore) Run(ctx context.Context) error {
 				s.log.Warn("records: store refused key states; keeping them and trying again",
 					slog.Int("states", s.Stats().Pending), slog.Duration("retry_in", wait), slog.String("error", lastErr.Error()))
 			}
+			select {
+			case <-logTick.C: // a long outage: drops beyond MaxPending
+				s.logDropped()
+			default:
+			}
 			if !sleep(ctx, wait) {
 				break
 			}
