@@ -51,6 +51,9 @@ One record per request goes to SQLite (./db.sqlite unless the config's dbtype
 and dbaddr, or --dbtype and --dbaddr, say otherwise; dbtype none turns records
 off); see keypool records. Records never hold up a request: when the store is
 slow or down they queue, and beyond the queue they are dropped and counted.
+The same database keeps each key's state (never the key), so that a restart
+starts from it: a key found revoked or over quota gets no traffic and no
+start-up check until its recheck is due.
 
 Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
 answer probes. The admin API (/admin/keys, see keypool keys) needs the

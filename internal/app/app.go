@@ -5,7 +5,9 @@
 // The parts are the transport (keypool.Transport, with the metrics and the
 // notifier as its observers), the key checker, the proxy server with the
 // admin API and the metrics handler, the request records (a store and the
-// writer in front of it), the notifier and the metrics registry. One
+// writer in front of it), the key states kept in the same store (the
+// transport's keypool.StateStore, so that a restart starts from what the
+// pool knew), the notifier and the metrics registry. One
 // function, build, makes all of them from one config into one struct and
 // starts nothing; a reload would build a second set and swap it in.
 //
@@ -13,8 +15,13 @@
 // starts nothing, and Run(ctx) blocks until ctx ends, then finishes what it
 // holds within a bound set when it was built, and returns once its
 // goroutines are done (keypool.Checker.Run, notify.Notifier.Run,
-// records.Writer.Run). The HTTP server is net/http's: Serve, then Shutdown
-// with a timeout.
+// records.Writer.Run, records.StateStore.Run). The HTTP server is
+// net/http's: Serve, then Shutdown with a timeout.
+//
+// With records on, the transport is built after the records store: New
+// loads the key states kept there (bounded by records.DefaultLoadTimeout;
+// without them the pool starts as if new), and every change of a key's
+// state is saved there in the background.
 //
 // Once the context of App.Run ends, the parts stop in this order:
 //
@@ -22,8 +29,11 @@
 //     the shutdown timeout to finish (http.Server.Shutdown).
 //  2. The requests the shutdown cut off get up to 2s more to hand their
 //     records over (server.Server.Drain).
-//  3. The records writer writes what is queued, within the shutdown
-//     timeout, and the store closes ("records flushed").
+//  3. The records writer writes what is queued, and beside it the key
+//     states what changed since their last write, each within the shutdown
+//     timeout; then the store closes ("key states saved", "records
+//     flushed"). A key state changed after this (a check that ends before
+//     step 4) is not kept: that key starts from its older state next time.
 //  4. The checker stops, and the notifier, which delivers its queue
 //     briefly.
 //  5. The transport's idle connections close ("stopped").
@@ -99,7 +109,8 @@ type App struct {
 }
 
 // New builds the parts cfg describes. It starts nothing and listens nowhere,
-// but it opens the records store (SQLite makes its file).
+// but it opens the records store (SQLite makes its file) and loads the key
+// states kept there.
 func New(cfg *config.Config, opts Options) (*App, error) {
 	topts, err := transportOptions(cfg)
 	if err != nil {
@@ -236,7 +247,8 @@ func (a *App) serve(ctx context.Context, ln net.Listener) error {
 // drainRecords gives the requests the shutdown cut off a moment to hand
 // their records over (those still running then are counted as dropped),
 // then stops the records with stop and waits for them on recorded: the
-// writer writes what is queued, and the store closes.
+// writer writes what is queued, the key states what changed, and the store
+// closes.
 func (a *App) drainRecords(ctx context.Context, stop context.CancelFunc, recorded <-chan error) {
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(a.opts.ShutdownTimeout, drainRequests))
 	unfinished := a.parts.server.Drain(dctx)
@@ -245,6 +257,8 @@ func (a *App) drainRecords(ctx context.Context, stop context.CancelFunc, recorde
 	if err := <-recorded; err != nil {
 		a.log.Warn("records", "err", err.Error())
 	}
+	ks := a.parts.records.states.Stats()
+	a.log.Info("key states saved", "written", ks.Written, "dropped", ks.Dropped)
 	s := a.parts.records.writer.Stats()
 	a.log.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
 }

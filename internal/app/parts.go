@@ -48,11 +48,8 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 		topts = append(topts, keypool.WithObserver(p.notifier))
 		log.Info("notifications", "to", p.notifier.String())
 	}
-	if p.transport, err = keypool.New(append(topts, opts.Transport...)...); err != nil {
-		return nil, err
-	}
-	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
-
+	// The records store comes before the transport: the pool starts from
+	// the key states kept in it (New loads them).
 	if p.records, err = newRecords(cfg, opts.ShutdownTimeout, log); err != nil {
 		return nil, err
 	}
@@ -61,6 +58,14 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 			p.records.store.Close()
 		}
 	}()
+	if p.records != nil {
+		topts = append(topts, keypool.WithStateStore(p.records.states))
+	}
+	if p.transport, err = keypool.New(append(topts, opts.Transport...)...); err != nil {
+		return nil, err
+	}
+	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
+
 	sopts := serverOptions(cfg, p.transport, log)
 	if p.records != nil {
 		sopts.Records, sopts.Bodies, sopts.BodyLimit = p.records.writer, cfg.Records.Bodies, cfg.Records.BodyLimit

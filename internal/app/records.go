@@ -14,22 +14,24 @@ import (
 // pingTimeout bounds the records store's start-up ping.
 const pingTimeout = 10 * time.Second
 
-// recordsPart is the request records: the store cfg names and the writer in
-// front of it.
+// recordsPart is the request records and the key states: the store cfg
+// names, the writer of records in front of it, and the key states kept in
+// it (the transport's keypool.StateStore).
 type recordsPart struct {
 	store  records.Store
 	writer *records.Writer
+	states *records.StateStore
 	log    *slog.Logger
 }
 
-// newRecords opens the store cfg names and builds its writer, which gets
-// drain to write what is queued at shutdown; nil when records are off. A
-// store out of reach is not an error: the writer tries it until it
-// answers, while requests go on.
+// newRecords opens the store cfg names and builds its writer and its key
+// states, which get drain to write what waits at shutdown; nil when records
+// are off. A store out of reach is not an error: the writers try it until
+// it answers, while requests go on.
 func newRecords(cfg *config.Config, drain time.Duration, logger *slog.Logger) (*recordsPart, error) {
 	store, err := records.Open(cfg.DBType, cfg.DBAddr) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
-		logger.Info("request records off (dbtype none)")
+		logger.Info("request records off, and key states forgotten at exit (dbtype none)")
 		return nil, nil
 	}
 	if err != nil {
@@ -37,12 +39,14 @@ func newRecords(cfg *config.Config, drain time.Duration, logger *slog.Logger) (*
 	}
 	logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
 	w := records.NewWriter(store, writerOptions(cfg, drain, logger))
-	return &recordsPart{store: store, writer: w, log: logger}, nil
+	states := records.NewStateStore(store, records.StateStoreOptions{DrainTimeout: drain, Logger: logger})
+	return &recordsPart{store: store, writer: w, states: states, log: logger}, nil
 }
 
-// Run pings the store once, in the background, and runs the writer until
-// ctx ends; once the writer has written what was queued (see
-// records.Writer.Run, whose error it returns), it closes the store.
+// Run pings the store once, in the background, and runs the writer and the
+// key states until ctx ends; once both have written what waited (see
+// records.Writer.Run and records.StateStore.Run, whose errors it returns),
+// it closes the store.
 func (r *recordsPart) Run(ctx context.Context) error {
 	// Start-up never waits on the store: a PostgreSQL that takes
 	// connections and never answers must not hold the proxy up.
@@ -56,7 +60,9 @@ func (r *recordsPart) Run(ctx context.Context) error {
 			r.log.Warn("records store out of reach; records queue until it answers", "store", fmt.Sprint(r.store), "err", err.Error())
 		}
 	}()
+	saved := start(ctx, r.states)
 	err := r.writer.Run(ctx)
+	err = errors.Join(err, <-saved)
 	cancel()
 	<-pinged
 	r.store.Close()

@@ -1,6 +1,7 @@
 // Package records keeps one row per client request of the proxy in SQLite
 // (the embedded default, pure Go) or PostgreSQL, and reads them back for
-// `keypool records`.
+// `keypool records`; and, in the same database, the state of each key, so
+// that keypool serve starts again from what it knew (StateStore).
 //
 // A record is built from the request's own observer hooks (keypool's
 // AttemptEvent), never by code inside the transport, and goes through a
@@ -15,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/keypool/keypool"
 )
 
 // Record is one client request as the proxy saw it.
@@ -127,7 +130,8 @@ type Group struct {
 	AvgTTFB         time.Duration `json:"avg_ttfb"`
 }
 
-// Store keeps records. Its methods are safe for simultaneous use.
+// Store keeps records, and key states. Its methods are safe for simultaneous
+// use.
 type Store interface {
 	// Insert stores the records in one transaction: all or none.
 	Insert(ctx context.Context, recs []Record) error
@@ -139,6 +143,15 @@ type Store interface {
 	// Prune deletes the records from before before, in chunks, and returns
 	// how many it deleted.
 	Prune(ctx context.Context, before time.Time) (int64, error)
+	// SaveKeyStates stores the key states in one transaction, all or none:
+	// one row per key ID, where a state replaces the stored one unless that
+	// one is newer (a later Updated).
+	SaveKeyStates(ctx context.Context, states []keypool.KeyState) error
+	// LoadKeyStates returns every key state stored, by key ID. A row that
+	// does not decode as one (another program's, or a format this keypool
+	// does not know) is left out and named in skipped, instead of failing
+	// the load.
+	LoadKeyStates(ctx context.Context) (states []keypool.KeyState, skipped []error, err error)
 	// Ping reports whether the store can be reached.
 	Ping(ctx context.Context) error
 	Close() error

@@ -182,6 +182,19 @@ var migrations = []func(d *dialect) []string{
 			`CREATE INDEX IF NOT EXISTS keypool_requests_time ON keypool_requests (time)`,
 		}
 	},
+	// Key states, so that a restarted keypool serve starts from what it
+	// knew (see keystates.go). The table is keypool's own, named as the
+	// others are: another program's key_states is not ours to write.
+	func(d *dialect) []string {
+		return []string{
+			`CREATE TABLE IF NOT EXISTS keypool_key_states (
+	key_id TEXT PRIMARY KEY,
+	upstream TEXT NOT NULL DEFAULT '',
+	state TEXT NOT NULL,
+	updated ` + d.timeType + ` NOT NULL
+)`,
+		}
+	},
 }
 
 // store is the Store of both dialects.

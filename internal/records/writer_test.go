@@ -6,24 +6,35 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/keypool/keypool"
 )
 
-// memStore is a Store in memory that can be told to fail or to block.
+// memStore is a Store in memory that can be told to fail or to block; its
+// writes of records and of key states alike.
 type memStore struct {
 	mu      sync.Mutex
 	rows    []Record
 	batches []int
-	fail    int           // the next fail inserts fail
-	block   chan struct{} // non-nil: inserts wait for it to close
-	delay   time.Duration // each insert takes this long
+	fail    int           // the next fail writes fail
+	block   chan struct{} // non-nil: writes wait for it to close
+	delay   time.Duration // each write takes this long
+
+	states      map[keypool.KeyID]keypool.KeyState
+	stateSaves  [][]keypool.KeyID // the IDs of each SaveKeyStates that succeeded
+	stateErr    error             // LoadKeyStates's
+	stateCalled chan struct{}     // non-nil: told of each SaveKeyStates call, before it waits
 }
 
-func (m *memStore) Insert(ctx context.Context, recs []Record) error {
+// wait waits as the store is told to, then reports whether the write fails.
+func (m *memStore) wait(ctx context.Context) error {
 	m.mu.Lock()
 	block, delay := m.block, m.delay
 	m.mu.Unlock()
@@ -49,9 +60,61 @@ func (m *memStore) Insert(ctx context.Context, recs []Record) error {
 		m.fail--
 		return errors.New("store down")
 	}
+	return nil
+}
+
+func (m *memStore) Insert(ctx context.Context, recs []Record) error {
+	if err := m.wait(ctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.rows = append(m.rows, recs...)
 	m.batches = append(m.batches, len(recs))
 	return nil
+}
+
+// SaveKeyStates keeps the latest state per ID, as the SQL stores do.
+func (m *memStore) SaveKeyStates(ctx context.Context, states []keypool.KeyState) error {
+	if m.stateCalled != nil {
+		m.stateCalled <- struct{}{}
+	}
+	if err := m.wait(ctx); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.states == nil {
+		m.states = map[keypool.KeyID]keypool.KeyState{}
+	}
+	var ids []keypool.KeyID
+	for _, st := range latestByID(states) {
+		if old, ok := m.states[st.ID]; !ok || !st.Updated.Before(old.Updated) {
+			m.states[st.ID] = st
+		}
+		ids = append(ids, st.ID)
+	}
+	m.stateSaves = append(m.stateSaves, ids)
+	return nil
+}
+
+func (m *memStore) LoadKeyStates(context.Context) ([]keypool.KeyState, []error, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stateErr != nil {
+		return nil, nil, m.stateErr
+	}
+	out := slices.Collect(maps.Values(m.states))
+	slices.SortFunc(out, func(a, b keypool.KeyState) int { return cmp.Compare(a.ID, b.ID) })
+	return out, nil, nil
+}
+
+// state returns the stored state of id.
+func (m *memStore) state(id keypool.KeyID) (keypool.KeyState, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st, ok := m.states[id]
+	return st, ok
 }
 
 func (m *memStore) count() int {
