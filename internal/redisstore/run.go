@@ -1,0 +1,164 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keypool/keypool"
+)
+
+// Load returns the key states Redis holds, within LoadTimeout and ctx.
+// Entries that do not decode are skipped, counted and logged by key ID.
+func (s *Store) Load(ctx context.Context) ([]keypool.KeyState, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opt.LoadTimeout)
+	defer cancel()
+	states, err := s.readAll(ctx)
+	if err != nil {
+		s.failed(ctx, "load", err)
+		return nil, errors.New("redisstore: load: " + s.scrub.Scrub(err.Error()))
+	}
+	s.answered()
+	held := map[keypool.State]int{}
+	for _, st := range states {
+		if !st.State.Usable() {
+			held[st.State]++
+		}
+	}
+	attrs := []any{slog.String("store", s.addr), slog.Int("states", len(states))}
+	for _, state := range slices.Sorted(maps.Keys(held)) {
+		attrs = append(attrs, slog.Int(state.String(), held[state]))
+	}
+	s.log.Info("key states loaded", attrs...)
+	return states, nil
+}
+
+// readAll reads the hash of states, skipping (and logging) what does not
+// decode.
+func (s *Store) readAll(ctx context.Context) ([]keypool.KeyState, error) {
+	all, err := s.client.HGetAll(ctx, s.states).Result()
+	if err != nil {
+		return nil, err
+	}
+	states := make([]keypool.KeyState, 0, len(all))
+	for _, id := range slices.Sorted(maps.Keys(all)) {
+		st, err := decode(id, []byte(all[id]))
+		if err != nil {
+			s.skip(err)
+			continue
+		}
+		states = append(states, st)
+	}
+	return states, nil
+}
+
+// skip counts an entry or message that did not decode, and logs it: err
+// names the key by its ID only.
+func (s *Store) skip(err error) {
+	s.skipped.Add(1)
+	s.log.Warn("redisstore: key state skipped: it does not decode (another program's data, or a format this keypool does not know)",
+		slog.String("why", err.Error()))
+}
+
+// Run writes the key states Save queues, and, once Subscribe was called,
+// listens for the states the other replicas save and gives them to its
+// function, until ctx ends. While Redis does not answer it retries both
+// with backoff, logging once per outage. Once ctx ends it writes what waits
+// (see Options.DrainTimeout and CloseRetry), closes the connections, and
+// returns an error saying how many states it could not write; nil once
+// everything is written. A Store runs once: a second Run returns an error
+// at once.
+func (s *Store) Run(ctx context.Context) error {
+	if !s.ran.CompareAndSwap(false, true) {
+		return errors.New("redisstore: Store.Run called twice")
+	}
+	defer s.client.Close()
+	var wg sync.WaitGroup
+	if apply := s.apply.Load(); apply != nil {
+		wg.Go(func() { s.listen(ctx, *apply) })
+	}
+	failing := s.writer(ctx)
+	wg.Wait()
+	return s.drain(ctx, failing)
+}
+
+// listen subscribes to the channel and gives apply every state published on
+// it, until ctx ends. Every (re)subscription is followed by a resync: the
+// whole hash read and applied, for the states published while it was not
+// listening. go-redis resubscribes by itself after a broken connection.
+func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
+	ps := s.client.Subscribe(ctx, s.channel)
+	// Receive does not return when ctx ends, only when its connection
+	// closes.
+	stop := context.AfterFunc(ctx, func() { ps.Close() })
+	defer func() {
+		if stop() {
+			ps.Close()
+		}
+	}()
+	wait := s.opt.RetryMin
+	backoff := func() bool {
+		ok := sleep(ctx, wait)
+		wait = min(2*wait, s.opt.RetryMax)
+		return ok
+	}
+	for {
+		msg, err := ps.Receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.failed(ctx, "subscribe", err)
+			if !backoff() {
+				return
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind != "subscribe" {
+				continue
+			}
+			// Messages queue on the connection meanwhile; the hash read
+			// after the subscription misses none.
+			for !s.resync(ctx, apply) {
+				if !backoff() {
+					return
+				}
+			}
+			wait = s.opt.RetryMin
+			s.answered()
+		case *redis.Message:
+			st, err := decode("", []byte(m.Payload))
+			if err != nil {
+				s.skip(err)
+				continue
+			}
+			s.received.Add(1)
+			apply(st)
+		}
+	}
+}
+
+// resync reads every state and gives each to apply; it reports whether the
+// read succeeded.
+func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
+	rctx, cancel := context.WithTimeout(ctx, s.opt.LoadTimeout)
+	defer cancel()
+	states, err := s.readAll(rctx)
+	if err != nil {
+		s.failed(ctx, "resync", err)
+		return false
+	}
+	s.resyncs.Add(1)
+	for _, st := range states {
+		s.received.Add(1)
+		apply(st)
+	}
+	return true
+}

@@ -1,0 +1,273 @@
+// Package redisstore keeps a pool's key states in Redis, so that replicas
+// over the same keys share what each learns (a revoked key found by one is
+// skipped by all) and a restarted replica starts from what the others know.
+//
+// In Redis, under a prefix (DefaultPrefix unless told), a Store keeps two
+// hashes, both by key ID: PREFIX+"states" holds each key's keypool.KeyState
+// as JSON, and PREFIX+"updated" the time it was made (Updated, in
+// nanoseconds, zero-padded so that strings compare as numbers). A small Lua
+// script writes a batch: of two states of one key the later Updated wins, at
+// equal times the one written last, and every state written is published on
+// the channel PREFIX+"states". Neither holds a secret.
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/secret"
+)
+
+// Defaults of Options.
+const (
+	DefaultPrefix       = "keypool:"
+	DefaultMaxPending   = 100000
+	DefaultBatch        = 256
+	DefaultLoadTimeout  = 5 * time.Second
+	DefaultDrainTimeout = 30 * time.Second
+	DefaultCloseRetry   = 2 * time.Second
+)
+
+// Options configures a Store; zero fields take the defaults.
+type Options struct {
+	// Prefix starts the name of every Redis key the Store uses (default
+	// DefaultPrefix). Pools that share keys share a prefix.
+	Prefix string
+	// MaxPending bounds the key states waiting to be written, the batch
+	// being written included (default DefaultMaxPending). One waits per key
+	// at most, so it is reached only by more keys than that while Redis is
+	// down; a state of one more key is then dropped and counted.
+	MaxPending int
+	// Batch bounds the key states of one script call (default
+	// DefaultBatch).
+	Batch int
+	// Linger is how long the first change waits for more before they are
+	// written together (default 0: not at all; changes made while a batch
+	// is written go together into the next). Every millisecond of it is a
+	// millisecond later that the other replicas hear of the change.
+	Linger time.Duration
+	// RetryMin and RetryMax bound the wait between tries while Redis does
+	// not answer (defaults 100ms and 5s, doubling), for writes and for the
+	// subscription alike.
+	RetryMin, RetryMax time.Duration
+	// LoadTimeout bounds Load (default DefaultLoadTimeout): a Redis that
+	// does not answer must not hold start-up.
+	LoadTimeout time.Duration
+	// DrainTimeout bounds how long Run, once its context has ended, keeps
+	// writing what waits to a Redis that takes writes (default
+	// DefaultDrainTimeout); CloseRetry how long it tries one that fails
+	// (default DefaultCloseRetry).
+	DrainTimeout, CloseRetry time.Duration
+	// Logger receives outages (once each), recoveries and data skipped;
+	// nil means silent. It never receives the password.
+	Logger *slog.Logger
+}
+
+// Stats counts what a Store did since it was made.
+type Stats struct {
+	Pending  int    // key states waiting now, the batch being written included
+	Written  uint64 // key states sent to Redis (an older one than Redis holds is sent, and kept out by the script)
+	Dropped  uint64 // key states lost: beyond MaxPending, saved after the Store closed, or left when the drain gave up
+	Received uint64 // key states heard of (published, or read at a resync) and given to apply
+	Skipped  uint64 // entries and messages that did not decode
+	Errors   uint64 // Redis commands that failed
+	Outages  uint64 // times Redis went out of reach (the first error after it answered)
+	Resyncs  uint64 // whole reads of the states after a (re)subscription
+}
+
+// Store is a keypool.StateSubscriber over Redis. Save never waits for
+// Redis: it keeps the latest state per key in memory (bounded by
+// MaxPending), and Run writes them in batches and keeps what Redis refused
+// until it answers. Run also listens on the channel, and hands every state
+// heard of to the function given to Subscribe; after every (re)subscription
+// it reads all the states again (a resync), so that nothing published while
+// it was away is missed.
+//
+// Make one with New, which starts nothing; give it to
+// keypool.WithStateStore; run Run in a goroutine of its own, and end Run's
+// context once the pool no longer changes, so that what waits is written.
+// It is safe for simultaneous use by multiple goroutines.
+type Store struct {
+	client  *redis.Client
+	addr    string // the URL without the password
+	scrub   *secret.Scrubber
+	opt     Options
+	log     *slog.Logger
+	states  string // the hash of states
+	updated string // the hash of Updated times
+	channel string
+	wake    chan struct{} // a change waits; buffered, one
+	ran     atomic.Bool
+	apply   atomic.Pointer[func(keypool.KeyState)]
+	down    atomic.Bool // Redis is out of reach: the outage is logged
+
+	mu      sync.Mutex
+	pending map[keypool.KeyID]keypool.KeyState // the latest change per key, not yet written
+	writing int                                // states taken by the writer, not yet written or put back
+	closed  bool                               // the drain is over: Save drops
+
+	written, dropped, received, skipped, errs, outages, resyncs atomic.Uint64
+}
+
+// New returns a Store over the Redis rawURL names: redis://[:PASSWORD@]HOST:PORT/DB,
+// or rediss:// for TLS. It starts nothing and connects nowhere. Its error
+// never holds the password.
+func New(rawURL secret.String, opt Options) (*Store, error) {
+	u, err := url.Parse(rawURL.Reveal())
+	if err != nil {
+		return nil, errors.New("redisstore: the store URL does not parse")
+	}
+	pw, _ := u.User.Password()
+	scrub := secret.NewScrubber(pw, rawURL.Reveal())
+	ropt, err := redis.ParseURL(rawURL.Reveal())
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: %s", scrub.Scrub(err.Error()))
+	}
+	ropt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
+	ropt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	ropt.DialTimeout = 2 * time.Second
+	ropt.MaxRetries = -1 // Run retries, with its own backoff
+	if opt.Prefix == "" {
+		opt.Prefix = DefaultPrefix
+	}
+	if opt.MaxPending <= 0 {
+		opt.MaxPending = DefaultMaxPending
+	}
+	if opt.Batch <= 0 {
+		opt.Batch = DefaultBatch
+	}
+	if opt.RetryMin <= 0 {
+		opt.RetryMin = 100 * time.Millisecond
+	}
+	if opt.RetryMax < opt.RetryMin {
+		opt.RetryMax = max(5*time.Second, opt.RetryMin)
+	}
+	if opt.LoadTimeout <= 0 {
+		opt.LoadTimeout = DefaultLoadTimeout
+	}
+	if opt.DrainTimeout <= 0 {
+		opt.DrainTimeout = DefaultDrainTimeout
+	}
+	if opt.CloseRetry <= 0 {
+		opt.CloseRetry = DefaultCloseRetry
+	}
+	s := &Store{client: redis.NewClient(ropt), addr: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
+		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
+		wake: make(chan struct{}, 1), pending: map[keypool.KeyID]keypool.KeyState{}}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	return s, nil
+}
+
+// String describes the Store by its URL, the password left out.
+func (s *Store) String() string { return s.addr }
+
+// Addr is the Store's URL, the password shown as a placeholder.
+func (s *Store) Addr() string { return s.addr }
+
+// Stats returns the Store's counters.
+func (s *Store) Stats() Stats {
+	s.mu.Lock()
+	pending := len(s.pending) + s.writing
+	s.mu.Unlock()
+	return Stats{Pending: pending, Written: s.written.Load(), Dropped: s.dropped.Load(),
+		Received: s.received.Load(), Skipped: s.skipped.Load(), Errors: s.errs.Load(),
+		Outages: s.outages.Load(), Resyncs: s.resyncs.Load()}
+}
+
+// Subscribe sets the function Run gives every state it hears of. Call it
+// before Run (keypool.New does, after Load); without it Run only writes.
+func (s *Store) Subscribe(apply func(keypool.KeyState)) {
+	if apply != nil {
+		s.apply.Store(&apply)
+	}
+}
+
+// Save queues st to be written, replacing a waiting state of its key unless
+// that one is newer. It never blocks: beyond MaxPending keys, or once the
+// Store closed, st is dropped and counted. A state without an ID or an
+// Updated time is dropped too: the script could not order it.
+func (s *Store) Save(st keypool.KeyState) {
+	if st.ID == "" || st.Updated.IsZero() {
+		s.dropped.Add(1)
+		return
+	}
+	s.mu.Lock()
+	ok := s.put(st)
+	s.mu.Unlock()
+	if !ok {
+		s.dropped.Add(1)
+		return
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default: // a wake-up is waiting already
+	}
+}
+
+// put keeps st as its key's waiting state, unless a newer one waits, and
+// reports whether st was kept or superseded (false: dropped). It requires
+// that s.mu is held.
+func (s *Store) put(st keypool.KeyState) bool {
+	if s.closed {
+		return false
+	}
+	if old, ok := s.pending[st.ID]; ok {
+		if !st.Updated.Before(old.Updated) {
+			s.pending[st.ID] = st
+		}
+		return true
+	}
+	if len(s.pending)+s.writing >= s.opt.MaxPending {
+		return false
+	}
+	s.pending[st.ID] = st
+	return true
+}
+
+// failed counts err, a failed Redis command, and logs it when it begins an
+// outage: once per outage, not per error. A command cut short by the end of
+// ctx is not Redis's failure.
+func (s *Store) failed(ctx context.Context, what string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	s.errs.Add(1)
+	if s.down.CompareAndSwap(false, true) {
+		s.outages.Add(1)
+		s.log.Warn("redisstore: redis out of reach; key states wait in memory and are retried, replicas do not hear of each other until it answers",
+			slog.String("store", s.addr), slog.String("op", what), slog.String("error", s.scrub.Scrub(err.Error())))
+	}
+}
+
+// answered ends an outage, if there is one, with a log line.
+func (s *Store) answered() {
+	if s.down.CompareAndSwap(true, false) {
+		s.log.Info("redisstore: redis answers again", slog.String("store", s.addr), slog.Int("pending", s.Stats().Pending))
+	}
+}
+
+// Close closes the connections to Redis. Run calls it when it returns; call
+// it only for a Store that never ran.
+func (s *Store) Close() error { return s.client.Close() }
+
+// QuietClientLog stops go-redis's own logging, which goes to stderr for
+// every failed dial, so that an outage is logged once, by the Store. It
+// sets go-redis's package-wide logger: the composition root calls it, once,
+// before any Store runs.
+func QuietClientLog() { redis.SetLogger(quiet{}) }
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}

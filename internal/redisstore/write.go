@@ -1,0 +1,202 @@
+package redisstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/keypool/keypool"
+)
+
+// saveScript writes a batch of states. KEYS are the states hash and the
+// updated hash; ARGV[1] the channel, then triples of key ID, Updated (20
+// digits of nanoseconds, so that strings compare as numbers) and the
+// state's JSON. A state older than the stored one of its key is left out;
+// every state written is published.
+var saveScript = redis.NewScript(`
+for i = 2, #ARGV, 3 do
+  local id, updated, state = ARGV[i], ARGV[i+1], ARGV[i+2]
+  local cur = redis.call('HGET', KEYS[2], id)
+  if not cur or cur <= updated then
+    redis.call('HSET', KEYS[1], id, state)
+    redis.call('HSET', KEYS[2], id, updated)
+    redis.call('PUBLISH', ARGV[1], state)
+  end
+end
+return 0
+`)
+
+// updatedArg is t as the script compares it: nanoseconds since 1970, 20
+// digits. Times before 1970 (never a state's) are 0.
+func updatedArg(t time.Time) string { return fmt.Sprintf("%020d", max(t.UnixNano(), 0)) }
+
+// writeBatch runs the script over states, within 10s and ctx.
+func (s *Store) writeBatch(ctx context.Context, states []keypool.KeyState) error {
+	args := make([]any, 0, 1+3*len(states))
+	args = append(args, s.channel)
+	for i := range states {
+		data, err := json.Marshal(&states[i])
+		if err != nil {
+			return fmt.Errorf("redisstore: key state %s: %w", states[i].ID, err)
+		}
+		args = append(args, string(states[i].ID), updatedArg(states[i].Updated), data)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return saveScript.Run(ctx, s.client, []string{s.states, s.updated}, args...).Err()
+}
+
+// writer writes what Save queues until ctx ends, retrying with backoff while
+// Redis fails. It reports whether the last write failed, for the drain.
+func (s *Store) writer(ctx context.Context) (failing bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return failing
+		case <-s.wake:
+		}
+		if s.opt.Linger > 0 {
+			sleep(ctx, s.opt.Linger)
+		}
+		wait := s.opt.RetryMin
+		for {
+			err := s.writePending(ctx)
+			if ctx.Err() != nil {
+				return failing
+			}
+			if failing = err != nil; !failing {
+				break
+			}
+			s.failed(ctx, "save", err)
+			if !sleep(ctx, wait) {
+				return failing
+			}
+			wait = min(2*wait, s.opt.RetryMax)
+		}
+	}
+}
+
+// writePending writes what waits, batch by batch. What a failed write did
+// not store waits again (behind any newer change of its key) and its error
+// is returned.
+func (s *Store) writePending(ctx context.Context) error {
+	todo := s.take()
+	for len(todo) > 0 {
+		batch := todo[:min(len(todo), s.opt.Batch)]
+		if err := s.writeBatch(ctx, batch); err != nil {
+			s.putBack(todo)
+			return err
+		}
+		s.answered()
+		s.written.Add(uint64(len(batch)))
+		s.mu.Lock()
+		s.writing -= len(batch)
+		s.mu.Unlock()
+		todo = todo[len(batch):]
+	}
+	return nil
+}
+
+// take takes every waiting state out, in ID order, and counts them as
+// being written.
+func (s *Store) take() []keypool.KeyState {
+	s.mu.Lock()
+	taken := s.pending
+	if len(taken) > 0 {
+		s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
+		s.writing += len(taken)
+	}
+	s.mu.Unlock()
+	out := make([]keypool.KeyState, 0, len(taken))
+	for _, st := range taken {
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b keypool.KeyState) int { return strings.Compare(string(a.ID), string(b.ID)) })
+	return out
+}
+
+// putBack makes states, which a write did not store, wait again, unless a
+// newer change of their key came meanwhile. They were counted against
+// MaxPending already, so they always fit.
+func (s *Store) putBack(states []keypool.KeyState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writing -= len(states)
+	for _, st := range states {
+		if cur, ok := s.pending[st.ID]; ok && !cur.Updated.Before(st.Updated) {
+			continue
+		}
+		s.pending[st.ID] = st
+	}
+}
+
+// drain writes what waits, and what comes meanwhile, once Run's context has
+// ended: within DrainTimeout, and while Redis fails within CloseRetry of
+// the first failure. Then it closes the Store to Save, and drops what is
+// left. It returns an error saying how many states were lost, if any.
+func (s *Store) drain(ctx context.Context, failing bool) error {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.DrainTimeout)
+	defer cancel()
+	var (
+		giveUpAt time.Time
+		lastErr  error
+	)
+	wait := s.opt.RetryMin
+	for {
+		if failing && giveUpAt.IsZero() {
+			giveUpAt = time.Now().Add(s.opt.CloseRetry)
+		}
+		s.mu.Lock()
+		if len(s.pending) == 0 || dctx.Err() != nil || failing && !time.Now().Before(giveUpAt) {
+			lost := len(s.pending)
+			clear(s.pending)
+			s.closed = true
+			s.mu.Unlock()
+			s.dropped.Add(uint64(lost))
+			if lost == 0 {
+				return nil
+			}
+			err := fmt.Errorf("redisstore: %d key states not written at shutdown: redis did not take them", lost)
+			if lastErr != nil {
+				err = fmt.Errorf("%w: %s", err, s.scrub.Scrub(lastErr.Error()))
+			}
+			s.log.Warn("redisstore: redis out of reach at shutdown; key states lost (other replicas keep their own)",
+				"states", lost, "store", s.addr)
+			return err
+		}
+		s.mu.Unlock()
+		wctx, wcancel := dctx, context.CancelFunc(func() {})
+		if !giveUpAt.IsZero() {
+			wctx, wcancel = context.WithDeadline(dctx, giveUpAt)
+		}
+		lastErr = s.writePending(wctx)
+		wcancel()
+		if lastErr == nil {
+			failing, giveUpAt, wait = false, time.Time{}, s.opt.RetryMin
+			continue
+		}
+		s.failed(dctx, "save", lastErr)
+		if failing {
+			sleep(dctx, min(wait, time.Until(giveUpAt)))
+			wait = min(2*wait, s.opt.RetryMax)
+		}
+		failing = true
+	}
+}
+
+// sleep waits for d, or until ctx ends; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
