@@ -115,6 +115,10 @@ type Config struct {
 	// password). Request records use them.
 	DBType string
 	DBAddr secret.String
+	// Store is the Redis that replicas share key states through (store:
+	// redis://[:PASSWORD@]HOST:PORT/DB, or rediss://); zero: none, and the
+	// records database keeps them. A secret: the URL may hold a password.
+	Store secret.String
 	// Records and Notify are the records and notify sections.
 	Records Records
 	Notify  Notify

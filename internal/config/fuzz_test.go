@@ -18,7 +18,7 @@ import (
 
 // secretFields hold secrets; their values must never reach an error.
 var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,
-	"dbaddr": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
+	"dbaddr": true, "store": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
 
 // keyShaped finds key-like text anywhere in an input, even one YAML cannot parse.
 var keyShaped = regexp.MustCompile(`sk-[A-Za-z0-9_-]{8,}`)

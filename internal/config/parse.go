@@ -115,7 +115,7 @@ func (p *parser) scrub(s string) string { return secret.NewScrubber(p.secrets...
 
 // secretFields are the fields that hold secrets.
 var secretFields = map[string]bool{"sk": true, "keys": true, "authorization": true, "admin_token": true,
-	"dbaddr": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
+	"dbaddr": true, "store": true, "token": true, "webhook": true, "secret": true, "url": true, "headers": true}
 
 // collectSecrets remembers every value under a secret field, at any depth and
 // before any checks, as written and with its environment variables

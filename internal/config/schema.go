@@ -28,6 +28,7 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 		{"stream_timeout", (*duration)(&c.StreamTimeout)},
 		{"dbtype", choice{&c.DBType, []string{"sqlite", "postgres", "none"}}},
 		{"dbaddr", (*rawSecret)(&c.DBAddr)},
+		{"store", (*storeURL)(&c.Store)},
 		{"listen", listen},
 		{"address", listen},
 		{"admin_token", (*secretText)(&c.AdminToken)},
