@@ -29,6 +29,7 @@ func newServeCmdWith(hooks serveHooks) *cobra.Command {
 	var (
 		configFile, listen string
 		dbType, dbAddr     string
+		store              string
 		opts               = app.Options{Ready: hooks.ready}
 	)
 	if hooks.base != nil {
@@ -53,7 +54,10 @@ off); see keypool records. Records never hold up a request: when the store is
 slow or down they queue, and beyond the queue they are dropped and counted.
 The same database keeps each key's state (never the key), so that a restart
 starts from it: a key found revoked or over quota gets no traffic and no
-start-up check until its recheck is due.
+start-up check until its recheck is due. With a store URL (the config's
+store, or --store), Redis keeps the key states instead, shared by every
+replica over the same keys: a key one replica finds revoked gets no traffic
+from the others. Budgets are not shared yet.
 
 Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
 answer probes. The admin API (/admin/keys, see keypool keys) needs the
@@ -83,6 +87,9 @@ Logs go to stderr and show keys by ID only.`,
 				return err
 			}
 			app.SetStore(cfg, dbType, dbAddr)
+			if err := app.SetStateStore(cfg, store); err != nil {
+				return err
+			}
 			opts.Listen = listen
 			return app.Serve(ctx, cfg, opts)
 		},
@@ -92,6 +99,7 @@ Logs go to stderr and show keys by ID only.`,
 	f.StringVar(&listen, "listen", "", "`address` to listen on (default the config's listen, else "+app.DefaultListen+")")
 	f.StringVar(&dbType, "dbtype", "", "request records: sqlite, postgres or none (default the config's, else sqlite)")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
+	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", app.DefaultShutdownTimeout, "time in-flight requests get to finish on shutdown")
 	return cmd
 }

@@ -7,7 +7,9 @@
 // admin API and the metrics handler, the request records (a store and the
 // writer in front of it), the key states kept in the same store (the
 // transport's keypool.StateStore, so that a restart starts from what the
-// pool knew), the notifier and the metrics registry. One
+// pool knew) or, with a store URL (store: or --store), in Redis instead
+// (redisstore.Store, shared with the other replicas over the same keys),
+// the notifier and the metrics registry. One
 // function, build, makes all of them from one config into one struct and
 // starts nothing; a reload would build a second set and swap it in.
 //
@@ -15,13 +17,18 @@
 // starts nothing, and Run(ctx) blocks until ctx ends, then finishes what it
 // holds within a bound set when it was built, and returns once its
 // goroutines are done (keypool.Checker.Run, notify.Notifier.Run,
-// records.Writer.Run, records.StateStore.Run). The HTTP server is
-// net/http's: Serve, then Shutdown with a timeout.
+// records.Writer.Run, records.StateStore.Run, redisstore.Store.Run). The
+// HTTP server is net/http's: Serve, then Shutdown with a timeout.
 //
 // With records on, the transport is built after the records store: New
 // loads the key states kept there (bounded by records.DefaultLoadTimeout;
 // without them the pool starts as if new), and every change of a key's
-// state is saved there in the background.
+// state is saved there in the background. With a store URL, Redis keeps
+// the key states instead of the records database: New loads them from
+// Redis (bounded by redisstore.DefaultLoadTimeout), every change is saved
+// there and published, and the states the other replicas save reach the
+// pool through the store's subscription (keypool.StateSubscriber), while
+// the records database keeps only the requests.
 //
 // Once the context of App.Run ends, the parts stop in this order:
 //
@@ -30,9 +37,10 @@
 //  2. The requests the shutdown cut off get up to 2s more to hand their
 //     records over (server.Server.Drain).
 //  3. The records writer writes what is queued, and beside it the key
-//     states what changed since their last write, each within the shutdown
-//     timeout; then the store closes ("key states saved", "records
-//     flushed"). A key state changed after this (a check that ends before
+//     states what changed since their last write (to the records store, or
+//     to Redis), each within the shutdown timeout; then the stores close
+//     ("key states saved", "records flushed"). The Redis store stops
+//     listening to the other replicas here. A key state changed after this (a check that ends before
 //     step 4) is not kept: that key starts from its older state next time.
 //  4. The checker stops, and the notifier, which delivers its queue
 //     briefly.
@@ -181,9 +189,12 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	defer stopRecords()
 	backgroundCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBackground()
-	var recorded <-chan error
+	var recorded, shared <-chan error
 	if p.records != nil {
 		recorded = start(recordsCtx, p.records)
+	}
+	if p.redis != nil {
+		shared = start(recordsCtx, p.redis)
 	}
 	background := []<-chan error{start(backgroundCtx, p.checker)}
 	if p.notifier != nil {
@@ -193,6 +204,10 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	err := a.serve(ctx, ln) // 1
 	if p.records != nil {   // 2 and 3
 		a.drainRecords(ctx, stopRecords, recorded)
+	}
+	if p.redis != nil { // 3, beside the records
+		stopRecords()
+		a.drainRedis(shared)
 	}
 	stopBackground() // 4
 	for _, done := range background {
@@ -257,10 +272,23 @@ func (a *App) drainRecords(ctx context.Context, stop context.CancelFunc, recorde
 	if err := <-recorded; err != nil {
 		a.log.Warn("records", "err", err.Error())
 	}
-	ks := a.parts.records.states.Stats()
-	a.log.Info("key states saved", "written", ks.Written, "dropped", ks.Dropped)
+	if states := a.parts.records.states; states != nil {
+		ks := states.Stats()
+		a.log.Info("key states saved", "written", ks.Written, "dropped", ks.Dropped)
+	}
 	s := a.parts.records.writer.Stats()
 	a.log.Info("records flushed", "written", s.Written, "dropped", s.Dropped+uint64(unfinished))
+}
+
+// drainRedis waits for the Redis store, whose context has ended, to write
+// the key states that changed since its last write.
+func (a *App) drainRedis(shared <-chan error) {
+	if err := <-shared; err != nil {
+		a.log.Warn("state store", "err", err.Error())
+	}
+	s := a.parts.redis.Stats()
+	a.log.Info("key states saved", "store", "redis", "written", s.Written, "dropped", s.Dropped,
+		"outages", s.Outages, "errors", s.Errors)
 }
 
 // runner is a long-lived part: it runs until ctx ends, finishes what it

@@ -9,6 +9,7 @@ import (
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/metrics"
 	"github.com/keypool/keypool/internal/notify"
+	"github.com/keypool/keypool/internal/redisstore"
 	"github.com/keypool/keypool/internal/server"
 )
 
@@ -18,8 +19,9 @@ type parts struct {
 	cfg       *config.Config
 	registry  *prometheus.Registry
 	transport *keypool.Transport
-	notifier  *notify.Notifier // nil: no notifications configured
-	records   *recordsPart     // nil: records off (dbtype none)
+	notifier  *notify.Notifier  // nil: no notifications configured
+	records   *recordsPart      // nil: records off (dbtype none)
+	redis     *redisstore.Store // nil: no store URL; the records keep key states
 	server    *server.Server
 	checker   *keypool.Checker
 	handler   http.Handler // the proxy, the admin API and the metrics
@@ -58,7 +60,18 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 			p.records.store.Close()
 		}
 	}()
-	if p.records != nil {
+	if p.redis, err = newRedis(cfg, opts.ShutdownTimeout, log); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil && p.redis != nil {
+			p.redis.Close()
+		}
+	}()
+	switch {
+	case p.redis != nil:
+		topts = append(topts, keypool.WithStateStore(p.redis))
+	case p.records != nil:
 		topts = append(topts, keypool.WithStateStore(p.records.states))
 	}
 	if p.transport, err = keypool.New(append(topts, opts.Transport...)...); err != nil {

@@ -20,14 +20,15 @@ const pingTimeout = 10 * time.Second
 type recordsPart struct {
 	store  records.Store
 	writer *records.Writer
-	states *records.StateStore
+	states *records.StateStore // nil: Redis keeps the key states
 	log    *slog.Logger
 }
 
-// newRecords opens the store cfg names and builds its writer and its key
-// states, which get drain to write what waits at shutdown; nil when records
-// are off. A store out of reach is not an error: the writers try it until
-// it answers, while requests go on.
+// newRecords opens the store cfg names and builds its writer and, unless
+// cfg names a Redis store for them, its key states, which get drain to
+// write what waits at shutdown; nil when records are off. A store out of
+// reach is not an error: the writers try it until it answers, while
+// requests go on.
 func newRecords(cfg *config.Config, drain time.Duration, logger *slog.Logger) (*recordsPart, error) {
 	store, err := records.Open(cfg.DBType, cfg.DBAddr) // "" is ./db.sqlite
 	if errors.Is(err, records.ErrNone) {
@@ -39,8 +40,11 @@ func newRecords(cfg *config.Config, drain time.Duration, logger *slog.Logger) (*
 	}
 	logger.Info("request records", "store", fmt.Sprint(store), "bodies", cfg.Records.Bodies)
 	w := records.NewWriter(store, writerOptions(cfg, drain, logger))
-	states := records.NewStateStore(store, records.StateStoreOptions{DrainTimeout: drain, Logger: logger})
-	return &recordsPart{store: store, writer: w, states: states, log: logger}, nil
+	r := &recordsPart{store: store, writer: w, log: logger}
+	if cfg.Store.IsZero() { // else Redis keeps them (see newRedis)
+		r.states = records.NewStateStore(store, records.StateStoreOptions{DrainTimeout: drain, Logger: logger})
+	}
+	return r, nil
 }
 
 // Run pings the store once, in the background, and runs the writer and the
@@ -60,9 +64,14 @@ func (r *recordsPart) Run(ctx context.Context) error {
 			r.log.Warn("records store out of reach; records queue until it answers", "store", fmt.Sprint(r.store), "err", err.Error())
 		}
 	}()
-	saved := start(ctx, r.states)
+	var saved <-chan error
+	if r.states != nil {
+		saved = start(ctx, r.states)
+	}
 	err := r.writer.Run(ctx)
-	err = errors.Join(err, <-saved)
+	if saved != nil {
+		err = errors.Join(err, <-saved)
+	}
 	cancel()
 	<-pinged
 	r.store.Close()

@@ -30,7 +30,7 @@ func (s *Store) Load(ctx context.Context) ([]keypool.KeyState, error) {
 			held[st.State]++
 		}
 	}
-	attrs := []any{slog.String("store", s.addr), slog.Int("states", len(states))}
+	attrs := []any{slog.String("store", s.shown), slog.Int("states", len(states))}
 	for _, state := range slices.Sorted(maps.Keys(held)) {
 		attrs = append(attrs, slog.Int(state.String(), held[state]))
 	}

@@ -99,7 +99,7 @@ type Stats struct {
 // It is safe for simultaneous use by multiple goroutines.
 type Store struct {
 	client  *redis.Client
-	addr    string // the URL without the password
+	shown   string // the URL, its password redacted
 	scrub   *secret.Scrubber
 	opt     Options
 	log     *slog.Logger
@@ -161,7 +161,7 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	if opt.CloseRetry <= 0 {
 		opt.CloseRetry = DefaultCloseRetry
 	}
-	s := &Store{client: redis.NewClient(ropt), addr: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
+	s := &Store{client: redis.NewClient(ropt), shown: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
 		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
 		wake: make(chan struct{}, 1), pending: map[keypool.KeyID]keypool.KeyState{}}
 	if s.log == nil {
@@ -171,10 +171,10 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 }
 
 // String describes the Store by its URL, the password left out.
-func (s *Store) String() string { return s.addr }
+func (s *Store) String() string { return s.shown }
 
 // Addr is the Store's URL, the password shown as a placeholder.
-func (s *Store) Addr() string { return s.addr }
+func (s *Store) Addr() string { return s.shown }
 
 // Stats returns the Store's counters.
 func (s *Store) Stats() Stats {
@@ -247,14 +247,14 @@ func (s *Store) failed(ctx context.Context, what string, err error) {
 	if s.down.CompareAndSwap(false, true) {
 		s.outages.Add(1)
 		s.log.Warn("redisstore: redis out of reach; key states wait in memory and are retried, replicas do not hear of each other until it answers",
-			slog.String("store", s.addr), slog.String("op", what), slog.String("error", s.scrub.Scrub(err.Error())))
+			slog.String("store", s.shown), slog.String("op", what), slog.String("error", s.scrub.Scrub(err.Error())))
 	}
 }
 
 // answered ends an outage, if there is one, with a log line.
 func (s *Store) answered() {
 	if s.down.CompareAndSwap(true, false) {
-		s.log.Info("redisstore: redis answers again", slog.String("store", s.addr), slog.Int("pending", s.Stats().Pending))
+		s.log.Info("redisstore: redis answers again", slog.String("store", s.shown), slog.Int("pending", s.Stats().Pending))
 	}
 }
 

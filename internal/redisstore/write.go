@@ -107,10 +107,13 @@ func (s *Store) writePending(ctx context.Context) error {
 func (s *Store) take() []keypool.KeyState {
 	s.mu.Lock()
 	taken := s.pending
-	if len(taken) > 0 {
-		s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-		s.writing += len(taken)
+	if len(taken) == 0 {
+		// taken is still s.pending: reading it unlocked would race Save.
+		s.mu.Unlock()
+		return nil
 	}
+	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
+	s.writing += len(taken)
 	s.mu.Unlock()
 	out := make([]keypool.KeyState, 0, len(taken))
 	for _, st := range taken {
@@ -166,7 +169,7 @@ func (s *Store) drain(ctx context.Context, failing bool) error {
 				err = fmt.Errorf("%w: %s", err, s.scrub.Scrub(lastErr.Error()))
 			}
 			s.log.Warn("redisstore: redis out of reach at shutdown; key states lost (other replicas keep their own)",
-				"states", lost, "store", s.addr)
+				"states", lost, "store", s.shown)
 			return err
 		}
 		s.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/notify"
 	"github.com/keypool/keypool/internal/records"
+	"github.com/keypool/keypool/internal/redisstore"
 	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
 )
@@ -32,6 +33,7 @@ authorization: "tok-s3cr3t-global-0001"
 admin_token: adm-s3cr3t-0002
 dbtype: postgres
 dbaddr: "postgres://kp:pw-s3cr3t-0003@db.invalid:5432/kp?sslmode=disable"
+store: "redis://:rd-s3cr3t-0013@redis.invalid:6379/0"
 notify:
   matrix: {homeserver: "https://matrix.example.org", room: "!r:example.org", token: mx-s3cr3t-0004}
   feishu: {webhook: "https://open.feishu.cn/open-apis/bot/v2/hook/fs-s3cr3t-0005", secret: fs-s3cr3t-0006}
@@ -83,6 +85,12 @@ func holders(t *testing.T) map[string]any {
 	}
 	t.Cleanup(func() { store.Close() })
 	_, badDSN := records.Open(records.TypePostgres, secret.New("host=db.invalid password='pw-s3cr3t-0012 port=x"))
+	redisStore, err := redisstore.New(cfg.Store, redisstore.Options{}) // connects nowhere
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { redisStore.Close() })
+	_, badRedis := redisstore.New(secret.New("redis://:rd-s3cr3t-0014@redis.invalid:6379/notadb"), redisstore.Options{})
 	return map[string]any{
 		"app.App":               a,
 		"config.Config":         cfg,
@@ -105,6 +113,8 @@ func holders(t *testing.T) map[string]any {
 		"records.Store":         store,
 		"records.RedactAddr":    records.RedactAddr(cfg.DBAddr.Reveal()),
 		"records.Open error":    badDSN,
+		"redisstore.Store":      redisStore,
+		"redisstore.New error":  badRedis,
 		"secret.String":         cfg.AdminToken,
 	}
 }
