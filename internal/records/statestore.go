@@ -328,13 +328,10 @@ func (s *StateStore) writePending(ctx context.Context) error {
 func (s *StateStore) take() []keypool.KeyState {
 	s.mu.Lock()
 	taken := s.pending
-	if len(taken) == 0 {
-		// taken is still s.pending: reading it unlocked would race Save.
-		s.mu.Unlock()
-		return nil
+	if len(taken) > 0 {
+		s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
+		s.writing += len(taken)
 	}
-	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-	s.writing += len(taken)
 	s.mu.Unlock()
 	out := make([]keypool.KeyState, 0, len(taken))
 	for _, st := range taken {
