@@ -328,10 +328,14 @@ func (s *StateStore) writePending(ctx context.Context) error {
 func (s *StateStore) take() []keypool.KeyState {
 	s.mu.Lock()
 	taken := s.pending
-	if len(taken) > 0 {
-		s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-		s.writing += len(taken)
+	if len(taken) == 0 {
+		// Nothing waits; the map stays s.pending, which Save may write
+		// to as soon as the lock is let go, so it is not read below.
+		s.mu.Unlock()
+		return nil
 	}
+	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
+	s.writing += len(taken)
 	s.mu.Unlock()
 	out := make([]keypool.KeyState, 0, len(taken))
 	for _, st := range taken {
