@@ -34,8 +34,10 @@ type StateStoreOptions struct {
 	// waits, merged with the changes made meanwhile, until it is written
 	// or the StateStore closes.
 	RetryMin, RetryMax time.Duration
-	// LoadTimeout bounds Load (default 5s): a store that does not answer
-	// must not hold start-up. The pool then starts without the states.
+	// LoadTimeout bounds Load (default 1.5s): a store that does not answer
+	// must not hold start-up (a PostgreSQL that takes connections and
+	// never answers delays serve's start by this much, no more; a live one
+	// answers in milliseconds). The pool then starts without the states.
 	LoadTimeout time.Duration
 	// DrainTimeout bounds how long Run, once its context has ended, keeps
 	// writing what waits to a store that takes writes (default 30s).
@@ -55,7 +57,7 @@ type StateStoreOptions struct {
 // Defaults of StateStoreOptions.
 const (
 	DefaultMaxPending  = 100000
-	DefaultLoadTimeout = 5 * time.Second
+	DefaultLoadTimeout = 1500 * time.Millisecond
 )
 
 // StateStoreStats counts what a StateStore did since it was made.
