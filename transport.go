@@ -85,6 +85,9 @@ func New(opts ...Option) (*Transport, error) {
 	if c.store != nil {
 		pool.loadStates(c.store, c.logger)
 		pool.store = c.store
+		if sub, ok := c.store.(StateSubscriber); ok {
+			sub.Subscribe(pool.hear)
+		}
 	}
 	base := c.base
 	if base == nil {
