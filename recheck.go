@@ -11,6 +11,11 @@ import (
 // that a key is checked a recheck interval after its own last check,
 // wherever and whenever that was made, and not again at every start.
 
+// A key another replica checked (a StateSubscriber) gets that check too:
+// its entry in the schedule, when it comes, finds the key not yet due and
+// puts it at that check's recheck instead, and a retry after a check that
+// failed here is dropped once a check has succeeded since.
+
 // runEach is Run for a pool with a StateStore.
 func (c *Checker) runEach(ctx context.Context) error {
 	every := c.cfg.recheckEvery
@@ -54,8 +59,11 @@ func (c *Checker) runEach(ctx context.Context) error {
 			c.passScheduled(ctx, q, batch)
 		case <-c.recheck:
 			c.passScheduled(ctx, q, c.p.checkable())
-		case k := <-c.retryCh:
-			c.passScheduled(ctx, q, []*key{k})
+		case r := <-c.retryCh:
+			if c.p.lastChecked(r.k, r.failed).After(r.failed) {
+				break // checked since, here or by another replica: its entry in q stands
+			}
+			c.passScheduled(ctx, q, []*key{r.k})
 		}
 	}
 }
