@@ -16,13 +16,18 @@ import (
 // puts it at that check's recheck instead, and a retry after a check that
 // failed here is dropped once a check has succeeded since.
 
+// heardCloneGrace is how long Run leaves an organization clone another
+// replica found, and is checking, before checking it here.
+const heardCloneGrace = time.Minute
+
 // runEach is Run for a pool with a StateStore.
 func (c *Checker) runEach(ctx context.Context) error {
 	every := c.cfg.recheckEvery
 	q := &recheckQueue{at: map[*key]time.Time{}}
 	now := c.t.now()
 	var first []*key
-	for _, k := range c.p.checkedKeys() {
+	keys, known := c.p.checkedKeys(0)
+	for _, k := range keys {
 		due, next := c.p.checkDue(k, every, now)
 		switch {
 		case due:
@@ -57,6 +62,23 @@ func (c *Checker) runEach(ctx context.Context) error {
 				}
 			}
 			c.passScheduled(ctx, q, batch)
+		case <-c.p.grown:
+			// Clones a state heard from another replica made. The replica
+			// that found one is checking it: a clone not yet checked is
+			// looked at again after a grace, when that check has most
+			// likely been heard of.
+			var added []*key
+			added, known = c.p.checkedKeys(known)
+			now := c.t.now()
+			for _, k := range added {
+				due, next := c.p.checkDue(k, every, now)
+				switch {
+				case due:
+					q.push(k, now.Add(heardCloneGrace))
+				case !next.IsZero():
+					q.push(k, next)
+				}
+			}
 		case <-c.recheck:
 			c.passScheduled(ctx, q, c.p.checkable())
 		case r := <-c.retryCh:
@@ -85,18 +107,19 @@ func (c *Checker) passScheduled(ctx context.Context, q *recheckQueue, keys []*ke
 	}
 }
 
-// checkedKeys returns the keys a checker may ever check: all but the
-// stand-ins of upstreams without keys.
-func (p *Pool) checkedKeys() []*key {
+// checkedKeys returns the keys a checker may ever check, of those added
+// after the first from: all but the stand-ins of upstreams without keys;
+// and how many keys the pool holds, from for the next call.
+func (p *Pool) checkedKeys(from int) ([]*key, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*key, 0, len(p.keys))
-	for _, k := range p.keys {
+	out := make([]*key, 0, len(p.keys)-min(from, len(p.keys)))
+	for _, k := range p.keys[min(from, len(p.keys)):] {
 		if !k.standIn() {
 			out = append(out, k)
 		}
 	}
-	return out
+	return out, len(p.keys)
 }
 
 // checkDue says whether k is due for a check at now, when rechecks come

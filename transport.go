@@ -86,6 +86,7 @@ func New(opts ...Option) (*Transport, error) {
 		pool.loadStates(c.store, c.logger)
 		pool.store = c.store
 		if sub, ok := c.store.(StateSubscriber); ok {
+			pool.grown = make(chan struct{}, 1)
 			sub.Subscribe(pool.hear)
 		}
 	}

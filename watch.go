@@ -48,7 +48,12 @@ func (p *Pool) heard(st KeyState, now time.Time) bool {
 	}
 	from, _ := p.derivedState(k, now)
 	state, reason := k.state, k.reason
-	p.restoreClones(k, st.Clones, now)
+	if n := len(p.keys); p.restoreClones(k, st.Clones, now) && len(p.keys) > n && p.grown != nil {
+		select {
+		case p.grown <- struct{}{}:
+		default: // the Checker has yet to take the last signal, which covers these keys too
+		}
+	}
 	p.applyState(k, &st, now)
 	p.remember(k, st.Updated)
 	to, until := p.derivedState(k, now)

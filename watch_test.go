@@ -378,3 +378,80 @@ func TestReplicaApplyRace(t *testing.T) {
 		t.Fatalf("counts %+v", c)
 	}
 }
+
+// TestReplicaClones: an organization clone another replica found is made
+// here from its state, and joins this replica's schedule of checks, due an
+// hour after that replica's check of it; a retry of this replica's failed
+// check is dropped once the other replica checked the key.
+func TestReplicaClones(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		keys := []fakeopenai.Key{{Secret: "sk-rl-multi", Orgs: []fakeopenai.Org{{ID: "org-rlhome", Title: "Home", Default: true}, {ID: "org-rlwork", Title: "Work"}}}}
+		fake := fakeopenai.New(fakeopenai.Config{}, keys...)
+		pipe, closePipe := fakeopenai.ServePipe(fake)
+		defer closePipe()
+		defer fake.Close()
+		bus := &replicaBus{}
+		newTransport := func(base http.RoundTripper) *keypool.Transport {
+			tr, err := keypool.New(keypool.WithBase(base), keypool.WithStateStore(bus.store()),
+				keypool.WithUpstream(fakeopenai.PipeBaseURL, "sk-rl-multi"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tr
+		}
+		// B's first check meets a network error, and would be retried
+		// after an hour.
+		trA, trB := newTransport(pipe), newTransport(&failFirst{base: pipe, fail: map[string]int{"Bearer sk-rl-multi": 1}})
+		var mu sync.Mutex
+		var checkedB []keypool.KeyID
+		b, _ := keypool.NewChecker(trB, keypool.WithCheckRate(1000), keypool.WithRecheckEvery(time.Hour), keypool.WithCheckRetryDelay(time.Hour),
+			keypool.WithCheckObserver(keypool.ObserverFuncs{OnChecked: func(r keypool.CheckResult) {
+				mu.Lock()
+				checkedB = append(checkedB, r.Key)
+				mu.Unlock()
+			}}))
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { b.Run(ctx) })
+		time.Sleep(time.Second)
+		synctest.Wait()
+		mu.Lock()
+		if len(checkedB) != 1 {
+			t.Fatalf("B at start checked %v", checkedB)
+		}
+		checkedB = nil
+		mu.Unlock()
+		if n := len(trB.Snapshot()); n != 1 {
+			t.Fatalf("B has %d keys before A's check", n)
+		}
+
+		time.Sleep(10 * time.Minute)
+		a, _ := keypool.NewChecker(trA, keypool.WithCheckRate(1000))
+		if _, err := a.CheckAll(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		clone := keypool.NewKey("sk-rl-multi").WithOrganization("org-rlwork").ID()
+		ki, ok := trB.Pool().Key(clone)
+		if !ok || !ki.Clone || ki.State != keypool.StateReady || ki.LastChecked.IsZero() {
+			t.Fatalf("B's clone: %+v, %v", ki, ok)
+		}
+		expect := func(when string, want ...keypool.KeyID) {
+			t.Helper()
+			synctest.Wait()
+			mu.Lock()
+			defer mu.Unlock()
+			slices.Sort(checkedB)
+			slices.Sort(want)
+			if !slices.Equal(checkedB, want) {
+				t.Fatalf("%s: B checked %v, want %v", when, checkedB, want)
+			}
+			checkedB = nil
+		}
+		time.Sleep(59 * time.Minute) // 1:09:01
+		expect("before A's checks are an hour old, B's retry dropped")
+		time.Sleep(2 * time.Minute) // 1:11:01
+		expect("an hour after A's checks", keypool.NewKey("sk-rl-multi").ID(), clone)
+		cancel()
+		wg.Wait()
+	})
+}
