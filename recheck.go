@@ -16,6 +16,14 @@ import (
 // puts it at that check's recheck instead, and a retry after a check that
 // failed here is dropped once a check has succeeded since.
 
+// heardCheckGrace is how much later than its own last check a key whose
+// last check another replica made is due here. The replica that checked a
+// key last checks it again when due, and the others, waiting this much
+// longer, have most likely heard of that check by then: a key is checked
+// once per interval among replicas, and still checked when the replica
+// that checked it is gone.
+const heardCheckGrace = time.Minute
+
 // heardCloneGrace is how long Run leaves an organization clone another
 // replica found, and is checking, before checking it here.
 const heardCloneGrace = time.Minute
@@ -125,7 +133,8 @@ func (p *Pool) checkedKeys(from int) ([]*key, int) {
 // checkDue says whether k is due for a check at now, when rechecks come
 // every interval after a key's last check (0: never), and if not, when to
 // ask again (zero: only Recheck checks it). A key never checked is due at
-// once; one that may take requests, or whose restored check this process
+// once (heardCheckGrace later for a check heard from another replica);
+// one that may take requests, or whose restored check this process
 // has not redone, once its interval has passed; an over-quota or revoked
 // key waits for Recheck, and a disabled one for Enable, but each is asked
 // about again every interval.
@@ -144,7 +153,11 @@ func (p *Pool) checkDue(k *key, every time.Duration, now time.Time) (due bool, n
 	if every <= 0 {
 		return false, time.Time{}
 	}
-	if at := k.checked.Add(every); at.After(now) {
+	at := k.checked.Add(every)
+	if k.heardCheck {
+		at = at.Add(heardCheckGrace)
+	}
+	if at.After(now) {
 		return false, at
 	}
 	if k.state.Usable() || k.restored {

@@ -55,6 +55,9 @@ func (p *Pool) heard(st KeyState, now time.Time) bool {
 		}
 	}
 	p.applyState(k, &st, now)
+	if !st.Checked.IsZero() {
+		k.heardCheck = true
+	}
 	p.remember(k, st.Updated)
 	to, until := p.derivedState(k, now)
 	switch {
