@@ -48,7 +48,7 @@ type Checker struct {
 	cfg     checkConfig
 	limiter *rate.Limiter
 	recheck chan struct{}
-	retryCh chan *key
+	retryCh chan checkRetry
 
 	mu      sync.Mutex
 	backoff map[*key]retry.Backoff // network-error retries in progress
@@ -174,7 +174,7 @@ func NewChecker(t *Transport, opts ...CheckOption) (*Checker, error) {
 		t: t, p: t.pool, cfg: cfg,
 		limiter: rate.NewLimiter(rate.Limit(cfg.rate), 1),
 		recheck: make(chan struct{}, 1),
-		retryCh: make(chan *key, 64),
+		retryCh: make(chan checkRetry, 64),
 		backoff: map[*key]retry.Backoff{},
 	}, nil
 }
@@ -228,8 +228,8 @@ func (c *Checker) Run(ctx context.Context) error {
 			c.pass(ctx, c.p.live(), true)
 		case <-c.recheck:
 			c.pass(ctx, c.p.checkable(), true)
-		case k := <-c.retryCh:
-			c.pass(ctx, []*key{k}, true)
+		case r := <-c.retryCh:
+			c.pass(ctx, []*key{r.k}, true)
 		}
 	}
 }
@@ -342,12 +342,19 @@ func (c *Checker) scheduleRetry(ctx context.Context, k *key, err error) {
 		c.logf(slog.LevelWarn, "keypool: key check keeps failing; giving up until the next recheck", k, "error", err.Error())
 		return
 	}
+	failed := c.t.now()
 	time.AfterFunc(d, func() {
 		select {
-		case c.retryCh <- k:
+		case c.retryCh <- checkRetry{k, failed}:
 		case <-ctx.Done():
 		}
 	})
+}
+
+// checkRetry is a key to check again, whose check failed at failed.
+type checkRetry struct {
+	k      *key
+	failed time.Time
 }
 
 // check checks one key, stopping at the first answer that settles it:

@@ -24,6 +24,7 @@ type key struct {
 	checked    time.Time  // last check
 	orgsKnown  bool       // organizations listed (or found unlistable)
 	restored   bool       // its last check came from a StateStore, and this process has not checked it since
+	heardCheck bool       // that check was heard from another replica (StateSubscriber): see checkDue
 	probe      RateLimits // what the checker's probe answer said
 	coolUntil  time.Time  // rest after failures
 	health     health

@@ -163,6 +163,17 @@ func WithLogger(l *slog.Logger) Option {
 // A Checker does not check a key restored with a check at start, but when
 // its recheck is due (WithRecheckEvery), counted from that check, or on
 // Recheck.
+//
+// When s is also a StateSubscriber, New subscribes after the load, and the
+// pool applies the states other replicas save as it applies restored ones,
+// from the store's goroutines, taking its lock briefly: of two states of a
+// key the later one (by Updated) wins, an older or repeated one changes
+// nothing, and an applied state is never saved again. A change it makes to
+// a key's state (revoked, over quota, disabled, enabled, resting) sends a
+// StateEvent, so that metrics and notifications see it: observers on every
+// replica hear of it, once from the replica that made it and once from
+// each that applied it. A key another replica checked is not checked again
+// before its recheck is due, counted from that check.
 func WithStateStore(s StateStore) Option {
 	return optionFunc(func(c *config) error { c.store = s; return nil })
 }

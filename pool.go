@@ -42,6 +42,8 @@ type Pool struct {
 	saves     []pendingSave        // keys whose KeyState changed, to save once mu is released
 	store     StateStore           // nil: none
 	cloneOrgs map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
+	updated   map[*key]time.Time   // with a store: when the latest state saved or applied of each key was made (see stamp)
+	grown     chan struct{}        // with a StateSubscriber: a state heard added keys (clones) that a running Checker has yet to schedule
 	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own

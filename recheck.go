@@ -11,13 +11,31 @@ import (
 // that a key is checked a recheck interval after its own last check,
 // wherever and whenever that was made, and not again at every start.
 
+// A key another replica checked (a StateSubscriber) gets that check too:
+// its entry in the schedule, when it comes, finds the key not yet due and
+// puts it at that check's recheck instead, and a retry after a check that
+// failed here is dropped once a check has succeeded since.
+
+// heardCheckGrace is how much later than its own last check a key whose
+// last check another replica made is due here. The replica that checked a
+// key last checks it again when due, and the others, waiting this much
+// longer, have most likely heard of that check by then: a key is checked
+// once per interval among replicas, and still checked when the replica
+// that checked it is gone.
+const heardCheckGrace = time.Minute
+
+// heardCloneGrace is how long Run leaves an organization clone another
+// replica found, and is checking, before checking it here.
+const heardCloneGrace = time.Minute
+
 // runEach is Run for a pool with a StateStore.
 func (c *Checker) runEach(ctx context.Context) error {
 	every := c.cfg.recheckEvery
 	q := &recheckQueue{at: map[*key]time.Time{}}
 	now := c.t.now()
 	var first []*key
-	for _, k := range c.p.checkedKeys() {
+	keys, known := c.p.checkedKeys(0)
+	for _, k := range keys {
 		due, next := c.p.checkDue(k, every, now)
 		switch {
 		case due:
@@ -52,10 +70,30 @@ func (c *Checker) runEach(ctx context.Context) error {
 				}
 			}
 			c.passScheduled(ctx, q, batch)
+		case <-c.p.grown:
+			// Clones a state heard from another replica made. The replica
+			// that found one is checking it: a clone not yet checked is
+			// looked at again after a grace, when that check has most
+			// likely been heard of.
+			var added []*key
+			added, known = c.p.checkedKeys(known)
+			now := c.t.now()
+			for _, k := range added {
+				due, next := c.p.checkDue(k, every, now)
+				switch {
+				case due:
+					q.push(k, now.Add(heardCloneGrace))
+				case !next.IsZero():
+					q.push(k, next)
+				}
+			}
 		case <-c.recheck:
 			c.passScheduled(ctx, q, c.p.checkable())
-		case k := <-c.retryCh:
-			c.passScheduled(ctx, q, []*key{k})
+		case r := <-c.retryCh:
+			if c.p.lastChecked(r.k, r.failed).After(r.failed) {
+				break // checked since, here or by another replica: its entry in q stands
+			}
+			c.passScheduled(ctx, q, []*key{r.k})
 		}
 	}
 }
@@ -77,24 +115,26 @@ func (c *Checker) passScheduled(ctx context.Context, q *recheckQueue, keys []*ke
 	}
 }
 
-// checkedKeys returns the keys a checker may ever check: all but the
-// stand-ins of upstreams without keys.
-func (p *Pool) checkedKeys() []*key {
+// checkedKeys returns the keys a checker may ever check, of those added
+// after the first from: all but the stand-ins of upstreams without keys;
+// and how many keys the pool holds, from for the next call.
+func (p *Pool) checkedKeys(from int) ([]*key, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*key, 0, len(p.keys))
-	for _, k := range p.keys {
+	out := make([]*key, 0, len(p.keys)-min(from, len(p.keys)))
+	for _, k := range p.keys[min(from, len(p.keys)):] {
 		if !k.standIn() {
 			out = append(out, k)
 		}
 	}
-	return out
+	return out, len(p.keys)
 }
 
 // checkDue says whether k is due for a check at now, when rechecks come
 // every interval after a key's last check (0: never), and if not, when to
 // ask again (zero: only Recheck checks it). A key never checked is due at
-// once; one that may take requests, or whose restored check this process
+// once (heardCheckGrace later for a check heard from another replica);
+// one that may take requests, or whose restored check this process
 // has not redone, once its interval has passed; an over-quota or revoked
 // key waits for Recheck, and a disabled one for Enable, but each is asked
 // about again every interval.
@@ -113,7 +153,11 @@ func (p *Pool) checkDue(k *key, every time.Duration, now time.Time) (due bool, n
 	if every <= 0 {
 		return false, time.Time{}
 	}
-	if at := k.checked.Add(every); at.After(now) {
+	at := k.checked.Add(every)
+	if k.heardCheck {
+		at = at.Add(heardCheckGrace)
+	}
+	if at.After(now) {
 		return false, at
 	}
 	if k.state.Usable() || k.restored {

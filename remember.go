@@ -65,6 +65,7 @@ func (p *Pool) takeSaves() []KeyState {
 	out := make([]KeyState, len(p.saves))
 	for i, e := range p.saves {
 		out[i] = p.keyState(e.k, e.at)
+		out[i].Updated = p.stamp(e.k, e.at)
 		e.k.saveAt = 0
 	}
 	clear(p.saves)
@@ -187,6 +188,7 @@ func (p *Pool) restore(states []KeyState, now time.Time) restoreCount {
 		if !p.applyState(k, &states[i], now) {
 			n.malformed++
 		}
+		p.remember(k, notAfter(states[i].Updated, now.Add(maxStateSkew)))
 	}
 	return n
 }

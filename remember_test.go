@@ -171,7 +171,16 @@ type fuzzState struct {
 // FuzzRestore: whatever a store holds, a restore never panics and leaves
 // the pool consistent: its counts, the heaps its keys are in, the scopes
 // without a model list.
-func FuzzRestore(f *testing.F) {
+func FuzzRestore(f *testing.F) { fuzzStates(f, false) }
+
+// FuzzApply: whatever another replica's store hands over, one state at a
+// time, applying it never panics, leaves the pool consistent, and saves
+// nothing.
+func FuzzApply(f *testing.F) { fuzzStates(f, true) }
+
+// fuzzStates restores the states a fuzzer writes, or with applyEach
+// applies them one by one as heard from another replica.
+func fuzzStates(f *testing.F, applyEach bool) {
 	f.Add([]byte(`[{"Key":0,"State":4,"Clones":["org-a","org-b"]},{"Key":0,"Clone":1,"State":3,"Scope":"b"},{"Key":1,"State":1,"Scope":"b","Models":["gpt-4o"],"NoStream":["gpt-5"],"Cooldown":60}]`))
 	f.Add([]byte(`[{"Key":2,"State":2},{"Key":2,"State":9},{"Key":1,"State":5,"Checked":100},{"Key":3,"State":1,"Scope":"x","Trial":true,"Updated":-5},{"Key":3,"State":0,"Updated":-10}]`))
 	f.Add([]byte(`[{"Key":0,"State":1,"Org":"org-a","Scope":"a","Models":["",""]},{"Key":7,"State":1},{"Key":1,"OtherUpstream":true,"State":4}]`))
@@ -210,8 +219,20 @@ func FuzzRestore(f *testing.F) {
 				Models: s.Models, NoStream: s.NoStream, Cooldown: at(s.Cooldown), Clones: s.Clones, OrgsKnown: s.OrgsKnown,
 				Updated: at(s.Updated)})
 		}
-		p.restore(states, t0)
-		checkPool(t, p, t0)
+		if applyEach {
+			rec := &statesOf{t: t, p: p}
+			p.store = storeOf{rec}
+			for _, st := range states {
+				p.heard(st, t0)
+				checkPool(t, p, t0)
+			}
+			if len(rec.saved) != 0 {
+				t.Fatalf("states heard from a replica were saved: %+v", rec.saved)
+			}
+		} else {
+			p.restore(states, t0)
+			checkPool(t, p, t0)
+		}
 		// The pool still picks and releases.
 		p.mu.Lock()
 		l, _ := p.take(&pick{model: "gpt-4o"}, t0)

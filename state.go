@@ -159,7 +159,9 @@ type AttemptEvent struct {
 	reqObs Observer // the request's own observer (ContextWithObserver)
 }
 
-// StateEvent describes one change of a key's state.
+// StateEvent describes one change of a key's state. A change heard from
+// another replica through a StateSubscriber (see WithStateStore) is sent
+// on every replica that applies it, as well as on the one that made it.
 type StateEvent struct {
 	Key      KeyID
 	Upstream string

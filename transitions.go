@@ -283,7 +283,7 @@ func (p *Pool) checked(k *key, state State, reason string, models []string, limi
 		p.tally(k, 1)
 	}
 	k.checked = now
-	k.restored = false
+	k.restored, k.heardCheck = false, false
 	k.probe = limits
 	p.changed(k, now)
 	if limits.LimitRequests >= 0 {

@@ -34,8 +34,10 @@ type StateStoreOptions struct {
 	// waits, merged with the changes made meanwhile, until it is written
 	// or the StateStore closes.
 	RetryMin, RetryMax time.Duration
-	// LoadTimeout bounds Load (default 5s): a store that does not answer
-	// must not hold start-up. The pool then starts without the states.
+	// LoadTimeout bounds Load (default 1.5s): a store that does not answer
+	// must not hold start-up (a PostgreSQL that takes connections and
+	// never answers delays serve's start by this much, no more; a live one
+	// answers in milliseconds). The pool then starts without the states.
 	LoadTimeout time.Duration
 	// DrainTimeout bounds how long Run, once its context has ended, keeps
 	// writing what waits to a store that takes writes (default 30s).
@@ -55,7 +57,7 @@ type StateStoreOptions struct {
 // Defaults of StateStoreOptions.
 const (
 	DefaultMaxPending  = 100000
-	DefaultLoadTimeout = 5 * time.Second
+	DefaultLoadTimeout = 1500 * time.Millisecond
 )
 
 // StateStoreStats counts what a StateStore did since it was made.
@@ -328,10 +330,14 @@ func (s *StateStore) writePending(ctx context.Context) error {
 func (s *StateStore) take() []keypool.KeyState {
 	s.mu.Lock()
 	taken := s.pending
-	if len(taken) > 0 {
-		s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-		s.writing += len(taken)
+	if len(taken) == 0 {
+		// Nothing waits; the map stays s.pending, which Save may write
+		// to as soon as the lock is let go, so it is not read below.
+		s.mu.Unlock()
+		return nil
 	}
+	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
+	s.writing += len(taken)
 	s.mu.Unlock()
 	out := make([]keypool.KeyState, 0, len(taken))
 	for _, st := range taken {
