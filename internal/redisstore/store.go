@@ -33,7 +33,7 @@ const (
 	DefaultPrefix       = "keypool:"
 	DefaultMaxPending   = 100000
 	DefaultBatch        = 256
-	DefaultLoadTimeout  = 5 * time.Second
+	DefaultLoadTimeout  = 1500 * time.Millisecond
 	DefaultDrainTimeout = 30 * time.Second
 	DefaultCloseRetry   = 2 * time.Second
 )
