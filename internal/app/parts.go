@@ -71,6 +71,9 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 	switch {
 	case p.redis != nil:
 		topts = append(topts, keypool.WithStateStore(p.redis))
+		if err := metrics.RegisterStateStore(p.registry, p.redis.Stats); err != nil {
+			return nil, err
+		}
 	case p.records != nil:
 		topts = append(topts, keypool.WithStateStore(p.records.states))
 	}

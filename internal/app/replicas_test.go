@@ -30,9 +30,8 @@ const replicasDB = 11
 // Replicas 2 and 3, which would try that key first (lb_policy order), hear
 // of it through Redis and send it no request.
 //
-// It needs the root package's keypool.StateSubscriber at work (issue 15):
-// over zz_stub_subscriber.go no pool subscribes, and replicas 2 and 3 never
-// hear of the revoked key.
+// It rests on the root package's keypool.StateSubscriber: keypool.New
+// subscribes the store, and applies what it hears.
 func TestReplicasShareRevokedKey(t *testing.T) {
 	addr := os.Getenv("KEYPOOL_TEST_REDIS")
 	if addr == "" {
@@ -134,7 +133,7 @@ func TestReplicasShareRevokedKey(t *testing.T) {
 		data, _ := rc.HGet(t.Context(), "keypool:states", string(victimID)).Result()
 		return strings.Contains(data, `"state":"revoked"`)
 	})
-	took := waitFor("replicas 2 and 3 hear of the revoked key (is keypool.StateSubscriber still the stub?)", func() bool {
+	took := waitFor("replicas 2 and 3 hear of the revoked key through Redis", func() bool {
 		return stateOf(replicas[1], victimID) == keypool.StateRevoked && stateOf(replicas[2], victimID) == keypool.StateRevoked
 	})
 	t.Logf("replicas 2 and 3 heard of the revoked key %v after replica 1 learned it", took)
@@ -147,6 +146,11 @@ func TestReplicasShareRevokedKey(t *testing.T) {
 	}
 	if n := fake.Completions(good); n != 11 {
 		t.Errorf("the good key served %d completions, want 11", n)
+	}
+	rec := httptest.NewRecorder()
+	replicas[1].Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	if !strings.Contains(rec.Body.String(), "keypool_state_store_received_total") {
+		t.Errorf("/metrics has no keypool_state_store_received_total")
 	}
 	log := logs.String()
 	if !strings.Contains(log, `msg="state store redis"`) || !strings.Contains(log, addr) {
