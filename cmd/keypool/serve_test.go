@@ -296,6 +296,20 @@ func TestServeNothingToServe(t *testing.T) {
 	}
 }
 
+func TestServeStoreFlag(t *testing.T) {
+	t.Setenv("OPENAI_KEY", "sk-store-flag-1")
+	for _, store := range []string{"http://:pw-SECRET-flag@h:1/0", "redis://:pw-SECRET-flag@h:1/zero"} {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), []string{"serve", "--listen", "127.0.0.1:0", "--dbtype", "none", "--store", store}, &out, &errOut)
+		if code == 0 || !strings.Contains(errOut.String(), "store must be a Redis URL") {
+			t.Errorf("--store %.8s…: exit %d, stderr %q", store, code, errOut.String())
+		}
+		if strings.Contains(errOut.String(), "pw-SECRET") {
+			t.Errorf("the password was printed: %s", errOut.String())
+		}
+	}
+}
+
 func TestServeRefusesOpenProxyOffLoopback(t *testing.T) {
 	t.Setenv("OPENAI_KEY", "sk-open-1")
 	var out, errOut bytes.Buffer
@@ -451,6 +465,28 @@ func TestServeNeverWaitsOnADeadStore(t *testing.T) {
 			t.Errorf("serve took %v to listen", took)
 		}
 		stop()
+	})
+	t.Run("redis that never answers", func(t *testing.T) {
+		stderr := &lockedBuffer{}
+		start := time.Now()
+		base, stop := startServe(t, stderr, "--listen", "127.0.0.1:0", "--dbtype", "none",
+			"--store", "redis://:pw-SECRET-redis@"+hung.Addr().String()+"/0")
+		if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("serve took %v to listen", took)
+		}
+		if code, body := post(t, base+"/v1/chat/completions", "", chatRequest); code != 200 {
+			t.Fatalf("chat: %d %s", code, body)
+		}
+		start = time.Now()
+		stop()
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("shutdown took %v with Redis hung", took)
+		}
+		log := stderr.String()
+		if !strings.Contains(log, `msg="state store redis"`) || !strings.Contains(log, hung.Addr().String()) {
+			t.Errorf("serve did not log its state store:\n%s", log)
+		}
+		assertNoSecret(t, log, "pw-SECRET-redis")
 	})
 	t.Run("sqlite that cannot be written", func(t *testing.T) {
 		stderr := &lockedBuffer{}

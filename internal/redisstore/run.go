@@ -5,8 +5,10 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -92,15 +94,22 @@ func (s *Store) Run(ctx context.Context) error {
 // whole hash read and applied, for the states published while it was not
 // listening. go-redis resubscribes by itself after a broken connection.
 func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
-	ps := s.client.Subscribe(ctx, s.channel)
-	// Receive does not return when ctx ends, only when its connection
-	// closes.
+	// go-redis heeds deadlines, not cancellation: every call here has one,
+	// so that a Redis that takes connections and never answers cannot hold
+	// Run past its context's end.
+	ps := s.client.Subscribe(ctx) // no channel yet: no I/O
 	stop := context.AfterFunc(ctx, func() { ps.Close() })
 	defer func() {
 		if stop() {
 			ps.Close()
 		}
 	}()
+	sctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	err := ps.Subscribe(sctx, s.channel) // kept, and sent again on reconnects
+	cancel()
+	if err != nil {
+		s.failed(ctx, "subscribe", err)
+	}
 	wait := s.opt.RetryMin
 	backoff := func() bool {
 		ok := sleep(ctx, wait)
@@ -108,9 +117,12 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 		return ok
 	}
 	for {
-		msg, err := ps.Receive(ctx)
+		msg, err := ps.ReceiveTimeout(ctx, idleReceive)
 		if ctx.Err() != nil {
 			return
+		}
+		if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+			continue // nothing published meanwhile; go-redis keeps the connection
 		}
 		if err != nil {
 			s.failed(ctx, "subscribe", err)
@@ -145,10 +157,18 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 	}
 }
 
+// idleReceive is how long a Receive waits for a message before the loop
+// looks at its context again.
+const idleReceive = time.Second
+
+// resyncTimeout bounds a resync's read of the states.
+const resyncTimeout = 30 * time.Second
+
 // resync reads every state and gives each to apply; it reports whether the
 // read succeeded.
 func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
-	rctx, cancel := context.WithTimeout(ctx, s.opt.LoadTimeout)
+	// In the background, unlike Load: a large pool's states get longer.
+	rctx, cancel := context.WithTimeout(ctx, max(s.opt.LoadTimeout, resyncTimeout))
 	defer cancel()
 	states, err := s.readAll(rctx)
 	if err != nil {

@@ -136,6 +136,10 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	ropt.DisableIdentity = true // no CLIENT SETINFO: older servers refuse it
 	ropt.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	ropt.DialTimeout = 2 * time.Second
+	// Without it go-redis ignores the deadlines of contexts, and a Redis
+	// that takes connections and never answers holds Load (start-up) and
+	// the drain (shutdown) for its own ReadTimeout on every try.
+	ropt.ContextTimeoutEnabled = true
 	ropt.MaxRetries = -1 // Run retries, with its own backoff
 	if opt.Prefix == "" {
 		opt.Prefix = DefaultPrefix

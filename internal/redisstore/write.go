@@ -35,7 +35,12 @@ return 0
 // digits. Times before 1970 (never a state's) are 0.
 func updatedArg(t time.Time) string { return fmt.Sprintf("%020d", max(t.UnixNano(), 0)) }
 
-// writeBatch runs the script over states, within 10s and ctx.
+// writeTimeout bounds one batch's write: a batch takes milliseconds, and a
+// write under way when Run's context ends holds the shutdown this long at
+// most (go-redis heeds deadlines, not cancellation).
+const writeTimeout = 2 * time.Second
+
+// writeBatch runs the script over states, within writeTimeout and ctx.
 func (s *Store) writeBatch(ctx context.Context, states []keypool.KeyState) error {
 	args := make([]any, 0, 1+3*len(states))
 	args = append(args, s.channel)
@@ -46,7 +51,7 @@ func (s *Store) writeBatch(ctx context.Context, states []keypool.KeyState) error
 		}
 		args = append(args, string(states[i].ID), updatedArg(states[i].Updated), data)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	return saveScript.Run(ctx, s.client, []string{s.states, s.updated}, args...).Err()
 }
