@@ -8,11 +8,11 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 )
 
 // StateStoreOptions configures a StateStore; zero fields take the defaults.
@@ -84,15 +84,10 @@ type StateStore struct {
 	store Store
 	opt   StateStoreOptions
 	log   *slog.Logger
-	wake  chan struct{} // a change waits; buffered, one
+	queue *keystates.Queue // closed once the drain is over: Save drops
 	ran   atomic.Bool
 
-	mu      sync.Mutex
-	pending map[keypool.KeyID]keypool.KeyState // the latest change per key, not yet written
-	writing int                                // states taken out by the writer and not yet written or put back
-	closed  bool                               // the drain is over: Save drops
-
-	written, dropped, errors atomic.Uint64
+	errors atomic.Uint64
 
 	droppedLogged uint64 // Run's: dropped count already logged
 }
@@ -126,8 +121,7 @@ func NewStateStore(store Store, opt StateStoreOptions) *StateStore {
 	if opt.LogEvery <= 0 {
 		opt.LogEvery = 10 * time.Second
 	}
-	s := &StateStore{store: store, opt: opt, log: opt.Logger,
-		wake: make(chan struct{}, 1), pending: map[keypool.KeyID]keypool.KeyState{}}
+	s := &StateStore{store: store, opt: opt, log: opt.Logger, queue: keystates.NewQueue(opt.MaxPending)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -177,48 +171,15 @@ func (s *StateStore) Load(ctx context.Context) ([]keypool.KeyState, error) {
 // keys, or once the StateStore closed, st is dropped and counted.
 func (s *StateStore) Save(st keypool.KeyState) {
 	if st.ID == "" {
-		s.dropped.Add(1)
+		s.queue.Drop()
 		return
 	}
-	s.mu.Lock()
-	ok := s.put(st)
-	s.mu.Unlock()
-	if !ok {
-		s.dropped.Add(1)
-		return
-	}
-	select {
-	case s.wake <- struct{}{}:
-	default: // a wake-up is waiting already
-	}
-}
-
-// put keeps st as its key's waiting state, unless a newer one waits, and
-// reports whether st was kept or superseded (false: dropped). It requires
-// that s.mu is held.
-func (s *StateStore) put(st keypool.KeyState) bool {
-	if s.closed {
-		return false
-	}
-	if old, ok := s.pending[st.ID]; ok {
-		if !st.Updated.Before(old.Updated) {
-			s.pending[st.ID] = st
-		}
-		return true
-	}
-	if len(s.pending)+s.writing >= s.opt.MaxPending {
-		return false
-	}
-	s.pending[st.ID] = st
-	return true
+	s.queue.Put(st)
 }
 
 // Stats returns the StateStore's counters.
 func (s *StateStore) Stats() StateStoreStats {
-	s.mu.Lock()
-	pending := len(s.pending) + s.writing
-	s.mu.Unlock()
-	return StateStoreStats{Pending: pending, Written: s.written.Load(), Dropped: s.dropped.Load(), Errors: s.errors.Load()}
+	return StateStoreStats{Pending: s.queue.Pending(), Written: s.queue.Written(), Dropped: s.queue.Dropped(), Errors: s.errors.Load()}
 }
 
 // Run writes the key states Save queues, in batches, until ctx ends. Then it
@@ -248,7 +209,7 @@ func (s *StateStore) Run(ctx context.Context) error {
 		case <-logTick.C:
 			s.logDropped()
 			continue
-		case <-s.wake:
+		case <-s.queue.Wake():
 		}
 		s.linger(ctx)
 		wait := s.opt.RetryMin
@@ -303,7 +264,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // its key) and its error is returned. A write cut short by the end of ctx
 // is not counted as the store's error.
 func (s *StateStore) writePending(ctx context.Context) error {
-	todo := s.take()
+	todo := s.queue.Take()
 	for len(todo) > 0 {
 		batch := todo[:min(len(todo), s.opt.Batch)]
 		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -313,53 +274,13 @@ func (s *StateStore) writePending(ctx context.Context) error {
 			if ctx.Err() == nil {
 				s.errors.Add(1)
 			}
-			s.putBack(todo)
+			s.queue.PutBack(todo)
 			return err
 		}
-		s.written.Add(uint64(len(batch)))
-		s.mu.Lock()
-		s.writing -= len(batch)
-		s.mu.Unlock()
+		s.queue.Done(len(batch))
 		todo = todo[len(batch):]
 	}
 	return nil
-}
-
-// take takes every waiting state out, in ID order (see latestByID), and
-// counts them as being written.
-func (s *StateStore) take() []keypool.KeyState {
-	s.mu.Lock()
-	taken := s.pending
-	if len(taken) == 0 {
-		// Nothing waits; the map stays s.pending, which Save may write
-		// to as soon as the lock is let go, so it is not read below.
-		s.mu.Unlock()
-		return nil
-	}
-	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-	s.writing += len(taken)
-	s.mu.Unlock()
-	out := make([]keypool.KeyState, 0, len(taken))
-	for _, st := range taken {
-		out = append(out, st)
-	}
-	slices.SortFunc(out, func(a, b keypool.KeyState) int { return strings.Compare(string(a.ID), string(b.ID)) })
-	return out
-}
-
-// putBack makes states, which a write did not store, wait again, unless a
-// newer change of their key came meanwhile. They were counted against
-// MaxPending already, so they always fit.
-func (s *StateStore) putBack(states []keypool.KeyState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.writing -= len(states)
-	for _, st := range states {
-		if cur, ok := s.pending[st.ID]; ok && !cur.Updated.Before(st.Updated) {
-			continue
-		}
-		s.pending[st.ID] = st
-	}
 }
 
 // drain writes what waits, and what comes meanwhile, once Run's context
@@ -375,15 +296,9 @@ func (s *StateStore) drain(ctx context.Context, failing bool, lastErr error) err
 		if failing && giveUpAt.IsZero() {
 			giveUpAt = time.Now().Add(s.opt.CloseRetry)
 		}
-		s.mu.Lock()
-		if len(s.pending) == 0 || dctx.Err() != nil || failing && !time.Now().Before(giveUpAt) {
-			lost := len(s.pending)
-			clear(s.pending)
-			s.closed = true
-			s.mu.Unlock()
+		if lost, closed := s.queue.CloseIfIdle(dctx.Err() != nil || failing && !time.Now().Before(giveUpAt)); closed {
 			return s.lose(lost, dctx, lastErr)
 		}
-		s.mu.Unlock()
 		if lastErr = s.writeWithin(dctx, giveUpAt); lastErr == nil {
 			failing, giveUpAt, wait = false, time.Time{}, s.opt.RetryMin
 			continue
@@ -406,10 +321,9 @@ func (s *StateStore) writeWithin(ctx context.Context, deadline time.Time) error 
 	return s.writePending(ctx)
 }
 
-// lose counts n states as dropped by the drain, logs it, and returns Run's
-// error for it (nil for none).
+// lose logs the n states the drain dropped (the queue counted them), and
+// returns Run's error for them (nil for none).
 func (s *StateStore) lose(n int, drain context.Context, lastErr error) error {
-	s.dropped.Add(uint64(n))
 	s.logDropped()
 	if n == 0 {
 		return nil
@@ -431,7 +345,7 @@ func (s *StateStore) lose(n int, drain context.Context, lastErr error) error {
 
 // logDropped logs the states dropped since it last did, if any. Run's only.
 func (s *StateStore) logDropped() {
-	d := s.dropped.Load()
+	d := s.queue.Dropped()
 	if d == s.droppedLogged {
 		return
 	}

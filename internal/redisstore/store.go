@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 	"github.com/keypool/keypool/internal/secret"
 )
 
@@ -106,17 +106,12 @@ type Store struct {
 	states  string // the hash of states
 	updated string // the hash of Updated times
 	channel string
-	wake    chan struct{} // a change waits; buffered, one
+	queue   *keystates.Queue // closed once the drain is over: Save drops
 	ran     atomic.Bool
 	apply   atomic.Pointer[func(keypool.KeyState)]
 	down    atomic.Bool // Redis is out of reach: the outage is logged
 
-	mu      sync.Mutex
-	pending map[keypool.KeyID]keypool.KeyState // the latest change per key, not yet written
-	writing int                                // states taken by the writer, not yet written or put back
-	closed  bool                               // the drain is over: Save drops
-
-	written, dropped, received, skipped, errs, outages, resyncs atomic.Uint64
+	received, skipped, errs, outages, resyncs atomic.Uint64
 }
 
 // New returns a Store over the Redis rawURL names: redis://[:PASSWORD@]HOST:PORT/DB,
@@ -167,7 +162,7 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	}
 	s := &Store{client: redis.NewClient(ropt), shown: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
 		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
-		wake: make(chan struct{}, 1), pending: map[keypool.KeyID]keypool.KeyState{}}
+		queue: keystates.NewQueue(opt.MaxPending)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -182,10 +177,7 @@ func (s *Store) Addr() string { return s.shown }
 
 // Stats returns the Store's counters.
 func (s *Store) Stats() Stats {
-	s.mu.Lock()
-	pending := len(s.pending) + s.writing
-	s.mu.Unlock()
-	return Stats{Pending: pending, Written: s.written.Load(), Dropped: s.dropped.Load(),
+	return Stats{Pending: s.queue.Pending(), Written: s.queue.Written(), Dropped: s.queue.Dropped(),
 		Received: s.received.Load(), Skipped: s.skipped.Load(), Errors: s.errs.Load(),
 		Outages: s.outages.Load(), Resyncs: s.resyncs.Load()}
 }
@@ -204,40 +196,10 @@ func (s *Store) Subscribe(apply func(keypool.KeyState)) {
 // Updated time is dropped too: the script could not order it.
 func (s *Store) Save(st keypool.KeyState) {
 	if st.ID == "" || st.Updated.IsZero() {
-		s.dropped.Add(1)
+		s.queue.Drop()
 		return
 	}
-	s.mu.Lock()
-	ok := s.put(st)
-	s.mu.Unlock()
-	if !ok {
-		s.dropped.Add(1)
-		return
-	}
-	select {
-	case s.wake <- struct{}{}:
-	default: // a wake-up is waiting already
-	}
-}
-
-// put keeps st as its key's waiting state, unless a newer one waits, and
-// reports whether st was kept or superseded (false: dropped). It requires
-// that s.mu is held.
-func (s *Store) put(st keypool.KeyState) bool {
-	if s.closed {
-		return false
-	}
-	if old, ok := s.pending[st.ID]; ok {
-		if !st.Updated.Before(old.Updated) {
-			s.pending[st.ID] = st
-		}
-		return true
-	}
-	if len(s.pending)+s.writing >= s.opt.MaxPending {
-		return false
-	}
-	s.pending[st.ID] = st
-	return true
+	s.queue.Put(st)
 }
 
 // failed counts err, a failed Redis command, and logs it when it begins an

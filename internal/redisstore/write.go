@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -63,7 +61,7 @@ func (s *Store) writer(ctx context.Context) (failing bool) {
 		select {
 		case <-ctx.Done():
 			return failing
-		case <-s.wake:
+		case <-s.queue.Wake():
 		}
 		if s.opt.Linger > 0 {
 			sleep(ctx, s.opt.Linger)
@@ -90,57 +88,18 @@ func (s *Store) writer(ctx context.Context) (failing bool) {
 // not store waits again (behind any newer change of its key) and its error
 // is returned.
 func (s *Store) writePending(ctx context.Context) error {
-	todo := s.take()
+	todo := s.queue.Take()
 	for len(todo) > 0 {
 		batch := todo[:min(len(todo), s.opt.Batch)]
 		if err := s.writeBatch(ctx, batch); err != nil {
-			s.putBack(todo)
+			s.queue.PutBack(todo)
 			return err
 		}
 		s.answered()
-		s.written.Add(uint64(len(batch)))
-		s.mu.Lock()
-		s.writing -= len(batch)
-		s.mu.Unlock()
+		s.queue.Done(len(batch))
 		todo = todo[len(batch):]
 	}
 	return nil
-}
-
-// take takes every waiting state out, in ID order, and counts them as
-// being written.
-func (s *Store) take() []keypool.KeyState {
-	s.mu.Lock()
-	taken := s.pending
-	if len(taken) == 0 {
-		// taken is still s.pending: reading it unlocked would race Save.
-		s.mu.Unlock()
-		return nil
-	}
-	s.pending = make(map[keypool.KeyID]keypool.KeyState, len(taken))
-	s.writing += len(taken)
-	s.mu.Unlock()
-	out := make([]keypool.KeyState, 0, len(taken))
-	for _, st := range taken {
-		out = append(out, st)
-	}
-	slices.SortFunc(out, func(a, b keypool.KeyState) int { return strings.Compare(string(a.ID), string(b.ID)) })
-	return out
-}
-
-// putBack makes states, which a write did not store, wait again, unless a
-// newer change of their key came meanwhile. They were counted against
-// MaxPending already, so they always fit.
-func (s *Store) putBack(states []keypool.KeyState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.writing -= len(states)
-	for _, st := range states {
-		if cur, ok := s.pending[st.ID]; ok && !cur.Updated.Before(st.Updated) {
-			continue
-		}
-		s.pending[st.ID] = st
-	}
 }
 
 // drain writes what waits, and what comes meanwhile, once Run's context has
@@ -159,13 +118,7 @@ func (s *Store) drain(ctx context.Context, failing bool) error {
 		if failing && giveUpAt.IsZero() {
 			giveUpAt = time.Now().Add(s.opt.CloseRetry)
 		}
-		s.mu.Lock()
-		if len(s.pending) == 0 || dctx.Err() != nil || failing && !time.Now().Before(giveUpAt) {
-			lost := len(s.pending)
-			clear(s.pending)
-			s.closed = true
-			s.mu.Unlock()
-			s.dropped.Add(uint64(lost))
+		if lost, closed := s.queue.CloseIfIdle(dctx.Err() != nil || failing && !time.Now().Before(giveUpAt)); closed {
 			if lost == 0 {
 				return nil
 			}
@@ -177,7 +130,6 @@ func (s *Store) drain(ctx context.Context, failing bool) error {
 				"states", lost, "store", s.shown)
 			return err
 		}
-		s.mu.Unlock()
 		wctx, wcancel := dctx, context.CancelFunc(func() {})
 		if !giveUpAt.IsZero() {
 			wctx, wcancel = context.WithDeadline(dctx, giveUpAt)
