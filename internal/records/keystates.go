@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 )
 
 // Key states live in keypool_key_states, one row per key ID: the upstream
@@ -87,7 +88,7 @@ func upsertKeyStatesSQL(n int) string {
 func latestByID(states []keypool.KeyState) []keypool.KeyState {
 	out := make([]keypool.KeyState, 0, len(states))
 	for _, st := range states {
-		if isKeyID(string(st.ID)) {
+		if keystates.ValidID(string(st.ID)) {
 			out = append(out, st)
 		}
 	}
@@ -142,15 +143,6 @@ func (s *store) loadKeyStates(ctx context.Context) ([]keypool.KeyState, []error,
 	return states, skipped, nil
 }
 
-// storedKeyState decodes a row's JSON. Its State, a name, hides the
-// embedded KeyState's: the name is checked against keypool's states here,
-// so that a name this keypool does not know is a row skipped, not a
-// guess.
-type storedKeyState struct {
-	keypool.KeyState
-	State string `json:"state"`
-}
-
 // decodeKeyState decodes the JSON of the key_states row of key id. It fails,
 // with an error that names the row by its key ID (never by anything else the
 // row holds, which might be another program's secret), when the row is not
@@ -159,16 +151,16 @@ type storedKeyState struct {
 // never stored), or no Updated time.
 func decodeKeyState(id string, data []byte) (keypool.KeyState, error) {
 	name := "a row whose key_id is not a key ID"
-	if isKeyID(id) {
+	if keystates.ValidID(id) {
 		name = "key state " + id
 	}
 	bad := func(why string, args ...any) (keypool.KeyState, error) {
 		return keypool.KeyState{}, fmt.Errorf("records: %s: %s", name, fmt.Sprintf(why, args...))
 	}
-	if !isKeyID(id) {
+	if !keystates.ValidID(id) {
 		return bad("skipped")
 	}
-	var stored storedKeyState
+	var stored keystates.Stored
 	if err := json.Unmarshal(data, &stored); err != nil {
 		var syntax *json.SyntaxError
 		if errors.As(err, &syntax) {
@@ -183,51 +175,12 @@ func decodeKeyState(id string, data []byte) (keypool.KeyState, error) {
 		}
 		return bad("does not decode")
 	}
-	st := stored.KeyState
-	if string(st.ID) != id {
+	if string(stored.ID) != id {
 		return bad("holds the state of another ID")
 	}
-	state, ok := parseState(stored.State)
-	switch {
-	case !ok:
-		return bad("unknown state")
-	case state == keypool.StateCooling:
-		return bad("cooling, which is never stored (a cooldown is)")
-	}
-	st.State = state
-	if st.Updated.IsZero() {
-		return bad("no updated time")
+	st, err := stored.Check()
+	if err != nil {
+		return keypool.KeyState{}, fmt.Errorf("records: %s: %w", name, err)
 	}
 	return st, nil
-}
-
-// parseState returns the State named name. keypool's states are numbered
-// from 0 up, and String names those past the last "state(N)".
-func parseState(name string) (keypool.State, bool) {
-	for i := range 256 {
-		s := keypool.State(i)
-		n := s.String()
-		if strings.HasPrefix(n, "state(") {
-			break
-		}
-		if n == name {
-			return s, true
-		}
-	}
-	return 0, false
-}
-
-// isKeyID reports whether id has the form of a keypool.KeyID: "kp_" and 16
-// lowercase hex digits.
-func isKeyID(id string) bool {
-	rest, ok := strings.CutPrefix(id, "kp_")
-	if !ok || len(rest) != 16 {
-		return false
-	}
-	for _, c := range []byte(rest) {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 )
 
 // FuzzDecode feeds decode what Redis might hold under the store's keys:
@@ -19,7 +20,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !isKeyID(string(st.ID)) || id != "" && string(st.ID) != id {
+		if !keystates.ValidID(string(st.ID)) || id != "" && string(st.ID) != id {
 			t.Errorf("decode(%q) accepted ID %q", id, st.ID)
 		}
 		if st.State == keypool.StateCooling || st.Updated.IsZero() || st.State.String()[0] == 's' {
