@@ -231,7 +231,7 @@ func (s *StateStore) Run(ctx context.Context) error {
 				s.logDropped()
 			default:
 			}
-			if !sleep(ctx, wait) {
+			if !keystates.Sleep(ctx, wait) {
 				break
 			}
 			wait = min(2*wait, s.opt.RetryMax)
@@ -243,19 +243,7 @@ func (s *StateStore) Run(ctx context.Context) error {
 // the first.
 func (s *StateStore) linger(ctx context.Context) {
 	if s.opt.Linger > 0 {
-		sleep(ctx, s.opt.Linger)
-	}
-}
-
-// sleep waits for d, or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
+		keystates.Sleep(ctx, s.opt.Linger)
 	}
 }
 
@@ -304,7 +292,7 @@ func (s *StateStore) drain(ctx context.Context, failing bool, lastErr error) err
 			continue
 		}
 		if failing { // again: pause first
-			sleep(dctx, min(wait, time.Until(giveUpAt)))
+			keystates.Sleep(dctx, min(wait, time.Until(giveUpAt)))
 			wait = min(2*wait, s.opt.RetryMax)
 		}
 		failing = true

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 )
 
 // Load returns the key states Redis holds, within LoadTimeout and ctx.
@@ -112,7 +113,7 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 	}
 	wait := s.opt.RetryMin
 	backoff := func() bool {
-		ok := sleep(ctx, wait)
+		ok := keystates.Sleep(ctx, wait)
 		wait = min(2*wait, s.opt.RetryMax)
 		return ok
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/keystates"
 )
 
 // saveScript writes a batch of states. KEYS are the states hash and the
@@ -64,7 +65,7 @@ func (s *Store) writer(ctx context.Context) (failing bool) {
 		case <-s.queue.Wake():
 		}
 		if s.opt.Linger > 0 {
-			sleep(ctx, s.opt.Linger)
+			keystates.Sleep(ctx, s.opt.Linger)
 		}
 		wait := s.opt.RetryMin
 		for {
@@ -76,7 +77,7 @@ func (s *Store) writer(ctx context.Context) (failing bool) {
 				break
 			}
 			s.failed(ctx, "save", err)
-			if !sleep(ctx, wait) {
+			if !keystates.Sleep(ctx, wait) {
 				return failing
 			}
 			wait = min(2*wait, s.opt.RetryMax)
@@ -142,21 +143,9 @@ func (s *Store) drain(ctx context.Context, failing bool) error {
 		}
 		s.failed(dctx, "save", lastErr)
 		if failing {
-			sleep(dctx, min(wait, time.Until(giveUpAt)))
+			keystates.Sleep(dctx, min(wait, time.Until(giveUpAt)))
 			wait = min(2*wait, s.opt.RetryMax)
 		}
 		failing = true
-	}
-}
-
-// sleep waits for d, or until ctx ends; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }
