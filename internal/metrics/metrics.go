@@ -2,7 +2,6 @@ package metrics
 
 import (
 	"errors"
-	"fmt"
 	"net/http"
 	"strconv"
 
@@ -99,10 +98,8 @@ func New(reg prometheus.Registerer, snapshot func() []keypool.KeyInfo) (*Metrics
 	if snapshot != nil {
 		cs = append(cs, newSnapshotCollector(snapshot))
 	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("metrics: %w", err)
-		}
+	if err := register(reg, cs...); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -1,8 +1,6 @@
 package metrics
 
 import (
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keypool/keypool/internal/records"
@@ -17,27 +15,17 @@ import (
 //	records_pruned_total    records deleted for being older than records.keep
 //	records_queued          records waiting for the store
 func RegisterRecords(reg prometheus.Registerer, stats func() records.WriterStats) error {
-	counter := func(name, help string, v func(records.WriterStats) uint64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
-			func() float64 { return float64(v(stats())) })
-	}
-	cs := []prometheus.Collector{
-		counter("records_written_total", "Request records stored.",
-			func(s records.WriterStats) uint64 { return s.Written }),
-		counter("records_dropped_total", "Request records lost: the queue was full (the store is slow or down), or the store was out of reach at shutdown. Requests are never held up for records.",
-			func(s records.WriterStats) uint64 { return s.Dropped }),
-		counter("records_errors_total", "Inserts of request records the store refused; each batch is tried again.",
-			func(s records.WriterStats) uint64 { return s.Errors }),
-		counter("records_pruned_total", "Request records deleted for being older than records.keep.",
-			func(s records.WriterStats) uint64 { return s.Pruned }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "records_queued",
-			Help: "Request records waiting for the store."},
-			func() float64 { return float64(stats().Queued) }),
-	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-	}
-	return nil
+	type st = records.WriterStats
+	return register(reg,
+		statsCounter(stats, "records_written_total", "Request records stored.",
+			func(s st) uint64 { return s.Written }),
+		statsCounter(stats, "records_dropped_total", "Request records lost: the queue was full (the store is slow or down), or the store was out of reach at shutdown. Requests are never held up for records.",
+			func(s st) uint64 { return s.Dropped }),
+		statsCounter(stats, "records_errors_total", "Inserts of request records the store refused; each batch is tried again.",
+			func(s st) uint64 { return s.Errors }),
+		statsCounter(stats, "records_pruned_total", "Request records deleted for being older than records.keep.",
+			func(s st) uint64 { return s.Pruned }),
+		statsGauge(stats, "records_queued", "Request records waiting for the store.",
+			func(s st) int { return s.Queued }),
+	)
 }
