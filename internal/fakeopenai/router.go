@@ -1,6 +1,9 @@
 package fakeopenai
 
 import (
+	"bytes"
+	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -30,19 +33,32 @@ type Hit struct {
 	Method        string
 	URL           string // as sent: scheme, host, path and query
 	Authorization string // the Authorization header; "" when none
+	Model         string // the JSON body's "model"; "" when none
 }
 
 // RoundTrip answers req with r.Handler.
 func (r *Router) RoundTrip(req *http.Request) (*http.Response, error) {
-	r.mu.Lock()
-	r.hits = append(r.hits, Hit{Method: req.Method, URL: req.URL.String(), Authorization: req.Header.Get("Authorization")})
-	r.mu.Unlock()
+	hit := Hit{Method: req.Method, URL: req.URL.String(), Authorization: req.Header.Get("Authorization")}
 	in := req.Clone(req.Context())
 	in.Host = req.URL.Host
 	in.RequestURI = req.URL.RequestURI()
-	if in.Body == nil {
-		in.Body = http.NoBody
+	in.Body = http.NoBody
+	if req.Body != nil {
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		var m struct {
+			Model string `json:"model"`
+		}
+		if json.Unmarshal(body, &m) == nil {
+			hit.Model = m.Model
+		}
+		in.Body = io.NopCloser(bytes.NewReader(body))
 	}
+	r.mu.Lock()
+	r.hits = append(r.hits, hit)
+	r.mu.Unlock()
 	rec := httptest.NewRecorder()
 	if r.Handler == nil {
 		rec.Header().Set("Content-Type", "application/json")
