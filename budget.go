@@ -34,6 +34,16 @@ type budget struct {
 	fwd      *budget   // where a gone scope's budget handed over to; releases follow it
 	seq      uint64    // last pick
 	until    time.Time // rest for this model
+
+	// With a BudgetStore (budgetshare.go): the requests granted and not
+	// yet spent, a Spend under way, the budget's name in the store, and
+	// what the latest answer said since the last Spend.
+	lease     int64
+	asking    bool
+	storeName string
+	seenSet   bool
+	seen      BudgetSeen
+	seenAt    time.Time
 }
 
 func (bud *budget) node() *heapNode { return &bud.heapNode }
@@ -43,6 +53,8 @@ func (bud *budget) node() *heapNode { return &bud.heapNode }
 // to to from now on. Requires p.mu; to is placed by the caller.
 func (bud *budget) handOver(to *budget) {
 	to.inflight += bud.inflight
+	to.lease += bud.lease
+	bud.lease = 0
 	if sh := bud.b; sh == sh.up.shared {
 		for sm, n := range sh.byModel {
 			if sm.s == bud.s {
@@ -91,7 +103,8 @@ const (
 // requests of its last answer (refilled since, as its shape allows) minus
 // those in flight. Before the first answer a scope takes probeLimit
 // requests at once, so that none is flooded before it has said what its
-// limits are; an upstream that states no limits is not limited.
+// limits are; an upstream that states no limits is not limited. A budget
+// shared through a BudgetStore has the requests of its lease.
 func (p *Pool) headroom(bud *budget, now time.Time) int64 {
 	return p.headroomOf(bud, bud.estimate(now))
 }
@@ -101,6 +114,15 @@ func (p *Pool) headroomOf(bud *budget, rem int64) int64 {
 	if bud.s.up.Auth == AuthCaller {
 		return 1<<20 - bud.inflight // every caller brings a key of its own
 	}
+	if p.sharing(bud) {
+		return bud.lease // the requests the store granted: see budgetshare.go
+	}
+	return p.localHeadroom(bud, rem)
+}
+
+// localHeadroom is headroomOf as this pool alone sees it: rem, or what a
+// scope may take before its first answer, less what is in flight.
+func (p *Pool) localHeadroom(bud *budget, rem int64) int64 {
 	if rem < 0 {
 		if bud.answered {
 			rem = 1 << 20
@@ -201,6 +223,7 @@ func (p *Pool) learn(bud *budget, k *key, l *RateLimits, now time.Time) {
 		if r == 0 {
 			p.restBudget(bud, k, now.Add(p.spentWait(bud, l.ResetRequests)), "requests exhausted", now)
 		}
+		p.sawLimits(bud, l, now)
 	}
 	if l.LimitTokens >= 0 {
 		bud.limitTok = l.LimitTokens

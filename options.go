@@ -174,6 +174,12 @@ func WithLogger(l *slog.Logger) Option {
 // replica hear of it, once from the replica that made it and once from
 // each that applied it. A key another replica checked is not checked again
 // before its recheck is due, counted from that check.
+//
+// When s is also a BudgetStore, the pools that share it spend one
+// rate-limit budget per scope and model together, through leases (see
+// BudgetStore): together they send about what the upstream allows, where
+// each alone would send it all. A Spend that fails never fails a request:
+// the pool spends alone for a few seconds and asks again.
 func WithStateStore(s StateStore) Option {
 	return optionFunc(func(c *config) error { c.store = s; return nil })
 }

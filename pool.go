@@ -33,23 +33,27 @@ import (
 // Most callers never touch a Pool directly: New builds one inside the
 // Transport. Use Transport.Pool for snapshots and operator actions.
 type Pool struct {
-	mu        sync.Mutex
-	ups       []*upstream
-	keys      []*key // in config order, for snapshots
-	byID      map[KeyID]*key
-	seq       uint64               // pick counter: least recently used first
-	events    []StateEvent         // state changes to send once mu is released
-	saves     []pendingSave        // keys whose KeyState changed, to save once mu is released
-	store     StateStore           // nil: none
-	cloneOrgs map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
-	updated   map[*key]time.Time   // with a store: when the latest state saved or applied of each key was made (see stamp)
-	grown     chan struct{}        // with a StateSubscriber: a state heard added keys (clones) that a running Checker has yet to schedule
-	epoch     time.Time            // cooldowns are kept as offsets from it: one time base
-	modelSets map[string]*modelSet // model lists, shared by the scopes that have the same one
-	noStream  map[string]bool      // models some scope may not stream: their streams have a bucket of their own
-	counts    Counts               // kept as keys are added and change state (see tally)
-	cfg       poolConfig
-	observer  Observer
+	mu      sync.Mutex
+	ups     []*upstream
+	keys    []*key // in config order, for snapshots
+	byID    map[KeyID]*key
+	seq     uint64        // pick counter: least recently used first
+	events  []StateEvent  // state changes to send once mu is released
+	saves   []pendingSave // keys whose KeyState changed, to save once mu is released
+	store   StateStore    // nil: none
+	budgets BudgetStore   // the store, when it shares budgets too (budgetshare.go)
+	// budgetsDown: a Spend failed; budgets are spent alone until budgetsRetry.
+	budgetsDown  bool
+	budgetsRetry time.Time
+	cloneOrgs    map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
+	updated      map[*key]time.Time   // with a store: when the latest state saved or applied of each key was made (see stamp)
+	grown        chan struct{}        // with a StateSubscriber: a state heard added keys (clones) that a running Checker has yet to schedule
+	epoch        time.Time            // cooldowns are kept as offsets from it: one time base
+	modelSets    map[string]*modelSet // model lists, shared by the scopes that have the same one
+	noStream     map[string]bool      // models some scope may not stream: their streams have a bucket of their own
+	counts       Counts               // kept as keys are added and change state (see tally)
+	cfg          poolConfig
+	observer     Observer
 }
 
 type poolConfig struct {

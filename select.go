@@ -200,6 +200,11 @@ const fullBit = 1 << 63
 // headroomStored is headroom by the budget's last answer, without the
 // refill since: scores must not change with time alone.
 func (p *Pool) headroomStored(bud *budget) int64 {
+	if p.sharing(bud) && bud.lease > 0 {
+		// Budgets with a lease first, and among them the most left, as
+		// the answers say, so that traffic spreads as without a store.
+		return max(p.localHeadroom(bud, bud.remReq), 1)
+	}
 	return p.headroomOf(bud, bud.remReq)
 }
 
@@ -324,6 +329,7 @@ type refusal struct {
 // take it, it says why and when one frees up. Requires p.mu.
 func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 	var ref refusal
+	p.budgetsBack(now)
 	allowed, missing, noList := false, false, false
 	r.looked = r.lookedBuf[:0]
 	for pass := 0; pass < 2; pass++ {
@@ -354,6 +360,9 @@ func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 				if p.headroom(l.bud, now) > 0 {
 					p.acquire(l, now)
 					return l, refusal{}
+				}
+				if p.sharing(l.bud) && !l.bud.asking {
+					p.ask(l.bud, now) // its lease is spent: a grant wakes r
 				}
 				ref.busy = true
 			}
@@ -498,6 +507,9 @@ func (p *Pool) acquire(l lease, now time.Time) {
 	k, bud := l.k, l.bud
 	bud.seq, k.seq = p.seq, p.seq
 	bud.inflight++
+	if p.sharing(bud) {
+		p.spendLease(bud, now)
+	}
 	k.inflight++
 	bud.b.inflight++
 	if b := bud.b; b == b.up.shared {

@@ -85,6 +85,7 @@ func New(opts ...Option) (*Transport, error) {
 	if c.store != nil {
 		pool.loadStates(c.store, c.logger)
 		pool.store = c.store
+		pool.budgets, _ = c.store.(BudgetStore)
 		if sub, ok := c.store.(StateSubscriber); ok {
 			pool.grown = make(chan struct{}, 1)
 			sub.Subscribe(pool.hear)
