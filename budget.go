@@ -31,19 +31,10 @@ type budget struct {
 	limitTok int64
 	remTok   int64
 	inflight int64
-	fwd      *budget   // where a gone scope's budget handed over to; releases follow it
-	seq      uint64    // last pick
-	until    time.Time // rest for this model
-
-	// With a BudgetStore (budgetshare.go): the requests granted and not
-	// yet spent, a Spend under way, the budget's name in the store, and
-	// what the latest answer said since the last Spend.
-	lease     int64
-	asking    bool
-	storeName string
-	seenSet   bool
-	seen      BudgetSeen
-	seenAt    time.Time
+	fwd      *budget      // where a gone scope's budget handed over to; releases follow it
+	seq      uint64       // last pick
+	until    time.Time    // rest for this model
+	share    *budgetShare // with a BudgetStore, once shared (budgetshare.go)
 }
 
 func (bud *budget) node() *heapNode { return &bud.heapNode }
@@ -53,8 +44,10 @@ func (bud *budget) node() *heapNode { return &bud.heapNode }
 // to to from now on. Requires p.mu; to is placed by the caller.
 func (bud *budget) handOver(to *budget) {
 	to.inflight += bud.inflight
-	to.lease += bud.lease
-	bud.lease = 0
+	if bud.share != nil && bud.share.granted > 0 {
+		to.shared().granted += bud.share.granted
+		bud.share.granted = 0
+	}
 	if sh := bud.b; sh == sh.up.shared {
 		for sm, n := range sh.byModel {
 			if sm.s == bud.s {
@@ -115,7 +108,7 @@ func (p *Pool) headroomOf(bud *budget, rem int64) int64 {
 		return 1<<20 - bud.inflight // every caller brings a key of its own
 	}
 	if p.sharing(bud) {
-		return bud.lease // the requests the store granted: see budgetshare.go
+		return bud.granted() // see budgetshare.go
 	}
 	return p.localHeadroom(bud, rem)
 }

@@ -200,7 +200,7 @@ const fullBit = 1 << 63
 // headroomStored is headroom by the budget's last answer, without the
 // refill since: scores must not change with time alone.
 func (p *Pool) headroomStored(bud *budget) int64 {
-	if p.sharing(bud) && bud.lease > 0 {
+	if p.sharing(bud) && bud.granted() > 0 {
 		// Budgets with a lease first, and among them the most left, as
 		// the answers say, so that traffic spreads as without a store.
 		return max(p.localHeadroom(bud, bud.remReq), 1)
@@ -361,8 +361,8 @@ func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 					p.acquire(l, now)
 					return l, refusal{}
 				}
-				if p.sharing(l.bud) && !l.bud.asking {
-					p.ask(l.bud, now) // its lease is spent: a grant wakes r
+				if p.sharing(l.bud) && !l.bud.shared().asking {
+					p.ask(l.bud, now) // its grant is spent: the next wakes r
 				}
 				ref.busy = true
 			}
@@ -508,7 +508,7 @@ func (p *Pool) acquire(l lease, now time.Time) {
 	bud.seq, k.seq = p.seq, p.seq
 	bud.inflight++
 	if p.sharing(bud) {
-		p.spendLease(bud, now)
+		p.spendGrant(bud, now)
 	}
 	k.inflight++
 	bud.b.inflight++
