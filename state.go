@@ -161,7 +161,9 @@ type AttemptEvent struct {
 
 // StateEvent describes one change of a key's state. A change heard from
 // another replica through a StateSubscriber (see WithStateStore) is sent
-// on every replica that applies it, as well as on the one that made it.
+// on every replica that applies it, marked Heard, as well as on the one
+// that made it: counters and notifications that must not repeat per
+// replica pass over heard ones.
 type StateEvent struct {
 	Key      KeyID
 	Upstream string
@@ -170,6 +172,7 @@ type StateEvent struct {
 	Model    string    // set when a cooldown holds for one model only
 	Until    time.Time // when a cooldown ends
 	At       time.Time
+	Heard    bool // made on another replica, and applied here
 }
 
 // Observer receives events from the transport, the pool and the checker:

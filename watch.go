@@ -62,10 +62,10 @@ func (p *Pool) heard(st KeyState, now time.Time) bool {
 	to, until := p.derivedState(k, now)
 	switch {
 	case k.state != state || k.reason != reason:
-		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: k.state, Reason: k.reason, At: now})
+		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: k.state, Reason: k.reason, At: now, Heard: true})
 	case to == StateCooling && from != StateCooling:
 		p.events = append(p.events, StateEvent{Key: k.cred.id, Upstream: k.up.Name, From: from, To: StateCooling,
-			Reason: "resting on another replica", Until: until, At: now})
+			Reason: "resting on another replica", Until: until, At: now, Heard: true})
 	}
 	p.wakeUpstream(k.up) // a key it made usable takes the requests that wait
 	return true

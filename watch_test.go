@@ -160,7 +160,7 @@ func TestReplicasShareRevoked(t *testing.T) {
 	for _, ev := range got {
 		if ev.Key == bad {
 			revokedEvents++
-			if ev.From != keypool.StateUnchecked || ev.To != keypool.StateRevoked {
+			if ev.From != keypool.StateUnchecked || ev.To != keypool.StateRevoked || !ev.Heard {
 				t.Fatalf("B's observer heard %+v", ev)
 			}
 		}

@@ -91,7 +91,7 @@ func New(reg prometheus.Registerer, snapshot func() []keypool.KeyInfo) (*Metrics
 		}, []string{"family", "kind"}),
 		stateChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "key_state_changes_total",
-			Help: "Changes of a key's state, by upstream and the state changed to.",
+			Help: "Changes of a key's state made by this replica (those heard from others are counted there), by upstream and the state changed to.",
 		}, []string{"upstream", "to"}),
 	}
 	cs := []prometheus.Collector{m.requests, m.attempts, m.failovers, m.duration, m.ttfb, m.tokens, m.stateChanges}
@@ -158,8 +158,13 @@ func (m *Metrics) addTokens(model string, u keypool.Usage) {
 	}
 }
 
-// StateChange counts one change of a key's state.
+// StateChange counts one change of a key's state made here: one heard
+// from another replica is counted there, so that the sum over replicas
+// counts each change once.
 func (m *Metrics) StateChange(e keypool.StateEvent) {
+	if e.Heard {
+		return
+	}
 	m.stateChanges.WithLabelValues(e.Upstream, e.To.String()).Inc()
 }
 

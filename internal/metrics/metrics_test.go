@@ -41,6 +41,8 @@ func TestAttempt(t *testing.T) {
 		Outcome: keypool.OutcomeCancelled, Duration: time.Second, Final: true})
 	m.StateChange(keypool.StateEvent{Key: "kp_1", Upstream: "a", From: keypool.StateReady, To: keypool.StateCooling})
 	m.StateChange(keypool.StateEvent{Key: "kp_1", Upstream: "a", From: keypool.StateCooling, To: keypool.StateReady})
+	// Heard from another replica: counted there, not here.
+	m.StateChange(keypool.StateEvent{Key: "kp_2", Upstream: "a", From: keypool.StateReady, To: keypool.StateRevoked, Heard: true})
 
 	want := `
 # HELP keypool_requests_total Requests answered through the pool, by the upstream, model, status and outcome of their final attempt (status 0: no response).
@@ -60,7 +62,7 @@ keypool_failovers_total{outcome="rate_limited",upstream="a"} 1
 keypool_tokens_total{family="gpt-4o",kind="cached"} 4
 keypool_tokens_total{family="gpt-4o",kind="input"} 10
 keypool_tokens_total{family="gpt-4o",kind="output"} 6
-# HELP keypool_key_state_changes_total Changes of a key's state, by upstream and the state changed to.
+# HELP keypool_key_state_changes_total Changes of a key's state made by this replica (those heard from others are counted there), by upstream and the state changed to.
 # TYPE keypool_key_state_changes_total counter
 keypool_key_state_changes_total{to="cooling",upstream="a"} 1
 keypool_key_state_changes_total{to="ready",upstream="a"} 1

@@ -200,6 +200,9 @@ func (n *Notifier) StateChange(e keypool.StateEvent) {
 		prev = e.From
 	}
 	u.keys[e.Key] = e.To
+	if e.Heard {
+		return // the replica that made the change tells of it
+	}
 	if prev != e.To {
 		switch e.To {
 		case keypool.StateRevoked:

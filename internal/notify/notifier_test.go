@@ -47,6 +47,33 @@ func TestKeyEvents(t *testing.T) {
 	}
 }
 
+// TestHeardChangesNotNotified: a change heard from another replica is
+// told of by that replica, not once more by each that applies it; it still
+// counts toward the upstream's state.
+func TestHeardChangesNotNotified(t *testing.T) {
+	c := newClock()
+	n := newTestNotifier(t, c, nil)
+	n.Seed([]keypool.KeyInfo{
+		{ID: kA, Upstream: "main", State: keypool.StateReady},
+		{ID: kB, Upstream: "main", State: keypool.StateReady},
+	})
+	heard := change("main", kA, keypool.StateReady, keypool.StateRevoked, "invalid_api_key")
+	heard.Heard = true
+	n.StateChange(heard)
+	if got := takeQueued(n); len(got) != 0 {
+		t.Fatalf("a heard change was notified: %+v", got)
+	}
+	n.StateChange(change("main", kB, keypool.StateReady, keypool.StateOverQuota, "insufficient_quota"))
+	got := takeQueued(n)
+	want := []Event{
+		{Kind: KindKeyOverQuota, Upstream: "main", Key: kB, Reason: "insufficient_quota", Time: t0},
+		{Kind: KindUpstreamDown, Upstream: "main", Reason: "1 over_quota, 1 revoked", Time: t0},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("queued\n%+v\nwant\n%+v", got, want)
+	}
+}
+
 func TestDedup(t *testing.T) {
 	c := newClock()
 	n := newTestNotifier(t, c, func(cfg *Config) { cfg.Dedup = 10 * time.Minute })
