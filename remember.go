@@ -81,6 +81,7 @@ func (p *Pool) keyState(k *key, updated time.Time) KeyState {
 		ID: k.cred.id, Upstream: k.up.Name, State: k.state, Reason: k.reason, Since: k.since, Checked: k.checked,
 		Trial: k.trial || s.trial, Organization: k.org, Scope: s.name, OrgsKnown: k.orgsKnown, Updated: updated,
 	}
+	st.ProbeRequests, st.ProbeTokens = max(k.probe.LimitRequests, 0), max(k.probe.LimitTokens, 0)
 	if s.models != nil {
 		st.Models = sortedKeys(s.models)
 	}
@@ -259,8 +260,13 @@ func (p *Pool) applyState(k *key, st *KeyState, now time.Time) bool {
 		k.since = notAfter(st.Since, now)
 	}
 	if !st.Checked.IsZero() {
-		// Its probe's limits are not saved: they show as Unknown.
 		k.checked, k.probe, k.restored = notAfter(st.Checked, now), noLimits, true
+		if st.ProbeRequests > 0 {
+			k.probe.LimitRequests = st.ProbeRequests
+		}
+		if st.ProbeTokens > 0 {
+			k.probe.LimitTokens = st.ProbeTokens
+		}
 	}
 	p.tally(k, 1)
 	k.orgsKnown = st.OrgsKnown

@@ -127,7 +127,9 @@ func TestStateRoundTrip(t *testing.T) {
 	p.store = storeOf{rec}
 	k := p.keys[0]
 	p.orgsFound(k, []organization{{ID: "org-home", Name: "home", IsDefault: true}, {ID: "org-work", Name: "work"}}, t0)
-	p.checked(k, StateReady, "checked", []string{"gpt-4o"}, noLimits, t0)
+	probe := noLimits
+	probe.LimitRequests, probe.LimitTokens = 5000, 800000
+	p.checked(k, StateReady, "checked", []string{"gpt-4o"}, probe, t0)
 	p.checked(p.keys[1], StateOverQuota, "check: 429 insufficient_quota", nil, noLimits, t0)
 	p.Disable(p.keys[2].cred.id, "test")
 	saved := rec.take()
@@ -141,8 +143,10 @@ func TestStateRoundTrip(t *testing.T) {
 	if len(a) != len(b) {
 		t.Fatalf("%d keys restored, %d saved", len(b), len(a))
 	}
+	if b[0].LimitRequests != 5000 || b[0].LimitTokens != 800000 {
+		t.Fatalf("probe limits restored as %d and %d", b[0].LimitRequests, b[0].LimitTokens)
+	}
 	for i := range a {
-		a[i].LimitRequests, a[i].LimitTokens = b[i].LimitRequests, b[i].LimitTokens // a probe's limits are not saved
 		ja, _ := json.Marshal(a[i])
 		jb, _ := json.Marshal(b[i])
 		if string(ja) != string(jb) {

@@ -19,6 +19,10 @@ type KeyState struct {
 	Since  time.Time `json:"since,omitzero"`
 	// Checked is when the key was last checked; zero: never.
 	Checked time.Time `json:"checked,omitzero"`
+	// ProbeRequests and ProbeTokens are the limits that check's probe
+	// answer stated (KeyInfo.LimitRequests and LimitTokens); 0: none.
+	ProbeRequests int64 `json:"probe_requests,omitempty"`
+	ProbeTokens   int64 `json:"probe_tokens,omitempty"`
 	// Trial, Organization and Scope are as in KeyInfo.
 	Trial        bool   `json:"trial,omitempty"`
 	Organization string `json:"organization,omitempty"`

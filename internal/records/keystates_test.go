@@ -278,6 +278,7 @@ func TestKeyStateHoldsNoSecret(t *testing.T) {
 		"Models": reflect.TypeFor[[]string](), "NoStream": reflect.TypeFor[[]string](),
 		"Cooldown": reflect.TypeFor[time.Time](), "Clones": reflect.TypeFor[[]string](),
 		"OrgsKnown": reflect.TypeFor[bool](), "Updated": reflect.TypeFor[time.Time](),
+		"ProbeRequests": reflect.TypeFor[int64](), "ProbeTokens": reflect.TypeFor[int64](),
 	}
 	typ := reflect.TypeFor[keypool.KeyState]()
 	for f := range typ.Fields() {
