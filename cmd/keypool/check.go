@@ -93,7 +93,9 @@ The exit status is 1 when no key ended up usable.`,
 // its checker settings.
 func checkSources(configFile, keysFile, baseURL string) ([]keypool.Upstream, *config.Config, error) {
 	if configFile != "" {
-		cfg, err := config.Load(configFile)
+		// Only the upstreams and the checker: a check has no use for the
+		// admin token or the client tokens, set or not.
+		cfg, err := config.LoadSections(configFile, config.UpstreamsSection)
 		if err != nil {
 			return nil, nil, err
 		}

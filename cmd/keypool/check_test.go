@@ -28,6 +28,15 @@ func cli(t *testing.T, secrets []string, args ...string) (stdout, stderr string,
 	return out.String(), errOut.String(), code
 }
 
+// unsetEnv unsets the variables names for the test (t.Setenv restores
+// them when it ends).
+func unsetEnv(t *testing.T, names ...string) {
+	for _, name := range names {
+		t.Setenv(name, "")
+		os.Unsetenv(name)
+	}
+}
+
 func id(secret string) string { return string(keypool.NewKey(secret).ID()) }
 
 // noEnv clears the environment check reads, so that the host's own
@@ -201,7 +210,11 @@ func TestCheckConfig(t *testing.T) {
 	}
 	_, base := fakeopenai.NewTestServer(t, fakeopenai.Config{}, keys...)
 	t.Setenv("KP_TEST_BACKUP_KEY", keys[1].Secret)
+	// Tokens from variables this shell lacks are serve's business: check
+	// reads only the upstreams and the checker.
+	unsetEnv(t, "KP_TEST_UNSET_ADMIN", "KP_TEST_UNSET_CLIENT")
 	cfg := `authorization: client-token-0123456789
+admin_token: ${KP_TEST_UNSET_ADMIN}
 checker:
   rate: 1000
 upstreams:
@@ -212,6 +225,7 @@ upstreams:
     sk: ${KP_TEST_BACKUP_KEY}
     endpoint: ` + base + `
     type: openai
+    authorization: ${KP_TEST_UNSET_CLIENT}
 `
 	file := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(file, []byte(cfg), 0o600); err != nil {

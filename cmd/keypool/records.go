@@ -144,7 +144,9 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 func recordsStore(f *recordsFlags) (typ, addr string, err error) {
 	cfg := &config.Config{}
 	if file := app.ConfigFile(f.configFile); file != "" && (f.dbType == "" || f.dbAddr == "") {
-		if cfg, err = config.Load(file); err != nil {
+		// Only the database settings: the rest of the file (tokens
+		// from variables this shell may not have) is serve's.
+		if cfg, err = config.LoadSections(file, config.DatabaseSection); err != nil {
 			return "", "", err
 		}
 	}

@@ -104,3 +104,40 @@ func TestRecordsDBTypeOverrideHidesDSNPassword(t *testing.T) {
 		t.Fatalf("the DSN's password was printed:\n%s", all)
 	}
 }
+
+// TestRecordsReadsOnlyTheDatabase: records reads the config's dbtype and
+// dbaddr and nothing else, so a token from a variable this shell lacks does
+// not stop it; an unset variable in dbaddr does, at its line.
+func TestRecordsReadsOnlyTheDatabase(t *testing.T) {
+	noEnv(t)
+	unsetEnv(t, "KP_TEST_UNSET_ADMIN", "KP_TEST_UNSET_DB")
+	dir := t.TempDir()
+	db := filepath.Join(dir, "r.sqlite")
+	st, err := records.Open(records.TypeSQLite, secret.New(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Insert(context.Background(), []records.Record{{Time: time.Now(), Method: "POST",
+		Path: "/v1/embeddings", Model: "text-embedding-3-small", Status: 200}}); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	write := func(name, yaml string) string {
+		file := filepath.Join(dir, name)
+		if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	good := write("good.yaml", "admin_token: ${KP_TEST_UNSET_ADMIN}\ndbaddr: "+db+
+		"\nupstreams:\n  - sk: sk-rec-0123456789abcdef\n    authorization: ${KP_TEST_UNSET_ADMIN}\n")
+	out, errOut, code := cli(t, nil, "records", "--config", good)
+	if code != 0 || !strings.Contains(out, "text-embedding-3-small") {
+		t.Errorf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	bad := write("bad.yaml", "admin_token: ${KP_TEST_UNSET_ADMIN}\ndbaddr: ${KP_TEST_UNSET_DB}\n")
+	_, errOut, code = cli(t, nil, "records", "--config", bad)
+	if want := bad + ":2: dbaddr"; code != 1 || !strings.Contains(errOut, want) || strings.Contains(errOut, "admin_token") {
+		t.Errorf("exit %d, stderr %q, want exit 1 and %q only", code, errOut, want)
+	}
+}

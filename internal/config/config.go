@@ -45,7 +45,9 @@
 //	    type: openai            # the only type served yet; replicate is skipped with a warning
 //
 // Every scalar value may refer to environment variables as $NAME or ${NAME}
-// ($$ is a literal $); one that is not set is an error. A missing variable in
+// ($$ is a literal $); one that is not set is an error, in the sections a
+// command reads (LoadSections: keypool records reads only the database
+// settings, keypool check only the upstreams). A missing variable in
 // a secret field (sk, keys, authorization, admin_token) is named only when
 // written as ${NAME}, since a bare $ there may be part of the secret.
 //
@@ -58,8 +60,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -233,11 +233,7 @@ func (e *Error) Unwrap() error { return e.Err }
 // Load reads and parses the config file at path. Relative keys_file paths are
 // taken from path's directory.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	return Parse(data, path, filepath.Dir(path))
+	return LoadSections(path, AllSections)
 }
 
 // Upstreams converts the upstreams to the library's type, in order, reading

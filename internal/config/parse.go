@@ -25,7 +25,12 @@ const nodeBudget = 1 << 20
 // directory). It checks every field and reports every problem it finds,
 // each with its line.
 func Parse(data []byte, name, dir string) (*Config, error) {
-	p := &parser{name: name, dir: dir, budget: nodeBudget}
+	return parse(data, name, dir, AllSections)
+}
+
+// parse is Parse of the fields in sections.
+func parse(data []byte, name, dir string, sections Sections) (*Config, error) {
+	p := &parser{name: name, dir: dir, budget: nodeBudget, sections: sections}
 	doc, err := parseYAML(data)
 	if err != nil {
 		return nil, yamlError(name, err)
@@ -84,6 +89,7 @@ type parser struct {
 	warns     []*Error
 	secrets   []string
 	budget    int
+	sections  Sections // the sections read; the other fields are passed over
 }
 
 func (p *parser) errorf(line int, format string, args ...any) {

@@ -22,7 +22,7 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 		listenGiven = true
 		p.read(f, (*hostPort)(&c.Listen))
 	}
-	lines := p.decode(m, "", schema{
+	lines := p.decode(m, "", p.only(schema{
 		{"authorization", (*tokens)(&c.Authorization)},
 		{"timeout", (*duration)(&c.Timeout)},
 		{"stream_timeout", (*duration)(&c.StreamTimeout)},
@@ -57,7 +57,7 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 		{"body_idle_timeout", (*durationOrOff)(&c.BodyIdleTimeout)},
 		{"body_memory", (*size)(&c.BodyMemory)},
 		{"max_connections", (*count)(&c.MaxConnections)},
-	})
+	}, p.topLevel))
 	c.NoCORS = !bool(cors)
 	if upstreams != nil {
 		p.upstreams(c, upstreams)
@@ -117,7 +117,7 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 	u = Upstream{Line: item.Line, label: where, Type: "openai"}
 	var keys []keypool.Key
 	sk := skKeys{keys: &keys}
-	lines := p.decode(item, where, schema{
+	lines := p.decode(item, where, p.only(schema{
 		{"sk", &sk},
 		{"keys", (*keyList)(&keys)},
 		{"keys_file", filePath{&u.KeysFile, p.dir}},
@@ -137,7 +137,7 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 			}
 		}},
 		{"inherit_authorization", (*boolean)(&u.InheritAuthorization)},
-	})
+	}, p.upstreamField))
 	if u.Type == "replicate" {
 		p.warnf(item.Line, "%s: type replicate is not served yet; this upstream is skipped", where)
 		return u, true
