@@ -188,6 +188,30 @@ func (c *Checker) Recheck() {
 	}
 }
 
+// RecheckKey asks Run to check the key id now, whatever its state (a
+// disabled key stays disabled, but learns its models and limits), and does
+// not wait for it: an operator who fixed one key's billing need not recheck
+// them all. A key the pool does not hold, or the stand-in of an upstream
+// without keys of its own, is an error that matches ErrUnknownKey; any
+// other error means more checks are waiting for Run than it takes, and the
+// caller may try again.
+func (c *Checker) RecheckKey(id KeyID) error {
+	c.p.mu.Lock()
+	k := c.p.byID[id]
+	c.p.mu.Unlock()
+	if k == nil || k.standIn() {
+		return &unknownKeyError{id}
+	}
+	// Run takes it as a retry that failed now: checked at once, unless a
+	// check made since (here or by another replica) already answered.
+	select {
+	case c.retryCh <- checkRetry{k, c.t.now()}:
+		return nil
+	default:
+		return errors.New("keypool: the checker has too many checks waiting; try again")
+	}
+}
+
 // CheckAll checks every key (disabled ones aside) once, including the clones
 // found on the way, and returns the results in the pool's order, each clone
 // after its parent. It returns early with ctx's error.
