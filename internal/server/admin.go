@@ -22,6 +22,13 @@ const maxAdminBody = 4 << 10
 // Rechecker asks for a pass of the key checker; *keypool.Checker is one.
 type Rechecker interface{ Recheck() }
 
+// KeyRechecker asks for a check of one key (see keypool.Checker.RecheckKey);
+// *keypool.Checker is one. A Rechecker that is not one makes
+// POST /admin/keys/{id}/recheck answer 503.
+type KeyRechecker interface {
+	RecheckKey(id keypool.KeyID) error
+}
+
 // AdminOptions configures the handler of NewAdmin. Only Transport is
 // required.
 type AdminOptions struct {
@@ -45,13 +52,16 @@ type AdminOptions struct {
 // NewAdmin returns the admin API of a pool, for an operator and for probes:
 //
 //	GET  /admin/keys               every key's state, as a JSON array of keypool.KeyInfo (keys by ID only)
+//	GET  /admin/keys/{id}          one key's state, as a keypool.KeyInfo
 //	POST /admin/keys/recheck       asks the checker for a pass over every key: 202
 //	POST /admin/keys/{id}/disable  takes a key out of selection; optional body {"reason":"…"}
 //	POST /admin/keys/{id}/enable   returns a disabled, revoked or over-quota key to selection
+//	POST /admin/keys/{id}/recheck  asks the checker to check that key now: 202
 //	GET  /readyz                   200 when at least one key is usable, else 503 with the reason
 //
-// Disable and enable answer the key's new state as a keypool.KeyInfo, or a
-// 404 for an unknown ID.
+// Disable and enable answer the key's new state as a keypool.KeyInfo; they,
+// GET /admin/keys/{id} and the recheck of one key answer a 404 for an ID
+// the pool does not hold.
 //
 // The /admin/ routes need "Authorization: Bearer <token>" when opts.Token is
 // set (compared in constant time; 401 otherwise). Without a token they
@@ -78,6 +88,8 @@ func NewAdmin(opts AdminOptions) http.Handler {
 	mux.HandleFunc("POST /admin/keys/recheck", a.guard(a.recheck))
 	mux.HandleFunc("POST /admin/keys/{id}/disable", a.guard(a.disable))
 	mux.HandleFunc("POST /admin/keys/{id}/enable", a.guard(a.enable))
+	mux.HandleFunc("GET /admin/keys/{id}", a.guard(a.key))
+	mux.HandleFunc("POST /admin/keys/{id}/recheck", a.guard(a.recheckKey))
 	mux.HandleFunc("/admin/", a.guard(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, apiError{
 			Message: "Unknown admin URL or method; the routes are GET /admin/keys, POST /admin/keys/recheck, POST /admin/keys/{id}/disable and /enable.",
@@ -198,11 +210,7 @@ func (a *admin) enable(w http.ResponseWriter, r *http.Request) {
 func (a *admin) change(w http.ResponseWriter, r *http.Request, msg string, op func(keypool.KeyID) error) {
 	id := keypool.KeyID(r.PathValue("id"))
 	if err := op(id); errors.Is(err, keypool.ErrUnknownKey) {
-		writeError(w, http.StatusNotFound, apiError{
-			// The ID is not echoed: it may be a secret pasted by mistake.
-			Message: "No key with that ID in the pool; GET /admin/keys lists them.",
-			Type:    "invalid_request_error", Code: "key_not_found",
-		})
+		writeUnknownKey(w)
 		return
 	} else if err != nil {
 		writeError(w, http.StatusInternalServerError, apiError{
@@ -255,4 +263,49 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(append(body, '\n'))
+}
+
+// key answers one key's state, or 404 for a key the pool does not hold.
+func (a *admin) key(w http.ResponseWriter, r *http.Request) {
+	info, ok := a.pool.Key(keypool.KeyID(r.PathValue("id")))
+	if !ok {
+		writeUnknownKey(w)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+// recheckKey asks the checker to check one key now.
+func (a *admin) recheckKey(w http.ResponseWriter, r *http.Request) {
+	kr, ok := a.checker.(KeyRechecker)
+	if !ok {
+		writeError(w, http.StatusServiceUnavailable, apiError{
+			Message: "The proxy runs no key checker that checks one key.", Type: "server_error", Code: "no_checker",
+		})
+		return
+	}
+	id := keypool.KeyID(r.PathValue("id"))
+	switch err := kr.RecheckKey(id); {
+	case errors.Is(err, keypool.ErrUnknownKey):
+		writeUnknownKey(w)
+		return
+	case err != nil:
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, apiError{
+			Message: "The key checker has too many checks waiting; try again.", Type: "server_error", Code: "checker_busy",
+		})
+		return
+	}
+	a.log.LogAttrs(r.Context(), slog.LevelInfo, "key recheck asked", slog.String("key", string(id)), slog.String("remote", r.RemoteAddr))
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "recheck scheduled", "id": string(id)})
+}
+
+// writeUnknownKey answers 404 for a key ID the pool does not hold
+// (keypool.ErrUnknownKey).
+func writeUnknownKey(w http.ResponseWriter) {
+	writeError(w, http.StatusNotFound, apiError{
+		// The ID is not echoed: it may be a secret pasted by mistake.
+		Message: "No key with that ID in the pool; GET /admin/keys lists them.",
+		Type:    "invalid_request_error", Code: "key_not_found",
+	})
 }
