@@ -50,7 +50,13 @@ The exit status is 1 when no key ended up usable.`,
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if timeout <= 0 {
-				return errors.New("--timeout must be positive")
+				return usageErrorf("--timeout must be positive")
+			}
+			if rate <= 0 {
+				return usageErrorf("--rate must be positive")
+			}
+			if concurrency < 1 {
+				return usageErrorf("--concurrency must be at least 1")
 			}
 			ups, cfg, err := checkSources(configFile, keysFile, baseURL)
 			if err != nil {

@@ -271,6 +271,7 @@ func TestCheckFailures(t *testing.T) {
 		args      []string
 		stderr    []string // each must show on stderr
 		stdout    string
+		usage     bool // a mistake in the command line: exit 2, not 1
 	}{
 		{name: "every key revoked", openaiKey: revoked[0].Secret + "," + revoked[1].Secret,
 			args:   []string{"--base-url", base},
@@ -283,18 +284,18 @@ func TestCheckFailures(t *testing.T) {
 			stderr: []string{badConfig + `:3: unknown field "endpiont" in upstream 1 (did you mean "endpoint"?)`}},
 		{name: "missing config", args: []string{"--config", filepath.Join(dir, "none.yaml")}, stderr: []string{"keypool: config: open "}},
 		{name: "empty keys file", args: []string{"--keys-file", emptyFile}, stderr: []string{"empty.txt holds no key"}},
-		{name: "config and keys file", args: []string{"--config", badConfig, "--keys-file", emptyFile}, stderr: []string{"[config keys-file]"}},
-		{name: "bad rate", openaiKey: "sk-x", args: []string{"--rate", "0"}, stderr: []string{"check rate must be positive"}},
-		{name: "bad timeout", openaiKey: "sk-x", args: []string{"--timeout", "0s"}, stderr: []string{"--timeout must be positive"}},
-		{name: "a key as an argument", args: []string{"sk-net-0123456789abcdef"}, stderr: []string{"check takes no arguments"}},
-		{name: "a key as a flag value", args: []string{"--concurrency", "sk-net-0123456789abcdef"}, stderr: []string{"invalid argument"}},
+		{name: "config and keys file", args: []string{"--config", badConfig, "--keys-file", emptyFile}, stderr: []string{"[config keys-file]"}, usage: true},
+		{name: "bad rate", openaiKey: "sk-x", args: []string{"--rate", "0"}, stderr: []string{"--rate must be positive"}, usage: true},
+		{name: "bad timeout", openaiKey: "sk-x", args: []string{"--timeout", "0s"}, stderr: []string{"--timeout must be positive"}, usage: true},
+		{name: "a key as an argument", args: []string{"sk-net-0123456789abcdef"}, stderr: []string{"check takes no arguments"}, usage: true},
+		{name: "a key as a flag value", args: []string{"--concurrency", "sk-net-0123456789abcdef"}, stderr: []string{"invalid argument"}, usage: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			noEnv(t)
 			t.Setenv("OPENAI_KEY", tc.openaiKey)
 			out, errOut, code := cli(t, secrets, append([]string{"check", "--rate", "1000"}, tc.args...)...)
-			if code != 1 {
-				t.Errorf("exit %d, want 1", code)
+			if want := map[bool]int{false: 1, true: 2}[tc.usage]; code != want {
+				t.Errorf("exit %d, want %d", code, want)
 			}
 			for _, want := range tc.stderr {
 				if !strings.Contains(errOut, want) {

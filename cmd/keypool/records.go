@@ -56,11 +56,11 @@ or an RFC 3339 time.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.configFile, "config", "", "config `file` naming the store (default ./"+app.DefaultConfigFile+" when present)")
-	fl.StringVar(&f.dbType, "dbtype", "", "store type: sqlite or postgres (default the config's, else sqlite)")
+	enumFlag(cmd, &f.dbType, "dbtype", "store type (default the config's, else sqlite)", records.TypeSQLite, records.TypePostgres)
 	fl.StringVar(&f.dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN (default the config's, else ./db.sqlite)")
 	fl.StringVar(&f.since, "since", "24h", "records from this long ago (a duration such as 90m or 7d) or this RFC 3339 time; \"\" for all")
 	fl.StringVar(&f.until, "until", "", "records before this long ago, or this RFC 3339 time")
-	fl.StringVar(&f.by, "by", "", "aggregate by: "+groupNames())
+	enumFlag(cmd, &f.by, "by", "aggregate by", groupNames()...)
 	fl.IntVar(&f.limit, "limit", 20, "records to show, newest first (at most 10000)")
 	fl.StringVar(&f.query.Key, "key", "", "only this key `ID` (kp_…)")
 	fl.StringVar(&f.query.Model, "model", "", "only this model")
@@ -72,12 +72,12 @@ or an RFC 3339 time.`,
 	return cmd
 }
 
-func groupNames() string {
+func groupNames() []string {
 	names := make([]string, len(records.GroupBys))
 	for i, g := range records.GroupBys {
 		names[i] = string(g)
 	}
-	return strings.Join(names, ", ")
+	return names
 }
 
 func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
@@ -85,23 +85,19 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 		ctx = context.Background()
 	}
 	if f.limit < 1 || f.limit > 10000 {
-		return errors.New("--limit must be between 1 and 10000")
+		return usageErrorf("--limit must be between 1 and 10000")
 	}
-	var by records.GroupBy
-	if f.by != "" {
-		g, err := records.ParseGroupBy(f.by)
-		if err != nil {
-			return err
-		}
-		by = g
+	if f.timeout <= 0 {
+		return usageErrorf("--timeout must be positive")
 	}
+	by := records.GroupBy(f.by) // one of records.GroupBys: the flag takes no other
 	now := time.Now()
 	var err error
 	if f.query.Since, err = pointInTime(f.since, now); err != nil {
-		return fmt.Errorf("--since: %w", err)
+		return usageErrorf("--since: %w", err)
 	}
 	if f.query.Until, err = pointInTime(f.until, now); err != nil {
-		return fmt.Errorf("--until: %w", err)
+		return usageErrorf("--until: %w", err)
 	}
 	f.query.Limit = f.limit
 	typ, addr, err := recordsStore(f)

@@ -70,15 +70,19 @@ func TestRecordsCommand(t *testing.T) {
 	if out, _, code := runOut("--model", "o3"); code != 0 || !strings.Contains(out, "(no records match)") {
 		t.Errorf("no match: exit %d\n%s", code, out)
 	}
-	for _, tc := range []struct{ args, want string }{
-		{"--by colour", `cannot group by "colour"`},
-		{"--limit 0", "--limit must be between 1 and 10000"},
-		{"--since soon", `--since: "soon" is neither`},
-		{"--dbtype none", "records are off"},
-		{"--dbtype mysql", "mysql"},
+	for _, tc := range []struct {
+		args, want string
+		code       int
+	}{
+		{"--by colour", `invalid argument "colour" for "--by" flag: must be one of key, model, status, client, upstream, error, hour, day`, 2},
+		{"--limit 0", "--limit must be between 1 and 10000", 2},
+		{"--since soon", `--since: "soon" is neither`, 2},
+		{"--dbtype none", "must be one of sqlite, postgres", 2},
+		{"--dbtype mysql", `invalid argument "mysql" for "--dbtype"`, 2},
+		{"--dbtype postgres --timeout 1s", "records", 1}, // no DSN: a runtime failure
 	} {
-		if _, errOut, code := runOut(strings.Fields(tc.args)...); code == 0 || !strings.Contains(errOut, tc.want) {
-			t.Errorf("%s: exit %d, %q", tc.args, code, errOut)
+		if _, errOut, code := runOut(strings.Fields(tc.args)...); code != tc.code || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s: exit %d, %q, want %d and %q", tc.args, code, errOut, tc.code, tc.want)
 		}
 	}
 }

@@ -13,7 +13,8 @@ import (
 	"github.com/keypool/keypool/internal/secret"
 )
 
-func newRootCmd() *cobra.Command {
+// newRootCmd returns the keypool command, printing to stdout and stderr.
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "keypool",
 		Short: "A pool of OpenAI API keys as one reliable client",
@@ -21,28 +22,46 @@ func newRootCmd() *cobra.Command {
 request gets the best key available and fails over when a key is revoked, out
 of quota, rate-limited or failing.
 
-Keys are always shown by their ID (kp_…), never by their secret.`,
+Keys are always shown by their ID (kp_…), never by their secret.
+
+Exit status: 0 on success, 1 when a command ran and failed, 2 for a mistake
+in the command line (an unknown command or flag, a bad value).`,
 		Version: moduleVersion(),
 		// run prints the error once; usage is for --help.
 		SilenceErrors: true,
 		SilenceUsage:  true,
+		Args:          unknownCommand,
+		RunE:          func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
+	// --version, long only: -v is "verbose" in most tools, and cobra would
+	// take it for --version when no command defines -v.
+	root.Flags().Bool("version", false, "print keypool's version (keypool version tells more)")
+	root.SetVersionTemplate("keypool {{.Version}}\n")
 	root.AddCommand(newCheckCmd(), newDemoCmd(), newKeysCmd(), newRecordsCmd(), newServeCmd(), newVersionCmd())
+	// Before markUsageErrors: cobra's completion command, which it adds,
+	// keeps the writer it finds when made.
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	markUsageErrors(root)
 	return root
 }
 
-// run executes the CLI with args and returns the exit status: 0, or 1 after
-// printing the error on stderr.
+// run executes the CLI with args and returns the exit status: 0; 1 after
+// printing the error of a command that failed on stderr; 2 after printing
+// a mistake in the command line and where to read the usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRootCmd()
+	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "keypool:", secret.NewScrubber(givenSecrets(args)...).Scrub(err.Error()))
-		return 1
+	cmd, err := root.ExecuteContextC(ctx)
+	if err == nil {
+		return exitOK
 	}
-	return 0
+	fmt.Fprintln(stderr, "keypool:", secret.NewScrubber(givenSecrets(args)...).Scrub(err.Error()))
+	code := exitCode(err)
+	if code == exitUsage && cmd != nil {
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
+	}
+	return code
 }
 
 // givenSecrets lists the secrets a run was given: the keys of OPENAI_KEY,

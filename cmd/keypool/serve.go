@@ -75,7 +75,7 @@ Logs go to stderr and show keys by ID only.`,
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if opts.ShutdownTimeout <= 0 {
-				return errors.New("--shutdown-timeout must be positive")
+				return usageErrorf("--shutdown-timeout must be positive")
 			}
 			ctx := cmd.Context()
 			if ctx == nil {
@@ -97,7 +97,7 @@ Logs go to stderr and show keys by ID only.`,
 	f := cmd.Flags()
 	f.StringVar(&configFile, "config", "", "config `file` (default ./"+app.DefaultConfigFile+" when present)")
 	f.StringVar(&listen, "listen", "", "`address` to listen on (default the config's listen, else "+app.DefaultListen+")")
-	f.StringVar(&dbType, "dbtype", "", "request records: sqlite, postgres or none (default the config's, else sqlite)")
+	enumFlag(cmd, &dbType, "dbtype", "request records' store (default the config's, else sqlite)", "sqlite", "postgres", "none")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
 	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", app.DefaultShutdownTimeout, "time in-flight requests get to finish on shutdown")
