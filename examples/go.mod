@@ -1,6 +1,6 @@
 module github.com/keypool/keypool/examples
 
-go 1.26.8
+go 1.26.0
 
 require (
 	github.com/keypool/keypool v0.0.0
@@ -28,7 +28,6 @@ require (
 	golang.org/x/sys v0.49.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
 	modernc.org/libc v1.79.0 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 )
 
 // Exit statuses, as kubectl, gh and most Unix tools use them: a script can
@@ -153,5 +152,3 @@ func completeValues(cmd *cobra.Command, name string, values ...string) {
 		panic(err)
 	}
 }
-
-var _ pflag.Value = (*enumValue)(nil)
