@@ -27,6 +27,7 @@ import (
 const (
 	defaultServer   = "http://" + app.DefaultListen
 	keysTimeout     = 30 * time.Second
+	completeTimeout = 2 * time.Second // a shell waits on completion: better none than a hang
 	maxKeysResponse = 64 << 20
 )
 
@@ -58,7 +59,8 @@ an admin_token answers on loopback only, and needs none.`,
   keypool keys enable kp_0746b34a640078cd
   keypool keys recheck                        # every key
   KEYPOOL_ADMIN_TOKEN=… keypool keys --server http://proxy:8080 --json`,
-		Args: keyIDArgs(0, 1),
+		Args:              keyIDArgs(0, 1),
+		ValidArgsFunction: completeKeyIDs(&f),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newAdminClient(cmd, &f)
 			if err != nil {
@@ -106,8 +108,9 @@ func newKeysDisableCmd(f *keysFlags) *cobra.Command {
 		Long: `disable takes the key ID out of selection: it serves no request until
 keypool keys enable ID (POST /admin/keys/ID/disable). It prints the key's
 new state.`,
-		Example: `  keypool keys disable kp_0746b34a640078cd --reason "leaked in a log"`,
-		Args:    keyIDArgs(1, 1),
+		Example:           `  keypool keys disable kp_0746b34a640078cd --reason "leaked in a log"`,
+		Args:              keyIDArgs(1, 1),
+		ValidArgsFunction: completeKeyIDs(f),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			body, err := json.Marshal(map[string]string{"reason": reason})
 			if err != nil {
@@ -127,8 +130,9 @@ func newKeysEnableCmd(f *keysFlags) *cobra.Command {
 		Long: `enable returns the key ID to selection, unchecked, so that its next answer
 says what it is now (POST /admin/keys/ID/enable). It prints the key's new
 state.`,
-		Example: `  keypool keys enable kp_0746b34a640078cd`,
-		Args:    keyIDArgs(1, 1),
+		Example:           `  keypool keys enable kp_0746b34a640078cd`,
+		Args:              keyIDArgs(1, 1),
+		ValidArgsFunction: completeKeyIDs(f),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return changeKey(cmd, f, nil, args[0], "enable")
 		},
@@ -145,7 +149,8 @@ func newKeysRecheckCmd(f *keysFlags) *cobra.Command {
 check: see keypool keys a moment later.`,
 		Example: `  keypool keys recheck kp_0746b34a640078cd
   keypool keys recheck`,
-		Args: keyIDArgs(0, 1),
+		Args:              keyIDArgs(0, 1),
+		ValidArgsFunction: completeKeyIDs(f),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := newAdminClient(cmd, f)
 			if err != nil {
@@ -187,6 +192,33 @@ func changeKey(cmd *cobra.Command, f *keysFlags, body []byte, id, action string)
 		}
 		return printKeys(out, []keyRow{k}, now)
 	})
+}
+
+// completeKeyIDs offers the IDs of the server's keys, each with its state
+// and upstream, as the one argument of a keys command: nothing when the
+// server does not answer within completeTimeout.
+func completeKeyIDs(f *keysFlags) cobra.CompletionFunc {
+	return func(cmd *cobra.Command, args []string, _ string) ([]cobra.Completion, cobra.ShellCompDirective) {
+		if len(args) > 0 {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		c, err := newAdminClient(cmd, f)
+		if err != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), completeTimeout)
+		defer cancel()
+		body, _, err := c.do(ctx, http.MethodGet, nil, "admin", "keys")
+		var keys []keyRow
+		if err != nil || json.Unmarshal(body, &keys) != nil {
+			return nil, cobra.ShellCompDirectiveNoFileComp
+		}
+		out := make([]cobra.Completion, 0, len(keys))
+		for _, k := range keys {
+			out = append(out, cobra.CompletionWithDesc(k.ID, k.State+", "+dash(k.Upstream)))
+		}
+		return out, cobra.ShellCompDirectiveNoFileComp
+	}
 }
 
 var keyIDPattern = regexp.MustCompile(`^kp_[0-9a-f]{16}$`)

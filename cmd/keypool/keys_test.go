@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/secret"
@@ -209,6 +211,13 @@ func TestKeysCommands(t *testing.T) {
 	}
 	if out, errOut, code := cli(t, secrets, "keys", "recheck"); code != 0 || out != "recheck of every key scheduled\n" {
 		t.Errorf("recheck: exit %d\n%s%s", code, out, errOut)
+	}
+
+	// Shells complete the server's key IDs, with state and upstream.
+	out, errOut, code = cli(t, secrets, cobra.ShellCompRequestCmd, "keys", "disable", "")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 4 || !strings.HasPrefix(lines[0], paid+"\tready, ") || !strings.HasPrefix(lines[2], revoked+"\trevoked, ") {
+		t.Errorf("completion of key IDs: exit %d\n%s%s", code, out, errOut)
 	}
 }
 
