@@ -108,6 +108,9 @@ func verifyHeaps(t *testing.T, p *Pool, now time.Time) {
 // The two cases are the two harnesses it replaces: many clones with the
 // default order, and trial keys first.
 func TestStressTrafficDuringChecks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: seconds of traffic under stress")
+	}
 	for _, tc := range []struct {
 		name        string
 		keys, orgs  int

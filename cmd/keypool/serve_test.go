@@ -438,6 +438,9 @@ func TestServeNotifies(t *testing.T) {
 // be written does not hold up the shutdown; what could not be written is
 // counted.
 func TestServeNeverWaitsOnADeadStore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: waits out a store that never answers (about 10 s)")
+	}
 	key := "sk-dead-store-aaaaaaaaaaaa"
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, fakeopenai.Key{Secret: key})
 	noEnv(t)

@@ -17,6 +17,9 @@ import (
 // 0.8x no client sees an error; and every refusal says when to come back
 // (Retry-After).
 func TestGoodput(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: a load run per limit kind")
+	}
 	start := time.Now()
 	table := Goodput(t, GoodputConfig{})
 	t.Logf("\n%s(%v of real time)", table, time.Since(start).Round(time.Millisecond))
