@@ -303,7 +303,7 @@ func (c *adminClient) do(ctx context.Context, method string, body []byte, path .
 		}
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
-			return nil, time.Time{}, fmt.Errorf("keys: cannot reach keypool serve at %s: is it running? (%w; --server or KEYPOOL_SERVER names another)", c.shown, err)
+			return nil, time.Time{}, fmt.Errorf("keys: cannot reach keypool serve at %s: is it running? (%w); --server or KEYPOOL_SERVER names another", c.shown, err)
 		}
 		return nil, time.Time{}, fmt.Errorf("keys: %s: %w", c.shown, err)
 	}
