@@ -93,7 +93,7 @@ if reset == 1 then redis.call('DEL', KEYS[1]) end
 
 if ARGV[2] == '1' then
   local limit = tonumber(ARGV[3])
-  local obs = now - tonumber(ARGV[8])
+  local obs = math.max(now - tonumber(ARGV[8]), 0)
   local o = {limit = limit, rem = math.min(tonumber(ARGV[4]), limit), at = obs, slot = tonumber(ARGV[7]),
     win = tonumber(ARGV[6]), e = obs + tonumber(ARGV[5])}
   local oend = o.e
@@ -234,10 +234,16 @@ func spendArgs(req *keypool.BudgetRequest) []any {
 	return []any{req.Want, 1, min(sn.Limit, maxWant), min(sn.Remaining, maxWant), micros(sn.Reset), win, micros(sn.PerSlot), micros(sn.Age)}
 }
 
-// micros is d in whole microseconds, a positive d at least 1.
+// maxMicros bounds the durations given to spendScript (about 116 days), so
+// that the times it stores stay below 1e16, where it takes them for
+// another program's data.
+const maxMicros = 1e13
+
+// micros is d in whole microseconds, a positive d at least 1, at most
+// maxMicros.
 func micros(d time.Duration) int64 {
 	if d > 0 && d < time.Microsecond {
 		return 1
 	}
-	return d.Microseconds()
+	return min(d.Microseconds(), maxMicros)
 }

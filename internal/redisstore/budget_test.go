@@ -255,6 +255,22 @@ func TestSpendAge(t *testing.T) {
 	}
 }
 
+// TestSpendExtremes: answers with huge numbers are stored as numbers the
+// next Spend reads back, not taken for another program's data.
+func TestSpendExtremes(t *testing.T) {
+	e := newBudgetEnv(t)
+	s := e.store(redisstore.Options{})
+	const forever = time.Duration(1<<63 - 1)
+	wantGrant(t, "a huge window, old beyond 1970", spend(t, s, 1<<62, &keypool.BudgetSeen{Limit: 1 << 62, Remaining: 1 << 62, Reset: forever, Windowed: true, Age: forever}), 1<<50)
+	wantGrant(t, "the next spend", spend(t, s, 1<<62, &keypool.BudgetSeen{Limit: 1 << 62, Remaining: 1 << 62, PerSlot: forever, Reset: forever, Age: forever}), 0)
+	if g := spend(t, s, 1, nil); g.Granted != 0 || g.Retry <= 0 {
+		t.Errorf("a spent huge budget: %+v, want nothing granted and a Retry", g)
+	}
+	if n := s.Stats().Skipped; n != 0 {
+		t.Errorf("Skipped = %d: the Store took its own data for another program's", n)
+	}
+}
+
 // TestSpendUnknown: a budget Redis holds nothing of grants what is asked,
 // and is not stored; a stated one expires.
 func TestSpendUnknown(t *testing.T) {
