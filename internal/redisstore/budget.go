@@ -26,8 +26,8 @@ var _ keypool.BudgetStore = (*Store)(nil)
 // durations microseconds: a slot of a bucket of 10,000 requests a minute is
 // 6ms, which milliseconds would round by a sixth.
 //
-// ARGV: want, seen (1: the rest holds an answer), limit, remaining, reset,
-// windowed (1/0), perSlot, age.
+// ARGV: want, seen (1: the rest holds an answer), limit, remaining, reset
+// (0: not known), windowed (1/0), perSlot, age.
 //
 // It returns {granted (-1: the budget is not known, the caller grants
 // want), retry (µs, 0 not known), reset (1: the key held what does not
@@ -94,17 +94,20 @@ if reset == 1 then redis.call('DEL', KEYS[1]) end
 if ARGV[2] == '1' then
   local limit = tonumber(ARGV[3])
   local obs = math.max(now - tonumber(ARGV[8]), 0)
+  local reset = tonumber(ARGV[5])
+  local oend = 0
+  if reset > 0 then oend = obs + reset end
   local o = {limit = limit, rem = math.min(tonumber(ARGV[4]), limit), at = obs, slot = tonumber(ARGV[7]),
-    win = tonumber(ARGV[6]), e = obs + tonumber(ARGV[5])}
-  local oend = o.e
+    win = tonumber(ARGV[6]), e = oend}
   advance(o)
   if not cur then
     cur = o
   else
     local pick
-    if o.win == 1 and cur.win == 1 and cur.e > 0 and oend > cur.e + SLACK then
+    local windows = o.win == 1 and cur.win == 1 and oend > 0
+    if windows and cur.e > 0 and oend > cur.e + SLACK then
       pick = o
-    elseif o.win == 1 and cur.win == 1 and (cur.e > 0 and oend < cur.e - SLACK or cur.e == 0 and oend <= cur.at + SLACK) then
+    elseif windows and (cur.e > 0 and oend < cur.e - SLACK or cur.e == 0 and oend <= cur.at + SLACK) then
       pick = nil
     elseif o.rem <= cur.rem then
       pick = o

@@ -203,6 +203,18 @@ func TestSpendSeen(t *testing.T) {
 			t.Errorf("Retry = %v, want the rest of the next window, about 2h: the late answer moved its end", g.Retry)
 		}
 	})
+	t.Run("no reset", func(t *testing.T) {
+		// An answer that states no reset says nothing of when its window
+		// ends, or its bucket is full: nothing refills until one does.
+		e := newBudgetEnv(t)
+		s := e.store(redisstore.Options{})
+		for _, win := range []bool{true, false} {
+			g := spend(t, s, 1, &keypool.BudgetSeen{Limit: 5, Remaining: 0, Windowed: win})
+			if g != (keypool.BudgetGrant{}) {
+				t.Errorf("windowed %v: %+v, want nothing granted and Retry 0 (not known)", win, g)
+			}
+		}
+	})
 	t.Run("window ends", func(t *testing.T) {
 		e := newBudgetEnv(t)
 		s := e.store(redisstore.Options{})
@@ -224,7 +236,7 @@ func TestSpendSeen(t *testing.T) {
 		if g.Granted != 0 || g.Retry != 0 {
 			t.Errorf("the next window spent: %+v, want nothing granted and Retry 0 (not known)", g)
 		}
-		wantGrant(t, "an answer of the window that ended", spend(t, s, 10, &keypool.BudgetSeen{Limit: 5, Remaining: 5, Windowed: true, Age: 50 * time.Millisecond}), 0)
+		wantGrant(t, "an answer of the window that ended", spend(t, s, 10, &keypool.BudgetSeen{Limit: 5, Remaining: 5, Reset: 10 * time.Millisecond, Windowed: true, Age: 50 * time.Millisecond}), 0)
 		wantGrant(t, "an answer of the next window", spend(t, s, 10, &keypool.BudgetSeen{Limit: 5, Remaining: 4, Reset: time.Hour, Windowed: true}), 0)
 		if ms, _ := e.rc.HGet(context.Background(), e.key, "end").Int64(); ms == 0 {
 			t.Error("the answer of the next window did not set its end")
