@@ -9,6 +9,13 @@
 // script writes a batch: of two states of one key the later Updated wins, at
 // equal times the one written last, and every state written is published on
 // the channel PREFIX+"states". Neither holds a secret.
+//
+// Budgets that replicas spend together (keypool.BudgetStore) are hashes
+// named PREFIX+"budget:"+the budget's name as the pool gives it (upstream,
+// scope and model joined by NUL bytes; no secret): limit, rem, at, slot,
+// win and end, times in microseconds since 1970 by Redis's own clock (see
+// Spend). Each expires twice its time to refill after its last spend (a
+// minute at least, a week at most), so that abandoned budgets vanish.
 package redisstore
 
 import (
@@ -79,10 +86,13 @@ type Stats struct {
 	Written  uint64 // key states sent to Redis (an older one than Redis holds is sent, and kept out by the script)
 	Dropped  uint64 // key states lost: beyond MaxPending, saved after the Store closed, or left when the drain gave up
 	Received uint64 // key states heard of (published, or read at a resync) and given to apply
-	Skipped  uint64 // entries and messages that did not decode
+	Skipped  uint64 // entries and messages that did not decode, budgets reset for it among them
 	Errors   uint64 // Redis commands that failed
 	Outages  uint64 // times Redis went out of reach (the first error after it answered)
 	Resyncs  uint64 // whole reads of the states after a (re)subscription
+
+	Spends      uint64 // budget spends Redis answered
+	SpendErrors uint64 // budget spends that failed (counted in Errors too unless cut short by a cancelled context)
 }
 
 // Store is a keypool.StateSubscriber over Redis. Save never waits for
@@ -106,12 +116,14 @@ type Store struct {
 	states  string // the hash of states
 	updated string // the hash of Updated times
 	channel string
+	budgets string           // the prefix of budget keys
 	queue   *keystates.Queue // closed once the drain is over: Save drops
 	ran     atomic.Bool
 	apply   atomic.Pointer[func(keypool.KeyState)]
 	down    atomic.Bool // Redis is out of reach: the outage is logged
 
 	received, skipped, errs, outages, resyncs atomic.Uint64
+	spends, spendErrs                         atomic.Uint64
 }
 
 // New returns a Store over the Redis rawURL names: redis://[:PASSWORD@]HOST:PORT/DB,
@@ -162,7 +174,7 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	}
 	s := &Store{client: redis.NewClient(ropt), shown: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
 		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
-		queue: keystates.NewQueue(opt.MaxPending)}
+		budgets: opt.Prefix + "budget:", queue: keystates.NewQueue(opt.MaxPending)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,7 +191,7 @@ func (s *Store) Addr() string { return s.shown }
 func (s *Store) Stats() Stats {
 	return Stats{Pending: s.queue.Pending(), Written: s.queue.Written(), Dropped: s.queue.Dropped(),
 		Received: s.received.Load(), Skipped: s.skipped.Load(), Errors: s.errs.Load(),
-		Outages: s.outages.Load(), Resyncs: s.resyncs.Load()}
+		Outages: s.outages.Load(), Resyncs: s.resyncs.Load(), Spends: s.spends.Load(), SpendErrors: s.spendErrs.Load()}
 }
 
 // Subscribe sets the function Run gives every state it hears of. Call it

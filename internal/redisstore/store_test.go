@@ -33,15 +33,33 @@ func testRedis(t testing.TB) string {
 }
 
 // prefix is a prefix of Redis keys of the test's own, so that tests (and
-// runs) do not see each other's states; its keys are deleted at the end.
+// runs) do not see each other's states; its keys (budgets among them) are
+// deleted at the end.
 func prefix(t testing.TB, addr string) string {
 	p := fmt.Sprintf("kptest:%s:%d:", t.Name(), time.Now().UnixNano())
 	t.Cleanup(func() {
 		c := redis.NewClient(&redis.Options{Addr: addr})
 		defer c.Close()
-		c.Del(context.Background(), p+"states", p+"updated")
+		ctx := context.Background()
+		c.Del(ctx, p+"states", p+"updated")
+		iter := c.Scan(ctx, 0, globEscape(p)+"budget:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
 	})
 	return p
+}
+
+// globEscape escapes what SCAN's MATCH takes for a pattern in s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func newStore(t testing.TB, url string, opt redisstore.Options) *redisstore.Store {
