@@ -148,6 +148,11 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	// the drain (shutdown) for its own ReadTimeout on every try.
 	ropt.ContextTimeoutEnabled = true
 	ropt.MaxRetries = -1 // Run retries, with its own backoff
+	// One dial per try: go-redis's default of five, 100 ms apart, made a
+	// Spend to a Redis that refuses connections wait out its deadline, and
+	// a request waiting for its grant with it. Run and Spend's callers
+	// retry with their own backoff.
+	ropt.DialerRetries = 1
 	if opt.Prefix == "" {
 		opt.Prefix = DefaultPrefix
 	}
