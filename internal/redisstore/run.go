@@ -153,6 +153,7 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 				continue
 			}
 			s.received.Add(1)
+			s.known.note(st)
 			apply(st)
 		}
 	}
@@ -165,8 +166,9 @@ const idleReceive = time.Second
 // resyncTimeout bounds a resync's read of the states.
 const resyncTimeout = 30 * time.Second
 
-// resync reads every state and gives each to apply; it reports whether the
-// read succeeded.
+// resync reads every state and gives each to apply, and queues again the
+// states this Store knows that Redis lacks; it reports whether the read
+// succeeded.
 func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
 	// In the background, unlike Load: a large pool's states get longer.
 	rctx, cancel := context.WithTimeout(ctx, max(s.opt.LoadTimeout, resyncTimeout))
@@ -179,7 +181,15 @@ func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
 	s.resyncs.Add(1)
 	for _, st := range states {
 		s.received.Add(1)
+		s.known.note(st)
 		apply(st)
+	}
+	if lost := s.known.missing(states); len(lost) > 0 {
+		for _, st := range lost {
+			s.queue.Put(st)
+		}
+		s.refilled.Add(uint64(len(lost)))
+		s.log.Warn("Redis had lost key states; writing them again", "store", s.shown, "states", len(lost))
 	}
 	return true
 }

@@ -90,6 +90,7 @@ type Stats struct {
 	Errors   uint64 // Redis commands that failed
 	Outages  uint64 // times Redis went out of reach (the first error after it answered)
 	Resyncs  uint64 // whole reads of the states after a (re)subscription
+	Refilled uint64 // key states written again because a resync found Redis without them (it restarted empty)
 
 	Spends      uint64 // budget spends Redis answered
 	SpendErrors uint64 // budget spends that failed (counted in Errors too unless cut short by a cancelled context)
@@ -123,7 +124,8 @@ type Store struct {
 	down    atomic.Bool // Redis is out of reach: the outage is logged
 
 	received, skipped, errs, outages, resyncs atomic.Uint64
-	spends, spendErrs                         atomic.Uint64
+	spends, spendErrs, refilled               atomic.Uint64
+	known                                     *known // the latest state of each key, to write again into an emptied Redis
 }
 
 // New returns a Store over the Redis rawURL names: redis://[:PASSWORD@]HOST:PORT/DB,
@@ -179,7 +181,7 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	}
 	s := &Store{client: redis.NewClient(ropt), shown: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
 		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
-		budgets: opt.Prefix + "budget:", queue: keystates.NewQueue(opt.MaxPending)}
+		budgets: opt.Prefix + "budget:", queue: keystates.NewQueue(opt.MaxPending), known: newKnown(opt.MaxPending)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -196,7 +198,7 @@ func (s *Store) Addr() string { return s.shown }
 func (s *Store) Stats() Stats {
 	return Stats{Pending: s.queue.Pending(), Written: s.queue.Written(), Dropped: s.queue.Dropped(),
 		Received: s.received.Load(), Skipped: s.skipped.Load(), Errors: s.errs.Load(),
-		Outages: s.outages.Load(), Resyncs: s.resyncs.Load(), Spends: s.spends.Load(), SpendErrors: s.spendErrs.Load()}
+		Outages: s.outages.Load(), Resyncs: s.resyncs.Load(), Refilled: s.refilled.Load(), Spends: s.spends.Load(), SpendErrors: s.spendErrs.Load()}
 }
 
 // Subscribe sets the function Run gives every state it hears of. Call it
@@ -216,6 +218,7 @@ func (s *Store) Save(st keypool.KeyState) {
 		s.queue.Drop()
 		return
 	}
+	s.known.note(st)
 	s.queue.Put(st)
 }
 

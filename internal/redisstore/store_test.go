@@ -331,9 +331,11 @@ func TestNewBadURL(t *testing.T) {
 }
 
 // TestResyncAfterRestart stops Redis while a replica listens, saves
-// meanwhile, and starts Redis again: the states wait, are written, and the
-// listener resyncs. It runs a redis-server of its own
-// (KEYPOOL_TEST_REDIS_SERVER names the binary).
+// meanwhile, and starts Redis again, empty: the states wait, are written,
+// and the listener resyncs; a state written before the restart, which the
+// empty Redis lost, is written again by the replica that heard it, so that
+// a replica that starts afterwards loads it. It runs a redis-server of its
+// own (KEYPOOL_TEST_REDIS_SERVER names the binary).
 func TestResyncAfterRestart(t *testing.T) {
 	bin := os.Getenv("KEYPOOL_TEST_REDIS_SERVER")
 	if bin == "" {
@@ -367,6 +369,13 @@ func TestResyncAfterRestart(t *testing.T) {
 	run(t, a)
 	run(t, b)
 	eventually(t, "b subscribed", func() bool { return b.Stats().Resyncs == 1 })
+	before := time.Now()
+	a.Save(state(2, keypool.StateOverQuota, before))
+	eventually(t, "b hears the state saved before the restart", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return heard[id(2)] == keypool.StateOverQuota
+	})
 
 	srv.Process.Kill()
 	srv.Wait()
@@ -383,4 +392,10 @@ func TestResyncAfterRestart(t *testing.T) {
 	if a.Stats().Outages != 1 {
 		t.Errorf("a's Outages = %d, want 1", a.Stats().Outages)
 	}
+	eventually(t, "b writes again what the empty Redis lost", func() bool { return b.Stats().Refilled == 1 })
+	c := newStore(t, "redis://"+addr, opt)
+	eventually(t, "a replica started after the restart loads both states", func() bool {
+		got := load(t, c)
+		return got[id(1)].State == keypool.StateRevoked && got[id(2)].State == keypool.StateOverQuota && got[id(2)].Updated.Equal(before)
+	})
 }
