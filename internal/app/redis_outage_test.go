@@ -26,10 +26,10 @@ import (
 // once every replica has noticed (logged) the outage, so that the load runs
 // with Redis up, dying, and known dead. Every request is answered 200, none
 // waits long, each replica logs the outage once (without the password), and
-// they go on serving, each with what it knows: a key
-// revoked meanwhile is learned by each on its own. Once Redis is started
-// again (empty), each replica resubscribes and reads the states again, and
-// writes what waited: the revoked key is in Redis again.
+// they go on serving, each with what it knows: a key revoked meanwhile is
+// learned by each on its own. Once Redis is started again (empty), each
+// replica resubscribes and reads the states again, and writes what waited:
+// the revoked key is in Redis again.
 func TestRedisKilledUnderLoad(t *testing.T) {
 	const (
 		password = "pw-SECRET-outage-4444444444"
