@@ -158,6 +158,9 @@ func TestRedisKilledUnderLoad(t *testing.T) {
 			mustChat(t, r.Handler(), token)
 		}
 		if s := r.state(victimID); s != keypool.StateRevoked {
+			for _, k := range r.Transport().Snapshot() {
+				t.Logf("replica %d: key %s %v, limits %+v", i+1, k.ID, k.State, k.Limits)
+			}
 			t.Errorf("replica %d holds the victim %v after %d requests with Redis dead, want revoked", i+1, s, sent)
 		}
 	}

@@ -184,6 +184,7 @@ func (s *Store) Spend(ctx context.Context, req keypool.BudgetRequest) (keypool.B
 		ctx, cancel = context.WithTimeout(ctx, spendTimeout)
 		defer cancel()
 	}
+	start := time.Now()
 	res, err := spendScript.Run(ctx, s.client, []string{s.budgets + req.Budget}, spendArgs(&req)...).Int64Slice()
 	if err == nil && len(res) != 3 {
 		err = fmt.Errorf("the script returned %d numbers, want 3", len(res))
@@ -196,7 +197,7 @@ func (s *Store) Spend(ctx context.Context, req keypool.BudgetRequest) (keypool.B
 		return keypool.BudgetGrant{}, fmt.Errorf("redisstore: spend %q: %s", req.Budget, s.scrub.Scrub(err.Error()))
 	}
 	s.spends.Add(1)
-	s.answered()
+	s.answered(start)
 	if res[2] == 1 {
 		s.skipped.Add(1)
 		s.log.Warn("redisstore: budget reset: its key held what does not decode (another program's data, or a format this keypool does not know)",

@@ -21,12 +21,13 @@ import (
 func (s *Store) Load(ctx context.Context) ([]keypool.KeyState, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.LoadTimeout)
 	defer cancel()
+	start := time.Now()
 	states, err := s.readAll(ctx)
 	if err != nil {
 		s.failed(ctx, "load", err)
 		return nil, errors.New("redisstore: load: " + s.scrub.Scrub(err.Error()))
 	}
-	s.answered()
+	s.answered(start)
 	held := map[keypool.State]int{}
 	for _, st := range states {
 		if !st.State.Usable() {
@@ -139,13 +140,15 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 			}
 			// Messages queue on the connection meanwhile; the hash read
 			// after the subscription misses none.
+			start := time.Now()
 			for !s.resync(ctx, apply) {
 				if !backoff() {
 					return
 				}
+				start = time.Now()
 			}
 			wait = s.opt.RetryMin
-			s.answered()
+			s.answered(start)
 		case *redis.Message:
 			st, err := decode("", []byte(m.Payload))
 			if err != nil {

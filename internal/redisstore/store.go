@@ -121,7 +121,10 @@ type Store struct {
 	queue   *keystates.Queue // closed once the drain is over: Save drops
 	ran     atomic.Bool
 	apply   atomic.Pointer[func(keypool.KeyState)]
-	down    atomic.Bool // Redis is out of reach: the outage is logged
+	// downSince is when the current outage began (Unix nanoseconds; 0:
+	// Redis answers): the outage is logged once, and only a command that
+	// started after it began can end it.
+	downSince atomic.Int64
 
 	received, skipped, errs, outages, resyncs atomic.Uint64
 	spends, spendErrs, refilled               atomic.Uint64
@@ -230,16 +233,18 @@ func (s *Store) failed(ctx context.Context, what string, err error) {
 		return
 	}
 	s.errs.Add(1)
-	if s.down.CompareAndSwap(false, true) {
+	if s.downSince.CompareAndSwap(0, max(time.Now().UnixNano(), 1)) {
 		s.outages.Add(1)
 		s.log.Warn("redisstore: redis out of reach; key states wait in memory and are retried, replicas do not hear of each other until it answers",
 			slog.String("store", s.shown), slog.String("op", what), slog.String("error", s.scrub.Scrub(err.Error())))
 	}
 }
 
-// answered ends an outage, if there is one, with a log line.
-func (s *Store) answered() {
-	if s.down.CompareAndSwap(true, false) {
+// answered ends an outage, if there is one, with a log line, for a command
+// that Redis answered, started at start. One that started before the
+// outage began (it was in flight when Redis died) says nothing of it.
+func (s *Store) answered(start time.Time) {
+	if since := s.downSince.Load(); since != 0 && start.UnixNano() >= since && s.downSince.CompareAndSwap(since, 0) {
 		s.log.Info("redisstore: redis answers again", slog.String("store", s.shown), slog.Int("pending", s.Stats().Pending))
 	}
 }
