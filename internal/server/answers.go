@@ -182,7 +182,11 @@ func (x *exchange) Flush() {
 	if x.status == 0 {
 		x.status = http.StatusOK
 	}
-	http.NewResponseController(x.ResponseWriter).Flush()
+	if f, ok := x.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	} else {
+		http.NewResponseController(x.ResponseWriter).Flush()
+	}
 }
 
 // Unwrap lets http.ResponseController reach the server's writer.
