@@ -118,8 +118,8 @@ line per proxied request.`,
 	f.StringVar(&dbType, "dbtype", "", "request records: sqlite, postgres or none (default the config's, else sqlite)")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
 	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
-	f.Var(&logLevel, "log-level", "what to log: debug, info, warn or error (default the config's log_level, else info)")
-	f.Var(&logFormat, "log-format", "log lines as text or json (default the config's log_format, else text)")
+	f.Var(&logLevel, "log-level", "`level` of what is logged: debug, info, warn or error (default the config's log_level, else info)")
+	f.Var(&logFormat, "log-format", "`format` of log lines: text, or json for one JSON object per line (default the config's log_format, else text)")
 	f.BoolVar(&accessLog, "access-log", false, "log one line per proxied request: client token ID, method, route, model, status, key ID, attempts, latency, tokens (default the config's access_log)")
 	for name, values := range map[string][]string{"log-level": app.LogLevels, "log-format": app.LogFormats} {
 		cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
