@@ -3,14 +3,17 @@ package main
 import (
 	"context"
 	"errors"
-	"log/slog"
+	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/app"
+	"github.com/keypool/keypool/internal/config"
 )
 
 func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
@@ -30,6 +33,9 @@ func newServeCmdWith(hooks serveHooks) *cobra.Command {
 		configFile, listen string
 		dbType, dbAddr     string
 		store              string
+		logLevel           = enumFlag{of: app.LogLevels}
+		logFormat          = enumFlag{of: app.LogFormats}
+		accessLog          bool
 		opts               = app.Options{Ready: hooks.ready}
 	)
 	if hooks.base != nil {
@@ -64,7 +70,10 @@ answer probes. The admin API (/admin/keys, see keypool keys) needs the
 config's admin_token, or without one answers on loopback only.
 
 The address is --listen, else the config's listen, else ` + app.DefaultListen + `.
-Logs go to stderr and show keys by ID only.`,
+Logs go to stderr and show keys by ID only: each change of a key's state
+(revoked, over quota, cooling until T, recovered, disabled) and each failover
+that rested a key at info, other failovers at debug. --access-log adds one
+line per proxied request.`,
 		Example: `  OPENAI_KEY=sk-…,sk-… keypool serve
   keypool serve --config config.yaml --listen 127.0.0.1:9000`,
 		Args: func(_ *cobra.Command, args []string) error {
@@ -81,11 +90,20 @@ Logs go to stderr and show keys by ID only.`,
 			if ctx == nil {
 				ctx = context.Background()
 			}
-			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			cfg, err := app.Load(configFile, opts.Logger)
+			// The config may set the level and format: what is logged
+			// while it loads waits for the logger it sets.
+			var early app.LogBuffer
+			cfg, err := app.Load(configFile, early.Logger())
 			if err != nil {
+				fallback, _ := app.NewLogger(cmd.ErrOrStderr(), logLevel.value, logFormat.value)
+				early.Replay(fallback)
 				return err
 			}
+			setLogging(cfg, cmd.Flags().Changed, logLevel.value, logFormat.value, accessLog)
+			if opts.Logger, err = app.NewLogger(cmd.ErrOrStderr(), cfg.LogLevel, cfg.LogFormat); err != nil {
+				return err // cannot happen: the flags and the config took only known values
+			}
+			early.Replay(opts.Logger)
 			app.SetStore(cfg, dbType, dbAddr)
 			if err := app.SetStateStore(cfg, store); err != nil {
 				return err
@@ -100,6 +118,44 @@ Logs go to stderr and show keys by ID only.`,
 	f.StringVar(&dbType, "dbtype", "", "request records: sqlite, postgres or none (default the config's, else sqlite)")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
 	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
+	f.Var(&logLevel, "log-level", "`level` of what is logged: debug, info, warn or error (default the config's log_level, else info)")
+	f.Var(&logFormat, "log-format", "`format` of log lines: text, or json for one JSON object per line (default the config's log_format, else text)")
+	f.BoolVar(&accessLog, "access-log", false, "log one line per proxied request: client token ID, method, route, model, status, key ID, attempts, latency, tokens (default the config's access_log)")
+	for name, values := range map[string][]string{"log-level": app.LogLevels, "log-format": app.LogFormats} {
+		cmd.RegisterFlagCompletionFunc(name, cobra.FixedCompletions(values, cobra.ShellCompDirectiveNoFileComp))
+	}
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", app.DefaultShutdownTimeout, "time in-flight requests get to finish on shutdown")
 	return cmd
 }
+
+// setLogging puts --log-level, --log-format and --access-log over cfg's
+// log_level, log_format and access_log: a flag given wins.
+func setLogging(cfg *config.Config, given func(flag string) bool, level, format string, accessLog bool) {
+	if given("log-level") {
+		cfg.LogLevel = level
+	}
+	if given("log-format") {
+		cfg.LogFormat = format
+	}
+	cfg.AccessLog = cfg.AccessLog || accessLog
+}
+
+// enumFlag is a flag that takes one of a few values: any other is a usage
+// error when the flags are parsed, before serve does anything.
+type enumFlag struct {
+	value string
+	of    []string
+}
+
+func (f *enumFlag) String() string { return f.value }
+
+func (f *enumFlag) Set(s string) error {
+	s = strings.ToLower(strings.TrimSpace(s))
+	if !slices.Contains(f.of, s) {
+		return fmt.Errorf("must be %s", strings.Join(f.of, ", "))
+	}
+	f.value = s
+	return nil
+}
+
+func (f *enumFlag) Type() string { return "string" }

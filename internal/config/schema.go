@@ -57,6 +57,9 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 		{"body_idle_timeout", (*durationOrOff)(&c.BodyIdleTimeout)},
 		{"body_memory", (*size)(&c.BodyMemory)},
 		{"max_connections", (*count)(&c.MaxConnections)},
+		{"log_level", choice{&c.LogLevel, []string{"debug", "info", "warn", "error"}}},
+		{"log_format", choice{&c.LogFormat, []string{"text", "json"}}},
+		{"access_log", (*boolean)(&c.AccessLog)},
 	})
 	c.NoCORS = !bool(cors)
 	if upstreams != nil {
