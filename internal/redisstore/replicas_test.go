@@ -41,11 +41,27 @@ func drainedFake(t *testing.T) (*fakeopenai.Server, []keypool.Key) {
 	}
 	fake := fakeopenai.New(fakeopenai.Config{}, keys...)
 	t.Cleanup(fake.Close)
-	for _, k := range keys[:replicaOrgs] {
-		for range replicaRPM {
+	// Spend each until it refuses, again until a round spends nothing (a
+	// few rounds at most): an organization spent first refills while the
+	// others are spent.
+	spend := func(secret string) (served int) {
+		for {
 			r := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(replicaChat))
-			r.Header.Set("Authorization", "Bearer "+k.Secret)
-			fake.ServeHTTP(httptest.NewRecorder(), r)
+			r.Header.Set("Authorization", "Bearer "+secret)
+			w := httptest.NewRecorder()
+			fake.ServeHTTP(w, r)
+			if w.Code == http.StatusTooManyRequests {
+				return served
+			}
+			served++
+		}
+	}
+	for again, round := true, 0; again && round < 5; round++ {
+		again = false
+		for _, k := range keys[:replicaOrgs] {
+			if spend(k.Secret) > 0 {
+				again = true
+			}
 		}
 	}
 	fake.Reset()
