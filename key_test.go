@@ -323,9 +323,11 @@ func keyAssertNoLeak(t *testing.T, what, out string) {
 
 func TestKeyNeverLeaks(t *testing.T) {
 	keys := map[string]Key{
-		"plain":        NewKey(keyTestSecret),
-		"organization": NewKey(keyTestSecret).WithOrganization("org-abc"),
-		"project":      NewKey(keyTestSecret).WithOrganization("org-abc").WithProject("proj_abc"),
+		"plain":         NewKey(keyTestSecret),
+		"organization":  NewKey(keyTestSecret).WithOrganization("org-abc"),
+		"project":       NewKey(keyTestSecret).WithOrganization("org-abc").WithProject("proj_abc"),
+		"source":        NewKey(keyTestSecret).WithSource("keys.txt:12"),
+		"secret source": NewKey(keyTestSecret).WithSource("keys.txt:" + keyTestSecret),
 	}
 	verbs := []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%30v", "%-30s", "% x", "%#x"}
 	for name, k := range keys {
