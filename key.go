@@ -101,7 +101,7 @@ func cleanSource(label, secretText string) string {
 		}
 		label = ellipsis + label[cut:]
 	}
-	if secretText != "" && strings.Contains(label, secretText) { // one made of '?'
+	if secretText != "" && strings.Contains(label, secretText) { // a secret with '?' in it, spelled by the mapping
 		return ""
 	}
 	return label

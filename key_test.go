@@ -558,6 +558,9 @@ func keyCheckResult(t *testing.T, keys []Key) {
 			t.Errorf("key %q twice", s)
 		}
 		seen[s] = true
+		if src := k.Source(); strings.Contains(src, s) || len(src) > MaxSourceLen {
+			t.Errorf("key %q: source %q holds it or is too long", s, src)
+		}
 		if k.ID() != NewKey(s).ID() || k.Organization() != "" || k.Project() != "" {
 			t.Errorf("key %q: ID %q org %q project %q", s, k.ID(), k.Organization(), k.Project())
 		}
