@@ -223,6 +223,7 @@ const maxKeyLine = 64 << 10
 // ReadKeys reads keys one per line: blank lines and lines starting with # are
 // skipped, a # after the key starts a comment, duplicates are dropped. A line
 // with two words, or too long a line, is an error that names the line number.
+// A UTF-8 byte order mark at the start is not part of the first key.
 //
 // Each key's source is its line: "NAME:LINE" when r has a Name method (an
 // *os.File names the path it was opened with), else "line LINE".
@@ -240,6 +241,9 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 	for sc.Scan() {
 		line++
 		text := sc.Text()
+		if line == 1 {
+			text = strings.TrimPrefix(text, "\ufeff") // a byte order mark, as some editors write
+		}
 		if i := strings.IndexByte(text, '#'); i >= 0 {
 			text = text[:i]
 		}

@@ -116,6 +116,7 @@ func TestReadKeys(t *testing.T) {
 		{name: "only comments and blanks", in: "# keys\n\n   \n\t# indented comment\n", want: []string{}},
 		{name: "one per line", in: "sk-a\nsk-b\nsk-c\n", want: []string{"sk-a", "sk-b", "sk-c"}},
 		{name: "no final newline", in: "sk-a\nsk-b", want: []string{"sk-a", "sk-b"}},
+		{name: "byte order mark", in: "\ufeffsk-a\r\nsk-b\r\n", want: []string{"sk-a", "sk-b"}},
 		{
 			name: "comments, blanks, CRLF, duplicates",
 			in: "# production keys\r\n" +
