@@ -222,8 +222,9 @@ const maxKeyLine = 64 << 10
 
 // ReadKeys reads keys one per line: blank lines and lines starting with # are
 // skipped, a # after the key starts a comment, duplicates are dropped. A line
-// with two words, or too long a line, is an error that names the line number.
-// A UTF-8 byte order mark at the start is not part of the first key.
+// with two words, a quoted key, a NAME=VALUE line (OPENAI_KEY=sk-…, as in a
+// .env file) or too long a line is an error that names the line number. A
+// UTF-8 byte order mark at the start is not part of the first key.
 //
 // Each key's source is its line: "NAME:LINE" when r has a Name method (an
 // *os.File names the path it was opened with), else "line LINE".
@@ -254,6 +255,9 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 		if strings.IndexFunc(text, isSpace) >= 0 || strings.Contains(text, ",") {
 			return nil, fmt.Errorf("keypool: keys line %d: one key per line expected", line)
 		}
+		if why := notAKey(text); why != "" {
+			return nil, fmt.Errorf("keypool: keys line %d: %s", line, why)
+		}
 		seen[text] = true
 		keys = append(keys, NewKey(text).WithSource(source(line)))
 	}
@@ -262,5 +266,27 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 	}
 	return keys, nil
 }
+
+// notAKey says why text, one word of a keys file, cannot be a key ("" when
+// it may be one): a quoted key, or a line copied from a shell or .env file
+// (OPENAI_KEY=sk-…). Either would be sent as another key, which the
+// upstream refuses as revoked, and would show an ID that matches nothing.
+// The reason never quotes text.
+func notAKey(text string) string {
+	if strings.ContainsAny(text, "\"'`") {
+		return "quotes are not part of a key; write the key bare"
+	}
+	// NAME=VALUE with an environment variable's name. Base64 keys end in
+	// '=' padding, never '=' then more.
+	name, value, ok := strings.Cut(text, "=")
+	if ok && name != "" && value != "" && value[0] != '=' && strings.IndexFunc(name, notEnvNameRune) < 0 && !('0' <= name[0] && name[0] <= '9') {
+		return "a NAME=VALUE assignment, not a key; write the key alone"
+	}
+	return ""
+}
+
+// notEnvNameRune reports whether r cannot be in an environment variable's
+// name as shells write them in capitals: A-Z, 0-9 and _.
+func notEnvNameRune(r rune) bool { return !('A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_') }
 
 func isSpace(r rune) bool { return unicode.IsSpace(r) }

@@ -117,6 +117,11 @@ func TestReadKeys(t *testing.T) {
 		{name: "one per line", in: "sk-a\nsk-b\nsk-c\n", want: []string{"sk-a", "sk-b", "sk-c"}},
 		{name: "no final newline", in: "sk-a\nsk-b", want: []string{"sk-a", "sk-b"}},
 		{name: "byte order mark", in: "\ufeffsk-a\r\nsk-b\r\n", want: []string{"sk-a", "sk-b"}},
+		{name: "base64 padding is a key", in: "QUJDREVGR0g=\nQUJDREVGRw==\n", want: []string{"QUJDREVGR0g=", "QUJDREVGRw=="}},
+		{name: "lower-case name=value may be a key", in: "sk-a=b\n", want: []string{"sk-a=b"}},
+		{name: "quoted", in: "sk-a\n\"sk-proj-QUOTED1\"\n", wantErr: true, errLine: 2, hidden: []string{"QUOTED1"}},
+		{name: "single-quoted", in: "'sk-proj-QUOTED2'\n", wantErr: true, errLine: 1, hidden: []string{"QUOTED2"}},
+		{name: ".env line", in: "# .env\nsk-a\nOPENAI_KEY=sk-proj-DOTENV1\n", wantErr: true, errLine: 3, hidden: []string{"DOTENV1"}},
 		{
 			name: "comments, blanks, CRLF, duplicates",
 			in: "# production keys\r\n" +
