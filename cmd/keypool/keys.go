@@ -98,6 +98,7 @@ func orDefault(s, def string) string {
 // encodes it.
 type keyRow struct {
 	ID           string `json:"id"`
+	Source       string `json:"source"`
 	Upstream     string `json:"upstream"`
 	Organization string `json:"organization"`
 	Scope        string `json:"scope"`
@@ -165,13 +166,13 @@ func fetchKeys(ctx context.Context, serverURL, token string) ([]byte, error) {
 // printKeys writes keys as an aligned table.
 func printKeys(w io.Writer, keys []keyRow) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tUPSTREAM\tORG\tSCOPE\tSTATE\tTRIAL\tIN FLIGHT\tLAST USED\tREASON")
+	fmt.Fprintln(tw, "ID\tSOURCE\tUPSTREAM\tORG\tSCOPE\tSTATE\tTRIAL\tIN FLIGHT\tLAST USED\tREASON")
 	for _, k := range keys {
 		trial := ""
 		if k.Trial {
 			trial = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Upstream), dash(k.Organization), dash(k.Scope),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.ID, dash(k.Source), dash(k.Upstream), dash(k.Organization), dash(k.Scope),
 			k.State, dash(trial), strconv.Itoa(k.InFlight), dash(k.LastUsed), dash(k.Reason))
 	}
 	return tw.Flush()

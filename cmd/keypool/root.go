@@ -27,7 +27,7 @@ Keys are always shown by their ID (kp_…), never by their secret.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
-	root.AddCommand(newCheckCmd(), newDemoCmd(), newKeysCmd(), newRecordsCmd(), newServeCmd(), newVersionCmd())
+	root.AddCommand(newCheckCmd(), newDemoCmd(), newIDCmd(), newKeysCmd(), newRecordsCmd(), newServeCmd(), newVersionCmd())
 	return root
 }
 

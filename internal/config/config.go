@@ -180,8 +180,8 @@ type Upstream struct {
 	Type string
 	// Endpoint is the API root, such as "https://api.openai.com/v1".
 	Endpoint string
-	// Keys are the keys of sk and keys, without duplicates. Keys print as
-	// their IDs.
+	// Keys are the keys of sk and keys, without duplicates, each with its
+	// source (the file's line: "config.yaml:8"). Keys print as their IDs.
 	Keys []keypool.Key
 	// Auth is keypool.AuthKeys for an upstream with keys,
 	// keypool.AuthCaller for "sk: asis" (each client's own Authorization

@@ -119,10 +119,10 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool) {
 	u = Upstream{Line: item.Line, label: where, Type: "openai"}
 	var keys []keypool.Key
-	sk := skKeys{keys: &keys}
+	sk := skKeys{keys: &keys, file: p.name}
 	lines := p.decode(item, where, schema{
 		{"sk", &sk},
-		{"keys", (*keyList)(&keys)},
+		{"keys", keyList{&keys, p.name}},
 		{"keys_file", filePath{&u.KeysFile, p.dir}},
 		{"endpoint", (*endpoint)(&u.Endpoint)},
 		{"name", (*text)(&u.Name)},
