@@ -89,11 +89,16 @@ func (l *keyLogs) stateChange(e keypool.StateEvent) {
 	if !l.log.Enabled(ctx, level) {
 		return
 	}
-	attrs := make([]slog.Attr, 0, 9)
+	attrs := make([]slog.Attr, 0, 10)
 	attrs = append(attrs, slog.String("key", string(e.Key)), slog.String("upstream", e.Upstream))
 	if l.key != nil {
-		if info, ok := l.key(e.Key); ok && info.Scope != "" {
-			attrs = append(attrs, slog.String("scope", info.Scope))
+		if info, ok := l.key(e.Key); ok {
+			if info.Source != "" {
+				attrs = append(attrs, slog.String("source", info.Source)) // where an operator finds the key
+			}
+			if info.Scope != "" {
+				attrs = append(attrs, slog.String("scope", info.Scope))
+			}
 		}
 	}
 	attrs = append(attrs, slog.String("from", e.From.String()), slog.String("to", e.To.String()))

@@ -12,13 +12,13 @@ import (
 )
 
 // TestKeyLogs: each change of a key's state is one info line with its ID,
-// upstream, scope and reason, a change heard from another replica a debug
+// upstream, source, scope and reason, a change heard from another replica a debug
 // line; a failover is an info line when it rested its key, else debug.
 func TestKeyLogs(t *testing.T) {
 	until := time.Date(2026, 12, 2, 10, 30, 0, 0, time.UTC)
 	states := map[keypool.KeyID]keypool.KeyInfo{
 		"kp_cooling": {ID: "kp_cooling", Scope: "acme", State: keypool.StateCooling},
-		"kp_ready":   {ID: "kp_ready", Scope: "acme", State: keypool.StateReady},
+		"kp_ready":   {ID: "kp_ready", Scope: "acme", State: keypool.StateReady, Source: "keys.txt:12"},
 	}
 	tests := []struct {
 		name  string
@@ -27,7 +27,7 @@ func TestKeyLogs(t *testing.T) {
 		want  string // "" for no line
 	}{
 		{"revoked", &keypool.StateEvent{Key: "kp_ready", Upstream: "main", From: keypool.StateReady, To: keypool.StateRevoked, Reason: "401 invalid_api_key"},
-			nil, `level=INFO msg="key revoked: no traffic until its recheck finds it valid" key=kp_ready upstream=main scope=acme from=ready to=revoked reason="401 invalid_api_key"`},
+			nil, `level=INFO msg="key revoked: no traffic until its recheck finds it valid" key=kp_ready upstream=main source=keys.txt:12 scope=acme from=ready to=revoked reason="401 invalid_api_key"`},
 		{"over quota", &keypool.StateEvent{Key: "kp_x", Upstream: "main", To: keypool.StateOverQuota, Reason: "429 insufficient_quota"},
 			nil, `level=INFO msg="key over quota: no traffic until its recheck finds quota" key=kp_x upstream=main from=unchecked to=over_quota reason="429 insufficient_quota"`},
 		{"cooling", &keypool.StateEvent{Key: "kp_x", Upstream: "main", From: keypool.StateReady, To: keypool.StateCooling, Reason: "429 requests", Model: "gpt-4o", Until: until},
