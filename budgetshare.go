@@ -72,6 +72,18 @@ func (p *Pool) budgetsBack(now time.Time) {
 	}
 }
 
+// waitsForGrant reports whether bud is shared and has spent its grants,
+// and then asks for more unless it is asking already. Requires p.mu.
+func (p *Pool) waitsForGrant(bud *budget, now time.Time) bool {
+	if !p.sharing(bud) || bud.granted() > 0 {
+		return false
+	}
+	if !bud.shared().asking {
+		p.ask(bud, now)
+	}
+	return true
+}
+
 // grantWant is how many requests to ask for: a share of what bud is
 // believed to have left, at least one.
 func grantWant(bud *budget, now time.Time) int64 {
@@ -130,6 +142,9 @@ func (p *Pool) spend(bud *budget, req BudgetRequest) {
 		}
 		if !p.budgetsDown {
 			p.budgetsDown, p.budgetsRetry = true, now.Add(budgetStoreRest)
+			for _, u := range p.ups {
+				p.wakeUpstream(u) // requests waiting for grants take keys alone
+			}
 		}
 	case g.Granted > 0:
 		live.shared().granted += min(g.Granted, req.Want)

@@ -143,6 +143,7 @@ func WithCheckLogger(l *slog.Logger) CheckOption {
 // CheckResult is what one key's check found.
 type CheckResult struct {
 	Key           KeyID         `json:"id"`
+	Source        string        `json:"source,omitempty"` // where the key came from (KeyInfo.Source)
 	Upstream      string        `json:"upstream"`
 	Organization  string        `json:"organization,omitempty"`
 	Scope         string        `json:"scope,omitempty"` // the budget it spends (KeyInfo.Scope)
@@ -389,7 +390,7 @@ type checkRetry struct {
 // result and the new clones.
 func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	start := c.t.now()
-	res := CheckResult{Key: k.cred.id, Upstream: k.up.Name, Clone: k.clone,
+	res := CheckResult{Key: k.cred.id, Source: k.cred.source, Upstream: k.up.Name, Clone: k.clone,
 		LimitRequests: Unknown, LimitTokens: Unknown}
 	var clones []*key
 

@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // KeyID names a key in logs, metrics, records and admin views. It is "kp_"
@@ -29,6 +31,7 @@ type Key struct {
 	s       *secret
 	org     string
 	project string
+	source  string
 	id      KeyID
 }
 
@@ -59,6 +62,49 @@ func (k Key) WithProject(project string) Key {
 	k.project = project
 	k.id = makeKeyID(k.secret(), k.org, k.project)
 	return k
+}
+
+// MaxSourceLen bounds a key's source label, in bytes: a longer label keeps
+// its end, where the file name and line are.
+const MaxSourceLen = 128
+
+// WithSource returns a copy of k labelled with where it came from, such as
+// "keys.txt:12", "OPENAI_KEY[3]" or "config.yaml:8", so that an operator can
+// find the key behind an ID. The label is public (snapshots, admin views,
+// logs show it), so it is made safe here: a label that holds the key's
+// secret is dropped (the copy has no source), characters that are not
+// printable become '?', and a label over MaxSourceLen bytes keeps its last
+// bytes after "…". The source is not part of the ID; organization clones
+// keep it.
+func (k Key) WithSource(label string) Key {
+	k.source = cleanSource(label, k.secret())
+	return k
+}
+
+// cleanSource is label made safe to show for a key with secretText; see
+// WithSource.
+func cleanSource(label, secretText string) string {
+	if secretText != "" && strings.Contains(label, secretText) {
+		return ""
+	}
+	label = strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return '?'
+		}
+		return r
+	}, label)
+	if len(label) > MaxSourceLen {
+		const ellipsis = "…"
+		cut := len(label) - (MaxSourceLen - len(ellipsis))
+		for cut < len(label) && !utf8.RuneStart(label[cut]) {
+			cut++
+		}
+		label = ellipsis + label[cut:]
+	}
+	if secretText != "" && strings.Contains(label, secretText) { // a secret with '?' in it, spelled by the mapping
+		return ""
+	}
+	return label
 }
 
 func makeKeyID(secretText, org, project string) KeyID {
@@ -97,6 +143,10 @@ func (k Key) Organization() string { return k.org }
 // Project returns the project the key is sent with ("" for none).
 func (k Key) Project() string { return k.project }
 
+// Source returns where the key came from, as WithSource set it ("" when not
+// known). It never holds the secret.
+func (k Key) Source() string { return k.source }
+
 // IsZero reports whether k holds no secret.
 func (k Key) IsZero() bool { return k.s == nil || *k.s == "" }
 
@@ -128,14 +178,15 @@ func (k Key) Format(f fmt.State, verb rune) {
 	io.WriteString(f, string(k.id))
 }
 
-// MarshalJSON encodes the key as its ID, organization and project, never the
-// secret.
+// MarshalJSON encodes the key as its ID, organization, project and source,
+// never the secret.
 func (k Key) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		ID           KeyID  `json:"id"`
 		Organization string `json:"organization,omitempty"`
 		Project      string `json:"project,omitempty"`
-	}{k.id, k.org, k.project})
+		Source       string `json:"source,omitempty"`
+	}{k.id, k.org, k.project, k.source})
 }
 
 // MarshalText encodes the key as its ID, for map keys and text encoders.
@@ -147,7 +198,8 @@ func (k Key) LogValue() slog.Value { return slog.StringValue(string(k.id)) }
 // ParseKeys splits a comma-separated list of secrets (the OPENAI_KEY
 // convention), trimming space around each and dropping empty entries and
 // duplicates. An entry with space inside is an error that names its position,
-// never its text.
+// never its text. The keys have no source: only the caller knows where the
+// list came from (see WithSource).
 func ParseKeys(list string) ([]Key, error) {
 	var keys []Key
 	seen := map[string]bool{}
@@ -170,8 +222,18 @@ const maxKeyLine = 64 << 10
 
 // ReadKeys reads keys one per line: blank lines and lines starting with # are
 // skipped, a # after the key starts a comment, duplicates are dropped. A line
-// with two words, or too long a line, is an error that names the line number.
+// with two words, a quoted key, a NAME=VALUE line (OPENAI_KEY=sk-…, as in a
+// .env file) or too long a line is an error that names the line number. A
+// UTF-8 byte order mark at the start is not part of the first key.
+//
+// Each key's source is its line: "NAME:LINE" when r has a Name method (an
+// *os.File names the path it was opened with), else "line LINE".
 func ReadKeys(r io.Reader) ([]Key, error) {
+	source := func(line int) string { return "line " + strconv.Itoa(line) }
+	if named, ok := r.(interface{ Name() string }); ok {
+		name := named.Name()
+		source = func(line int) string { return name + ":" + strconv.Itoa(line) }
+	}
 	var keys []Key
 	seen := map[string]bool{}
 	sc := bufio.NewScanner(r)
@@ -180,6 +242,9 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 	for sc.Scan() {
 		line++
 		text := sc.Text()
+		if line == 1 {
+			text = strings.TrimPrefix(text, "\ufeff") // a byte order mark, as some editors write
+		}
 		if i := strings.IndexByte(text, '#'); i >= 0 {
 			text = text[:i]
 		}
@@ -190,13 +255,38 @@ func ReadKeys(r io.Reader) ([]Key, error) {
 		if strings.IndexFunc(text, isSpace) >= 0 || strings.Contains(text, ",") {
 			return nil, fmt.Errorf("keypool: keys line %d: one key per line expected", line)
 		}
+		if why := notAKey(text); why != "" {
+			return nil, fmt.Errorf("keypool: keys line %d: %s", line, why)
+		}
 		seen[text] = true
-		keys = append(keys, NewKey(text))
+		keys = append(keys, NewKey(text).WithSource(source(line)))
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("keypool: keys line %d: %w", line+1, err)
 	}
 	return keys, nil
 }
+
+// notAKey says why text, one word of a keys file, cannot be a key ("" when
+// it may be one): a quoted key, or a line copied from a shell or .env file
+// (OPENAI_KEY=sk-…). Either would be sent as another key, which the
+// upstream refuses as revoked, and would show an ID that matches nothing.
+// The reason never quotes text.
+func notAKey(text string) string {
+	if strings.ContainsAny(text, "\"'`") {
+		return "quotes are not part of a key; write the key bare"
+	}
+	// NAME=VALUE with an environment variable's name. Base64 keys end in
+	// '=' padding, never '=' then more.
+	name, value, ok := strings.Cut(text, "=")
+	if ok && name != "" && value != "" && value[0] != '=' && strings.IndexFunc(name, notEnvNameRune) < 0 && !('0' <= name[0] && name[0] <= '9') {
+		return "a NAME=VALUE assignment, not a key; write the key alone"
+	}
+	return ""
+}
+
+// notEnvNameRune reports whether r cannot be in an environment variable's
+// name as shells write them in capitals: A-Z, 0-9 and _.
+func notEnvNameRune(r rune) bool { return !('A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '_') }
 
 func isSpace(r rune) bool { return unicode.IsSpace(r) }

@@ -116,6 +116,12 @@ func TestReadKeys(t *testing.T) {
 		{name: "only comments and blanks", in: "# keys\n\n   \n\t# indented comment\n", want: []string{}},
 		{name: "one per line", in: "sk-a\nsk-b\nsk-c\n", want: []string{"sk-a", "sk-b", "sk-c"}},
 		{name: "no final newline", in: "sk-a\nsk-b", want: []string{"sk-a", "sk-b"}},
+		{name: "byte order mark", in: "\ufeffsk-a\r\nsk-b\r\n", want: []string{"sk-a", "sk-b"}},
+		{name: "base64 padding is a key", in: "QUJDREVGR0g=\nQUJDREVGRw==\n", want: []string{"QUJDREVGR0g=", "QUJDREVGRw=="}},
+		{name: "lower-case name=value may be a key", in: "sk-a=b\n", want: []string{"sk-a=b"}},
+		{name: "quoted", in: "sk-a\n\"sk-proj-QUOTED1\"\n", wantErr: true, errLine: 2, hidden: []string{"QUOTED1"}},
+		{name: "single-quoted", in: "'sk-proj-QUOTED2'\n", wantErr: true, errLine: 1, hidden: []string{"QUOTED2"}},
+		{name: ".env line", in: "# .env\nsk-a\nOPENAI_KEY=sk-proj-DOTENV1\n", wantErr: true, errLine: 3, hidden: []string{"DOTENV1"}},
 		{
 			name: "comments, blanks, CRLF, duplicates",
 			in: "# production keys\r\n" +
@@ -323,9 +329,11 @@ func keyAssertNoLeak(t *testing.T, what, out string) {
 
 func TestKeyNeverLeaks(t *testing.T) {
 	keys := map[string]Key{
-		"plain":        NewKey(keyTestSecret),
-		"organization": NewKey(keyTestSecret).WithOrganization("org-abc"),
-		"project":      NewKey(keyTestSecret).WithOrganization("org-abc").WithProject("proj_abc"),
+		"plain":         NewKey(keyTestSecret),
+		"organization":  NewKey(keyTestSecret).WithOrganization("org-abc"),
+		"project":       NewKey(keyTestSecret).WithOrganization("org-abc").WithProject("proj_abc"),
+		"source":        NewKey(keyTestSecret).WithSource("keys.txt:12"),
+		"secret source": NewKey(keyTestSecret).WithSource("keys.txt:" + keyTestSecret),
 	}
 	verbs := []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%X", "%d", "%30v", "%-30s", "% x", "%#x"}
 	for name, k := range keys {
@@ -556,6 +564,9 @@ func keyCheckResult(t *testing.T, keys []Key) {
 			t.Errorf("key %q twice", s)
 		}
 		seen[s] = true
+		if src := k.Source(); strings.Contains(src, s) || len(src) > MaxSourceLen {
+			t.Errorf("key %q: source %q holds it or is too long", s, src)
+		}
 		if k.ID() != NewKey(s).ID() || k.Organization() != "" || k.Project() != "" {
 			t.Errorf("key %q: ID %q org %q project %q", s, k.ID(), k.Organization(), k.Project())
 		}

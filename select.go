@@ -200,10 +200,10 @@ const fullBit = 1 << 63
 // headroomStored is headroom by the budget's last answer, without the
 // refill since: scores must not change with time alone.
 func (p *Pool) headroomStored(bud *budget) int64 {
-	if p.sharing(bud) && bud.granted() > 0 {
-		// Budgets with a lease first, and among them the most left, as
-		// the answers say, so that traffic spreads as without a store.
-		return max(p.localHeadroom(bud, bud.remReq), 1)
+	if p.sharing(bud) {
+		// By what the answers left, as without a store, so that traffic
+		// spreads the same way; take looks at the grants.
+		return p.localHeadroom(bud, bud.remReq)
 	}
 	return p.headroomOf(bud, bud.remReq)
 }
@@ -356,13 +356,18 @@ func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 			}
 			r.looked = append(r.looked, b)
 			p.reviveBudgets(b, now)
-			if l, ok := p.best(b, r, now); ok {
+			if l, ok := p.best(b, r, now, false); ok {
 				if p.headroom(l.bud, now) > 0 {
 					p.acquire(l, now)
 					return l, refusal{}
 				}
-				if p.sharing(l.bud) && !l.bud.shared().asking {
-					p.ask(l.bud, now) // its grant is spent: the next wakes r
+				if p.waitsForGrant(l.bud, now) {
+					// Its grants are spent, and more are asked for (a
+					// grant wakes r): the best budget with grants left.
+					if l, ok := p.best(b, r, now, true); ok && p.headroom(l.bud, now) > 0 {
+						p.acquire(l, now)
+						return l, refusal{}
+					}
 				}
 				ref.busy = true
 			}
@@ -402,15 +407,17 @@ func earliest(a, b time.Time) time.Time {
 // that key. A request has tried fewer than maxTried keys, and at most
 // missingVotes scopes lack a model of the shared bucket before its upstream
 // holds the model missing, so stepping over that many budgets always
-// reaches the best usable one. Requires p.mu.
-func (p *Pool) best(b *bucket, r *pick, now time.Time) (lease, bool) {
+// reaches the best usable one. With granted, it also steps over shared
+// budgets whose grants are spent (asking for more), as far as it may.
+// Requires p.mu.
+func (p *Pool) best(b *bucket, r *pick, now time.Time, granted bool) (lease, bool) {
 	var stash [maxTried + missingVotes]*budget
 	n := 0
 	var found lease
 	ok := false
 	for len(b.ready) > 0 && n < len(stash) {
 		bud := b.ready[0].v
-		if b != b.up.shared || bud.s.servesModel(r.model, r.stream) {
+		if (b != b.up.shared || bud.s.servesModel(r.model, r.stream)) && !(granted && p.waitsForGrant(bud, now)) {
 			if k := p.bestKey(bud.s, r, now); k != nil {
 				found, ok = lease{k: k, bud: bud, model: r.bucketName()}, true
 				break

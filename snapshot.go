@@ -50,7 +50,7 @@ func (p *Pool) info(k *key, now time.Time) KeyInfo {
 	st, until := p.derivedState(k, now)
 	s := k.s
 	ki := KeyInfo{
-		ID: k.cred.id, Upstream: k.up.Name, Auth: k.up.Auth, Organization: k.org, Scope: s.name, Clone: k.clone,
+		ID: k.cred.id, Source: k.cred.source, Upstream: k.up.Name, Auth: k.up.Auth, Organization: k.org, Scope: s.name, Clone: k.clone,
 		State: st, Reason: k.reason, Since: k.since, CoolingUntil: until, Trial: k.trial || s.trial,
 		InFlight: k.inflight, LastUsed: k.lastUsed, LastChecked: k.checked,
 		LimitRequests: k.probe.LimitRequests, LimitTokens: k.probe.LimitTokens,

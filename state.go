@@ -91,7 +91,11 @@ type ModelLimits struct {
 // KeyInfo is a snapshot of one key: its ID and what the pool knows of it,
 // never its secret.
 type KeyInfo struct {
-	ID       KeyID  `json:"id"`
+	ID KeyID `json:"id"`
+	// Source is where the key came from ("keys.txt:12", "OPENAI_KEY[3]",
+	// "config.yaml:8"; see Key.WithSource), "" when not known. A clone
+	// has its key's. Never a secret.
+	Source   string `json:"source,omitempty"`
 	Upstream string `json:"upstream"`
 	// Auth is the upstream's: a key of AuthNone or AuthCaller stands in for
 	// an upstream without keys of its own.

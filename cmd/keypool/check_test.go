@@ -65,7 +65,7 @@ func secretsOf(keys []fakeopenai.Key) []string {
 func tableRows(t *testing.T, table string) map[string][]string {
 	t.Helper()
 	lines := strings.Split(strings.TrimSpace(table), "\n")
-	if len(lines) == 0 || !slices.Equal(strings.Fields(lines[0]), []string{"ID", "UPSTREAM", "ORG", "SCOPE", "STATE", "TRIAL", "RPM", "TPM", "MODELS", "REASON"}) {
+	if len(lines) == 0 || !slices.Equal(strings.Fields(lines[0]), []string{"ID", "SOURCE", "UPSTREAM", "ORG", "SCOPE", "STATE", "TRIAL", "RPM", "TPM", "MODELS", "REASON"}) {
 		t.Fatalf("no table header:\n%s", table)
 	}
 	rows := map[string][]string{}
@@ -104,14 +104,14 @@ func TestCheckTable(t *testing.T) {
 				t.Fatalf("%d rows, want 3:\n%s", len(rows), out)
 			}
 			paid, trial, revoked := rows[id(secrets[0])], rows[id(secrets[1])], rows[id(secrets[2])]
-			// ID UPSTREAM ORG SCOPE STATE TRIAL RPM TPM MODELS REASON
-			if paid == nil || paid[3] == "-" || paid[4] != "ready" || paid[5] != "no" || paid[6] != "3000" || paid[7] != "150000" || paid[8] != "36" {
+			// ID SOURCE UPSTREAM ORG SCOPE STATE TRIAL RPM TPM MODELS REASON
+			if paid == nil || paid[1] != "OPENAI_KEY[1]" || paid[4] == "-" || paid[5] != "ready" || paid[6] != "no" || paid[7] != "3000" || paid[8] != "150000" || paid[9] != "36" {
 				t.Errorf("paid row %q", paid)
 			}
-			if trial == nil || trial[4] != "ready" || trial[5] != "yes" || trial[6] != "200" {
+			if trial == nil || trial[1] != "OPENAI_KEY[2]" || trial[5] != "ready" || trial[6] != "yes" || trial[7] != "200" {
 				t.Errorf("trial row %q", trial)
 			}
-			if revoked == nil || revoked[4] != "revoked" {
+			if revoked == nil || revoked[1] != "OPENAI_KEY[3]" || revoked[5] != "revoked" {
 				t.Errorf("revoked row %q", revoked)
 			}
 			// Progress: plain lines, since stderr is not a terminal.
@@ -174,6 +174,12 @@ func TestCheckJSON(t *testing.T) {
 	if r := rows[4]; r.Organization != "org-work" || !r.Clone || r.State != "ready" || r.RPM != 5 {
 		t.Errorf("clone %+v", r)
 	}
+	// Each key's place in OPENAI_KEY, from 1; the clone's is its key's.
+	for i, want := range []string{"OPENAI_KEY[1]", "OPENAI_KEY[2]", "OPENAI_KEY[3]", "OPENAI_KEY[4]", "OPENAI_KEY[4]"} {
+		if rows[i].Source != want {
+			t.Errorf("row %d: source %q; want %q", i, rows[i].Source, want)
+		}
+	}
 	// The total grew when the clone was found.
 	if !strings.Contains(errOut, "(5/5)") {
 		t.Errorf("progress never reached 5/5:\n%s", errOut)
@@ -197,8 +203,11 @@ func TestCheckKeysFile(t *testing.T) {
 		t.Fatalf("exit %d\n%s", code, errOut)
 	}
 	rows := tableRows(t, out)
-	if len(rows) != 2 || rows[id(secrets[0])] == nil || rows[id(secrets[1])][5] != "yes" {
-		t.Errorf("table:\n%s", out)
+	if len(rows) != 2 || rows[id(secrets[0])] == nil || rows[id(secrets[1])][6] != "yes" {
+		t.Fatalf("table:\n%s", out)
+	}
+	if rows[id(secrets[0])][1] != file+":2" || rows[id(secrets[1])][1] != file+":4" {
+		t.Errorf("sources %q, %q; want lines 2 and 4 of %s", rows[id(secrets[0])][1], rows[id(secrets[1])][1], file)
 	}
 }
 
@@ -242,6 +251,9 @@ upstreams:
 	if len(rows) != 2 || rows[0].Upstream != "main" || rows[0].State != "ready" ||
 		rows[1].Upstream != "backup" || rows[1].State != "over_quota" {
 		t.Errorf("rows %+v", rows)
+	}
+	if len(rows) == 2 && (rows[0].Source != file+":7" || rows[1].Source != file+":10") {
+		t.Errorf("sources %q, %q; want lines 7 and 10 of %s", rows[0].Source, rows[1].Source, file)
 	}
 }
 

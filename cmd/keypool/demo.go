@@ -263,7 +263,7 @@ func demoRecords(ctx context.Context, out io.Writer, w *records.Writer, store re
 			groups[i].Group = nameOf(keypool.KeyID(g.Group))
 		}
 	}
-	return groupsTable(out, records.ByKey, groups)
+	return groupsTable(out, records.ByKey, groups, nil)
 }
 
 // demoRequest sends chat request i to the proxy as an SDK would, and shows the

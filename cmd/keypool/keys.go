@@ -370,6 +370,7 @@ func orDefault(s, def string) string {
 // it.
 type keyRow struct {
 	ID            string     `json:"id"`
+	Source        string     `json:"source"` // where the key came from: keys.txt:12, OPENAI_KEY[3]
 	Upstream      string     `json:"upstream"`
 	Auth          string     `json:"auth"`
 	Organization  string     `json:"organization"`
@@ -405,7 +406,7 @@ type modelRow struct {
 // printKeys writes keys as an aligned table, ages counted back from now.
 func printKeys(w io.Writer, keys []keyRow, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tUPSTREAM\tSCOPE\tSTATE\tSINCE\tTRIAL\tRPM\tTPM\tMODELS\tIN FLIGHT\tLAST USED\tCHECKED\tREASON")
+	fmt.Fprintln(tw, "ID\tSOURCE\tUPSTREAM\tSCOPE\tSTATE\tSINCE\tTRIAL\tRPM\tTPM\tMODELS\tIN FLIGHT\tLAST USED\tCHECKED\tREASON")
 	for _, k := range keys {
 		trial := "no"
 		if k.Trial {
@@ -415,7 +416,7 @@ func printKeys(w io.Writer, keys []keyRow, now time.Time) error {
 		if len(k.Models) > 0 {
 			models = strconv.Itoa(len(k.Models))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", k.ID, dash(k.Upstream), dash(k.Scope),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", k.ID, dash(k.Source), dash(k.Upstream), dash(k.Scope),
 			k.State, ago(k.Since, now), trial, limit(k.LimitRequests), limit(k.LimitTokens), models, k.InFlight,
 			ago(k.LastUsed, now), ago(k.LastChecked, now), dash(reason(k, now)))
 	}
@@ -451,6 +452,7 @@ func printKey(w io.Writer, k keyRow, now time.Time) error {
 	}
 	for _, f := range [][2]string{
 		{"ID", k.ID},
+		{"Source", dash(k.Source)},
 		{"Upstream", dash(k.Upstream)},
 		{"Organization", org},
 		{"Scope", dash(k.Scope)},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
+	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
 	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
@@ -23,7 +25,11 @@ const keysAdminToken = "tok-keys-admin-5555555555"
 func adminServer(t *testing.T) string {
 	t.Helper()
 	_, url := fakeopenai.NewTestServer(t, fakeopenai.Config{}, mixedPool...)
-	tr, err := keypool.New(keypool.WithUpstream(url, strings.Join(secretsOf(mixedPool), ",")))
+	keys, err := config.ParseKeyList(strings.Join(secretsOf(mixedPool), ","), "OPENAI_KEY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := keypool.New(keypool.WithUpstreams(keypool.Upstream{BaseURL: url, Keys: keys}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,8 +60,13 @@ func TestKeysTable(t *testing.T) {
 			t.Errorf("row %d is not key %s:\n%s", i, id(k.Secret), out)
 		}
 	}
-	if f := strings.Fields(lines[1]); !strings.Contains(lines[1], "disabled: rotated") || f[3] != "disabled" || f[4] != "just" {
+	if f := strings.Fields(lines[1]); !strings.Contains(lines[1], "disabled: rotated") || f[4] != "disabled" || f[5] != "just" {
 		t.Errorf("the disabled key's row: %q", lines[1])
+	}
+	for i := range mixedPool {
+		if f := strings.Fields(lines[i+1]); f[1] != fmt.Sprintf("OPENAI_KEY[%d]", i+1) {
+			t.Errorf("row %d: source %q; want OPENAI_KEY[%d]", i, f[1], i+1)
+		}
 	}
 
 	// The server and token from the environment.
@@ -75,13 +86,14 @@ func TestKeysJSON(t *testing.T) {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
 	var keys []struct {
-		ID    string `json:"id"`
-		State string `json:"state"`
+		ID     string `json:"id"`
+		Source string `json:"source"`
+		State  string `json:"state"`
 	}
 	if err := json.Unmarshal([]byte(out), &keys); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
 	}
-	if len(keys) != 3 || keys[0].ID != id(mixedPool[0].Secret) || keys[0].State != "disabled" {
+	if len(keys) != 3 || keys[0].ID != id(mixedPool[0].Secret) || keys[0].State != "disabled" || keys[2].Source != "OPENAI_KEY[3]" {
 		t.Errorf("keys: %+v", keys)
 	}
 }
@@ -197,7 +209,7 @@ func TestKeysCommands(t *testing.T) {
 		t.Errorf("after disable: %+v", k)
 	}
 	out, errOut, code = cli(t, secrets, "keys", "enable", paid)
-	if f := strings.Fields(lastLine(out)); code != 0 || len(f) < 4 || f[0] != paid || f[3] != "unchecked" {
+	if f := strings.Fields(lastLine(out)); code != 0 || len(f) < 5 || f[0] != paid || f[4] != "unchecked" {
 		t.Fatalf("enable: exit %d\n%s%s", code, out, errOut)
 	}
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/records"
@@ -51,7 +53,7 @@ or an RFC 3339 time.`,
   keypool records --dbtype postgres --dbaddr "$DSN" --status 429`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runRecords(cmd.Context(), cmd.OutOrStdout(), &f)
+			return runRecords(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), &f)
 		},
 	}
 	fl := cmd.Flags()
@@ -80,7 +82,7 @@ func groupNames() []string {
 	return names
 }
 
-func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
+func runRecords(ctx context.Context, out, errOut io.Writer, f *recordsFlags) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -114,24 +116,85 @@ func runRecords(ctx context.Context, out io.Writer, f *recordsFlags) error {
 	defer store.Close()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)
 	defer cancel()
+	var sources keySources
+	if by == "" || by == records.ByKey {
+		sources = recordSources(errOut, f.configFile)
+	}
 	if by != "" {
 		groups, err := store.Aggregate(ctx, f.query, by)
 		if err != nil {
 			return err
 		}
+		if f.json && by == records.ByKey {
+			return writeJSON(out, sources.groups(groups))
+		}
 		if f.json {
 			return writeJSON(out, groups)
 		}
-		return groupsTable(out, by, groups)
+		return groupsTable(out, by, groups, sources)
 	}
 	recs, err := store.Recent(ctx, f.query)
 	if err != nil {
 		return err
 	}
 	if f.json {
-		return writeJSON(out, recs)
+		return writeJSON(out, sources.records(recs))
 	}
-	return recordsTable(out, recs)
+	return recordsTable(out, recs, sources)
+}
+
+// keySources maps key IDs to where the keys are written; nil knows none.
+// Records keep key IDs only (no source column: a key's source is the
+// config's to say, and changes when a file is edited), so records join it
+// from the config at the time they are shown.
+type keySources map[keypool.KeyID]string
+
+// recordSources returns the sources of the keys that the config (or
+// OPENAI_KEY) names now, or none, with a note on errOut, when they cannot
+// be read: the records are shown all the same.
+func recordSources(errOut io.Writer, configFile string) keySources {
+	sources, err := app.KeySources(configFile)
+	if err != nil {
+		fmt.Fprintf(errOut, "note: key sources not shown: %v\n", err)
+		return nil
+	}
+	return sources
+}
+
+// of returns the source of the key with ID id, "" when not known.
+func (s keySources) of(id string) string { return s[keypool.KeyID(id)] }
+
+// knowsAny reports whether a source is known for the key of one of items.
+func knowsAny[T any](s keySources, items []T, key func(T) string) bool {
+	return slices.ContainsFunc(items, func(it T) bool { return s.of(key(it)) != "" })
+}
+
+// sourcedRecord is a record in --json output, with its key's source.
+type sourcedRecord struct {
+	records.Record
+	KeySource string `json:"key_source,omitempty"`
+}
+
+func (s keySources) records(recs []records.Record) []sourcedRecord {
+	out := make([]sourcedRecord, len(recs))
+	for i, r := range recs {
+		out[i] = sourcedRecord{r, s.of(r.Key)}
+	}
+	return out
+}
+
+// sourcedGroup is a group by key in --json output, with the key's source.
+type sourcedGroup struct {
+	records.Group
+	Source string `json:"source,omitempty"`
+}
+
+func (s keySources) groups(groups []records.Group) []sourcedGroup {
+	out := make([]sourcedGroup, len(groups))
+	for i, g := range groups {
+		out[i] = sourcedGroup{g, s.of(g.Group)}
+	}
+	return out
 }
 
 // recordsStore returns the store the flags name: --dbtype and --dbaddr, else
@@ -192,26 +255,44 @@ func writeJSON(out io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func recordsTable(out io.Writer, recs []records.Record) error {
+// recordsTable writes recs as a table; a SOURCE column follows KEY when
+// sources knows one of their keys.
+func recordsTable(out io.Writer, recs []records.Record, sources keySources) error {
+	withSource := knowsAny(sources, recs, func(r records.Record) string { return r.Key })
+	source := func(string) string { return "" }
+	head := "TIME\tCLIENT\tREQUEST\tMODEL\tUPSTREAM\tKEY\tSTATUS\tTRIES\tTTFB\tDURATION\tIN\tOUT\tERROR"
+	if withSource {
+		source = func(key string) string { return "\t" + dash(sources.of(key)) }
+		head = strings.Replace(head, "\tKEY\t", "\tKEY\tSOURCE\t", 1)
+	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "TIME\tCLIENT\tREQUEST\tMODEL\tUPSTREAM\tKEY\tSTATUS\tTRIES\tTTFB\tDURATION\tIN\tOUT\tERROR")
+	fmt.Fprintln(tw, head)
 	for _, r := range recs {
 		model := r.Model
 		if r.Stream {
 			model += " (stream)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%d\t%d\t%s\n",
+		fmt.Fprintf(tw, "%s\t%s\t%s %s\t%s\t%s\t%s%s\t%d\t%d\t%s\t%s\t%d\t%d\t%s\n",
 			r.Time.Local().Format("2006-01-02 15:04:05"), dash(r.Client), r.Method, r.Path, dash(model), dash(r.Upstream),
-			dash(r.Key), r.Status, len(r.Attempts), short(r.TTFB), short(r.Duration), r.InputTokens, r.OutputTokens, dash(r.Error))
+			dash(r.Key), source(r.Key), r.Status, len(r.Attempts), short(r.TTFB), short(r.Duration), r.InputTokens, r.OutputTokens, dash(r.Error))
 	}
 	return endTable(out, tw, len(recs))
 }
 
-func groupsTable(out io.Writer, by records.GroupBy, groups []records.Group) error {
+// groupsTable writes groups as a table; grouped by key, a SOURCE column
+// follows KEY when sources knows one of the keys.
+func groupsTable(out io.Writer, by records.GroupBy, groups []records.Group, sources keySources) error {
+	withSource := by == records.ByKey && knowsAny(sources, groups, func(g records.Group) string { return g.Group })
+	source := func(string) string { return "" }
+	head := strings.ToUpper(string(by))
+	if withSource {
+		source = func(key string) string { return "\t" + dash(sources.of(key)) }
+		head += "\tSOURCE"
+	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "%s\tREQUESTS\tERRORS\tIN\tOUT\tCACHED\tREASONING\tAVG TTFB\tAVG DURATION\n", strings.ToUpper(string(by)))
+	fmt.Fprintf(tw, "%s\tREQUESTS\tERRORS\tIN\tOUT\tCACHED\tREASONING\tAVG TTFB\tAVG DURATION\n", head)
 	for _, g := range groups {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", dash(g.Group), g.Requests, g.Errors,
+		fmt.Fprintf(tw, "%s%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", dash(g.Group), source(g.Group), g.Requests, g.Errors,
 			g.InputTokens, g.OutputTokens, g.CachedTokens, g.ReasoningTokens, short(g.AvgTTFB), short(g.AvgDuration))
 	}
 	return endTable(out, tw, len(groups))

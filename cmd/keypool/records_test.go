@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -106,6 +108,108 @@ func TestRecordsDBTypeOverrideHidesDSNPassword(t *testing.T) {
 	}
 	if all := out.String() + errOut.String(); strings.Contains(all, password) {
 		t.Fatalf("the DSN's password was printed:\n%s", all)
+	}
+}
+
+// TestRecordsKeySources: records name keys by ID; the table and the JSON
+// add where each key is written, joined from the config (here
+// OPENAI_KEY) at the time they are shown, and a config that cannot be
+// read leaves the sources out with a note, not the records.
+func TestRecordsKeySources(t *testing.T) {
+	noEnv(t)
+	t.Chdir(t.TempDir()) // no config.yaml
+	keyA, keyB := "sk-rec-SOURCEA-1111", "sk-rec-SOURCEB-2222"
+	db := filepath.Join(t.TempDir(), "r.sqlite")
+	st, err := records.Open(records.TypeSQLite, secret.New(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	gone := "kp_00000000000000ff" // a key no longer configured
+	var recs []records.Record
+	for i, k := range []string{id(keyA), id(keyB), id(keyB), gone} {
+		recs = append(recs, records.Record{Time: now.Add(-time.Duration(i) * time.Minute), Method: "POST", Path: "/v1/chat/completions",
+			Model: "gpt-4o", Key: k, Status: 200})
+	}
+	if err := st.Insert(context.Background(), recs); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	t.Setenv("OPENAI_KEY", keyB+","+keyA)
+	hidden := []string{"SOURCEA", "SOURCEB"}
+	runOut := func(args ...string) (string, string) {
+		t.Helper()
+		out, errOut, code := cli(t, hidden, append([]string{"records", "--dbaddr", db, "--since", ""}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		return out, errOut
+	}
+
+	out, _ := runOut()
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 5 || !strings.Contains(lines[0], " KEY ") || !strings.Contains(lines[0], " SOURCE ") {
+		t.Fatalf("table:\n%s", out)
+	}
+	wantRow := map[string]string{id(keyA): "OPENAI_KEY[2]", id(keyB): "OPENAI_KEY[1]", gone: "-"}
+	for _, l := range lines[1:] {
+		f := strings.Fields(l)
+		for i := range f[:len(f)-1] {
+			if w, ok := wantRow[f[i]]; ok && f[i+1] != w {
+				t.Errorf("row %q: source %q; want %q", l, f[i+1], w)
+			}
+		}
+	}
+
+	out, _ = runOut("--by", "key")
+	for key, w := range wantRow {
+		if !regexp.MustCompile(`(?m)^` + key + ` +` + regexp.QuoteMeta(w) + ` +\d`).MatchString(out) {
+			t.Errorf("--by key: no row %s %s:\n%s", key, w, out)
+		}
+	}
+
+	out, _ = runOut("--json")
+	var js []struct {
+		Key       string `json:"key"`
+		KeySource string `json:"key_source"`
+		Model     string `json:"model"`
+	}
+	if err := json.Unmarshal([]byte(out), &js); err != nil || len(js) != 4 || js[0].Model != "gpt-4o" {
+		t.Fatalf("--json: %v\n%s", err, out)
+	}
+	for _, r := range js {
+		if w := strings.Trim(wantRow[r.Key], "-"); r.KeySource != w {
+			t.Errorf("--json: %s: key_source %q; want %q", r.Key, r.KeySource, w)
+		}
+	}
+
+	out, _ = runOut("--json", "--by", "key")
+	var groups []struct {
+		Group    string `json:"group"`
+		Source   string `json:"source"`
+		Requests int    `json:"requests"`
+	}
+	if err := json.Unmarshal([]byte(out), &groups); err != nil || len(groups) != 3 {
+		t.Fatalf("--json --by key: %v\n%s", err, out)
+	}
+	for _, g := range groups {
+		if w := strings.Trim(wantRow[g.Group], "-"); g.Source != w || g.Requests == 0 {
+			t.Errorf("--json --by key: %+v; want source %q", g, w)
+		}
+	}
+
+	// No sources known: no SOURCE column. A config that cannot be read: a note.
+	t.Setenv("OPENAI_KEY", "")
+	if out, errOut := runOut(); strings.Contains(out, "SOURCE") || errOut != "" {
+		t.Errorf("without sources:\n%s\n%s", out, errOut)
+	}
+	bad := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(bad, []byte("upstreams:\n  - keys_file: missing.txt\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut := runOut("--config", bad)
+	if strings.Contains(out, "SOURCE") || strings.Count(out, "/v1/chat/completions") != 4 || !strings.Contains(errOut, "note: key sources not shown: ") {
+		t.Errorf("with a broken config:\n%s\n%s", out, errOut)
 	}
 }
 

@@ -95,13 +95,16 @@ func summary(results []keypool.CheckResult) string {
 
 // checkRow is one key in the output: what the check found, by key ID.
 type checkRow struct {
-	ID           keypool.KeyID `json:"id"`
-	Upstream     string        `json:"upstream"`
-	Organization string        `json:"organization,omitempty"`
-	Scope        string        `json:"scope,omitempty"` // the budget it spends: its organization (and project)
-	Clone        bool          `json:"clone"`
-	State        string        `json:"state"` // a keypool.State's name
-	Trial        bool          `json:"trial"`
+	ID keypool.KeyID `json:"id"`
+	// Source is where the key came from (keys.txt:12, OPENAI_KEY[3],
+	// config.yaml:8); a clone's is its key's.
+	Source       string `json:"source,omitempty"`
+	Upstream     string `json:"upstream"`
+	Organization string `json:"organization,omitempty"`
+	Scope        string `json:"scope,omitempty"` // the budget it spends: its organization (and project)
+	Clone        bool   `json:"clone"`
+	State        string `json:"state"` // a keypool.State's name
+	Trial        bool   `json:"trial"`
 	// RPM and TPM are the request and token limits the upstream stated; -1
 	// when it stated none. A trial key's request limit is per day.
 	RPM        int64    `json:"rpm"`
@@ -115,7 +118,7 @@ type checkRow struct {
 
 func newCheckRow(r keypool.CheckResult) checkRow {
 	row := checkRow{
-		ID: r.Key, Upstream: r.Upstream, Organization: r.Organization, Scope: r.Scope, Clone: r.Clone,
+		ID: r.Key, Source: r.Source, Upstream: r.Upstream, Organization: r.Organization, Scope: r.Scope, Clone: r.Clone,
 		State: r.State.String(), Trial: r.Trial, RPM: r.LimitRequests, TPM: r.LimitTokens,
 		ModelCount: len(r.Models), Models: r.Models, Reason: r.Reason,
 	}
@@ -130,7 +133,7 @@ func newCheckRow(r keypool.CheckResult) checkRow {
 
 func writeTable(w io.Writer, rows []checkRow) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tUPSTREAM\tORG\tSCOPE\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREASON")
+	fmt.Fprintln(tw, "ID\tSOURCE\tUPSTREAM\tORG\tSCOPE\tSTATE\tTRIAL\tRPM\tTPM\tMODELS\tREASON")
 	for _, r := range rows {
 		org := orDash(r.Organization)
 		if r.Clone {
@@ -148,7 +151,7 @@ func writeTable(w io.Writer, rows []checkRow) error {
 		if r.Error != "" {
 			reason = "not checked: " + r.Error
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, orDash(r.Upstream), org, orDash(r.Scope), r.State, trial,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, orDash(r.Source), orDash(r.Upstream), org, orDash(r.Scope), r.State, trial,
 			limit(r.RPM), limit(r.TPM), models, orDash(reason))
 	}
 	return tw.Flush()

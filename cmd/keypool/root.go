@@ -37,7 +37,7 @@ in the command line (an unknown command or flag, a bad value).`,
 	// take it for --version when no command defines -v.
 	root.Flags().Bool("version", false, "print keypool's version (keypool version tells more)")
 	root.SetVersionTemplate("keypool {{.Version}}\n")
-	root.AddCommand(newCheckCmd(), newDemoCmd(), newKeysCmd(), newRecordsCmd(), newServeCmd(), newVersionCmd())
+	root.AddCommand(newCheckCmd(), newDemoCmd(), newIDCmd(), newKeysCmd(), newRecordsCmd(), newServeCmd(), newVersionCmd())
 	// Before markUsageErrors: cobra's completion command, which it adds,
 	// keeps the writer it finds when made.
 	root.SetOut(stdout)

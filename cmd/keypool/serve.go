@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"net/http"
 
@@ -11,6 +10,7 @@ import (
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/app"
+	"github.com/keypool/keypool/internal/config"
 )
 
 func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
@@ -27,10 +27,12 @@ type serveHooks struct {
 // newServeCmdWith is newServeCmd with hooks for tests.
 func newServeCmdWith(hooks serveHooks) *cobra.Command {
 	var (
-		configFile, listen string
-		dbType, dbAddr     string
-		store              string
-		opts               = app.Options{Ready: hooks.ready}
+		configFile, listen  string
+		dbType, dbAddr      string
+		store               string
+		logLevel, logFormat string
+		accessLog           bool
+		opts                = app.Options{Ready: hooks.ready}
 	)
 	if hooks.base != nil {
 		opts.Transport = []keypool.Option{keypool.WithBase(hooks.base)}
@@ -64,7 +66,10 @@ answer probes. The admin API (/admin/keys, see keypool keys) needs the
 config's admin_token, or without one answers on loopback only.
 
 The address is --listen, else the config's listen, else ` + app.DefaultListen + `.
-Logs go to stderr and show keys by ID only.`,
+Logs go to stderr and show keys by ID only: each change of a key's state
+(revoked, over quota, cooling until T, recovered, disabled) and each failover
+that rested a key at info, other failovers at debug. --access-log adds one
+line per proxied request.`,
 		Example: `  OPENAI_KEY=sk-…,sk-… keypool serve
   keypool serve --config config.yaml --listen 127.0.0.1:9000`,
 		Args: func(_ *cobra.Command, args []string) error {
@@ -81,11 +86,20 @@ Logs go to stderr and show keys by ID only.`,
 			if ctx == nil {
 				ctx = context.Background()
 			}
-			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			cfg, err := app.Load(configFile, opts.Logger)
+			// The config may set the level and format: what is logged
+			// while it loads waits for the logger it sets.
+			var early app.LogBuffer
+			cfg, err := app.Load(configFile, early.Logger())
 			if err != nil {
+				fallback, _ := app.NewLogger(cmd.ErrOrStderr(), logLevel, logFormat)
+				early.Replay(fallback)
 				return err
 			}
+			setLogging(cfg, cmd.Flags().Changed, logLevel, logFormat, accessLog)
+			if opts.Logger, err = app.NewLogger(cmd.ErrOrStderr(), cfg.LogLevel, cfg.LogFormat); err != nil {
+				return err // cannot happen: the flags and the config took only known values
+			}
+			early.Replay(opts.Logger)
 			app.SetStore(cfg, dbType, dbAddr)
 			if err := app.SetStateStore(cfg, store); err != nil {
 				return err
@@ -100,6 +114,21 @@ Logs go to stderr and show keys by ID only.`,
 	enumFlag(cmd, &dbType, "dbtype", "request records' store (default the config's, else sqlite)", "sqlite", "postgres", "none")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
 	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
+	enumFlag(cmd, &logLevel, "log-level", "level of what is logged (default the config's log_level, else info)", app.LogLevels...)
+	enumFlag(cmd, &logFormat, "log-format", "format of log lines, json for one JSON object per line (default the config's log_format, else text)", app.LogFormats...)
+	f.BoolVar(&accessLog, "access-log", false, "log one line per proxied request: client token ID, method, route, model, status, key ID, attempts, latency, tokens (default the config's access_log)")
 	f.DurationVar(&opts.ShutdownTimeout, "shutdown-timeout", app.DefaultShutdownTimeout, "time in-flight requests get to finish on shutdown")
 	return cmd
+}
+
+// setLogging puts --log-level, --log-format and --access-log over cfg's
+// log_level, log_format and access_log: a flag given wins.
+func setLogging(cfg *config.Config, given func(flag string) bool, level, format string, accessLog bool) {
+	if given("log-level") {
+		cfg.LogLevel = level
+	}
+	if given("log-format") {
+		cfg.LogFormat = format
+	}
+	cfg.AccessLog = cfg.AccessLog || accessLog
 }

@@ -127,6 +127,7 @@ func (e *enumValue) String() string { return *e.value }
 func (e *enumValue) Type() string   { return "string" }
 
 func (e *enumValue) Set(s string) error {
+	s = strings.ToLower(strings.TrimSpace(s))
 	if !slices.Contains(e.allowed, s) {
 		// The value is not repeated: cobra's message around this one
 		// already quotes it, and the scrubber hides a key typed here.

@@ -85,8 +85,12 @@ func CheckerOptions(cfg *config.Config) []keypool.CheckOption {
 // are the caller's to add.
 func serverOptions(cfg *config.Config, tr *keypool.Transport, log *slog.Logger) server.Options {
 	tokens, ups := access(cfg)
-	return server.Options{Transport: tr, Tokens: tokens, Upstreams: ups, Logger: log, MaxBody: cfg.MaxBody,
+	opts := server.Options{Transport: tr, Tokens: tokens, Upstreams: ups, Logger: log, MaxBody: cfg.MaxBody,
 		CORS: !cfg.NoCORS, BodyIdle: cfg.BodyIdleTimeout, BodyMemory: cfg.BodyMemory}
+	if cfg.AccessLog {
+		opts.AccessLog = log.With("log", "access") // one field to route or filter them by
+	}
+	return opts
 }
 
 // access returns the client tokens and the per-upstream access rules of

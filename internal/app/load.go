@@ -34,13 +34,14 @@ func ConfigFile(file string) string {
 }
 
 // EnvKeys returns the keys of OPENAI_KEY (comma-separated): none and no
-// error when it is not set, an error when it is set but holds no key.
+// error when it is not set, an error when it is set but holds no key. Each
+// key's source is its place in the list, from 1: "OPENAI_KEY[3]".
 func EnvKeys() ([]keypool.Key, error) {
 	env := os.Getenv("OPENAI_KEY")
 	if env == "" {
 		return nil, nil
 	}
-	keys, err := keypool.ParseKeys(env)
+	keys, err := config.ParseKeyList(env, "OPENAI_KEY")
 	if err != nil {
 		return nil, fmt.Errorf("OPENAI_KEY: %w", err)
 	}

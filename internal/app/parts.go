@@ -1,6 +1,7 @@
 package app
 
 import (
+	"log/slog"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +40,14 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 	if err != nil {
 		return nil, err
 	}
-	topts = append(topts, keypool.WithLogger(log), keypool.WithObserver(m))
+	keys := &keyLogs{log: log, key: func(id keypool.KeyID) (keypool.KeyInfo, bool) {
+		if p.transport == nil { // an event of New, before it returned
+			return keypool.KeyInfo{}, false
+		}
+		return p.transport.Pool().Key(id)
+	}}
+	topts = append(topts, keypool.WithLogger(slog.New(atLeast{log.Handler(), slog.LevelInfo})),
+		keypool.WithObserver(m), keypool.WithObserver(keys.observer()))
 	if nc, ok := notifyConfig(cfg.Notify, log); ok {
 		if p.notifier, err = notify.New(nc); err != nil {
 			return nil, err
@@ -92,7 +100,7 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 	if p.server, err = server.New(sopts); err != nil {
 		return nil, err
 	}
-	if err := metrics.RegisterProxy(p.registry, p.server.Stats); err != nil {
+	if err := metrics.RegisterProxy(p.registry, p.server.Stats, p.server.Answers); err != nil {
 		return nil, err
 	}
 	if p.checker, err = keypool.NewChecker(p.transport, append(CheckerOptions(cfg), keypool.WithCheckLogger(log))...); err != nil {

@@ -141,6 +141,14 @@ type Config struct {
 	// NoCORS turns off the CORS headers the proxy sends browsers (cors:
 	// false).
 	NoCORS bool
+	// LogLevel is "debug", "info", "warn", "error" or "" (log_level; ""
+	// means info), and LogFormat "text", "json" or "" (log_format; ""
+	// means text): what serve logs and how. serve's --log-level and
+	// --log-format win over them.
+	LogLevel, LogFormat string
+	// AccessLog logs one line per proxied request (access_log: true);
+	// serve's --access-log turns it on too.
+	AccessLog bool
 	// Warnings are "file:line: message" notes on what the file says that
 	// keypool does not act on (openai-api-route's hostname, keep_header, a
 	// replicate upstream). They never hold a secret.
@@ -172,8 +180,8 @@ type Upstream struct {
 	Type string
 	// Endpoint is the API root, such as "https://api.openai.com/v1".
 	Endpoint string
-	// Keys are the keys of sk and keys, without duplicates. Keys print as
-	// their IDs.
+	// Keys are the keys of sk and keys, without duplicates, each with its
+	// source (the file's line: "config.yaml:8"). Keys print as their IDs.
 	Keys []keypool.Key
 	// Auth is keypool.AuthKeys for an upstream with keys,
 	// keypool.AuthCaller for "sk: asis" (each client's own Authorization

@@ -648,3 +648,24 @@ upstreams:
 		}
 	}
 }
+
+// TestLogging reads the logging settings, and refuses a level or format
+// serve cannot log at, with the line.
+func TestLogging(t *testing.T) {
+	cfg, err := config.Parse([]byte("log_level: DEBUG\nlog_format: json\naccess_log: true\nupstreams:\n  - sk: k1\n"), "c.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.LogLevel != "debug" || cfg.LogFormat != "json" || !cfg.AccessLog {
+		t.Errorf("log_level %q, log_format %q, access_log %v", cfg.LogLevel, cfg.LogFormat, cfg.AccessLog)
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"log_level: verbose\n", "c.yaml:1: log_level must be debug, info, warn or error"},
+		{"\nlog_format: xml\n", "c.yaml:2: log_format must be text or json"},
+		{"access_log: maybe\n", "c.yaml:1: access_log"},
+	} {
+		if _, err := config.Parse([]byte(tt.in), "c.yaml", ""); err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: %v, want %q", tt.in, err, tt.want)
+		}
+	}
+}

@@ -57,6 +57,9 @@ func (p *parser) top(c *Config, m *yaml.Node) {
 		{"body_idle_timeout", (*durationOrOff)(&c.BodyIdleTimeout)},
 		{"body_memory", (*size)(&c.BodyMemory)},
 		{"max_connections", (*count)(&c.MaxConnections)},
+		{"log_level", choice{&c.LogLevel, []string{"debug", "info", "warn", "error"}}},
+		{"log_format", choice{&c.LogFormat, []string{"text", "json"}}},
+		{"access_log", (*boolean)(&c.AccessLog)},
 	}, p.topLevel))
 	c.NoCORS = !bool(cors)
 	if upstreams != nil {
@@ -116,10 +119,10 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool) {
 	u = Upstream{Line: item.Line, label: where, Type: "openai"}
 	var keys []keypool.Key
-	sk := skKeys{keys: &keys}
+	sk := skKeys{keys: &keys, file: p.name}
 	lines := p.decode(item, where, p.only(schema{
 		{"sk", &sk},
-		{"keys", (*keyList)(&keys)},
+		{"keys", keyList{&keys, p.name}},
 		{"keys_file", filePath{&u.KeysFile, p.dir}},
 		{"endpoint", (*endpoint)(&u.Endpoint)},
 		{"name", (*text)(&u.Name)},

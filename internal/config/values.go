@@ -514,24 +514,39 @@ func (ps *patterns) UnmarshalYAML(n *yaml.Node) error {
 }
 
 // keyList is keys: a list of keys, one per entry. It adds to the keys read
-// before it (sk's), so that sk and keys add up in the order written.
-type keyList []keypool.Key
+// before it (sk's), so that sk and keys add up in the order written. Each
+// key's source is its entry's line in file, and for a list written on one
+// line ([a, b]) its place in the list too: "config.yaml:8[2]".
+type keyList struct {
+	keys *[]keypool.Key
+	file string
+}
 
-func (l *keyList) UnmarshalYAML(n *yaml.Node) error {
+func (l keyList) UnmarshalYAML(n *yaml.Node) error {
+	flow := n.Style&yaml.FlowStyle != 0
 	return listOf(n, true, func(s string, item *yaml.Node) error {
 		keys, err := keypool.ParseKeys(s)
 		if err != nil || strings.Contains(s, ",") {
 			return problemf(item, " has white space or a comma inside")
 		}
-		*l = append(*l, keys...)
+		label := lineSource(l.file, item.Line)
+		if i := slices.Index(n.Content, item); flow && i >= 0 {
+			label += "[" + strconv.Itoa(i+1) + "]"
+		}
+		for _, k := range keys {
+			*l.keys = append(*l.keys, k.WithSource(label))
+		}
 		return nil
 	})
 }
 
 // skKeys is sk: one key, several comma-separated, or asis (each client's
-// own key goes on). Its keys go to keys, with those of keys.
+// own key goes on). Its keys go to keys, with those of keys. A key's source
+// is sk's line in file, and in a list its place in the list:
+// "config.yaml:8", "config.yaml:8[2]".
 type skKeys struct {
 	keys     *[]keypool.Key
+	file     string
 	asis     bool
 	emptyVar bool // written with variables that expanded to nothing
 }
@@ -548,7 +563,13 @@ func (sk *skKeys) UnmarshalYAML(n *yaml.Node) error {
 	case s == "" && strings.Contains(n.Value, "$"):
 		sk.emptyVar = true
 	}
-	keys, err := keypool.ParseKeys(s)
+	label := lineSource(sk.file, n.Line)
+	var keys []keypool.Key
+	if strings.Contains(s, ",") {
+		keys, err = ParseKeyList(s, label)
+	} else if keys, err = keypool.ParseKeys(s); len(keys) == 1 {
+		keys[0] = keys[0].WithSource(label)
+	}
 	if err != nil {
 		return problemf(n, ": %v", err)
 	}
@@ -558,6 +579,9 @@ func (sk *skKeys) UnmarshalYAML(n *yaml.Node) error {
 	*sk.keys = append(*sk.keys, keys...)
 	return nil
 }
+
+// lineSource is the source of a key written at line of file: "file:line".
+func lineSource(file string, line int) string { return file + ":" + strconv.Itoa(line) }
 
 // asisID is the ID of a key that reads "asis": openai-api-route's keyword, not a key.
 var asisID = keypool.NewKey("asis").ID()

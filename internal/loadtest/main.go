@@ -8,6 +8,13 @@
 // With -records it compares keypool with request records in SQLite against
 // keypool with records off instead.
 //
+// With -redis URL it compares keypool as serve wires it with its store in
+// that Redis (store: redis://HOST:PORT/DB) against the same with the memory
+// store instead; the run writes keypool's keys there, so give it a scratch
+// database:
+//
+//	go run ./internal/loadtest -redis redis://127.0.0.1:6379/15
+//
 // With -goodput it says how to run the goodput harness (Goodput), which
 // measures how much of the upstream's rate-limit capacity the pool serves:
 // it runs in fake time under testing/synctest, which only a test can enter.
@@ -30,6 +37,7 @@ func main() {
 	flag.DurationVar(&cfg.Duration, "duration", 2*time.Minute, "cap on the whole run (0 = none)")
 	flag.IntVar(&cfg.Rounds, "rounds", 4, "alternating rounds per proxy")
 	flag.BoolVar(&cfg.Records, "records", false, "compare keypool with request records in SQLite against keypool with records off")
+	flag.StringVar(&cfg.Redis, "redis", "", "compare keypool serve with its store in this Redis (redis://HOST:PORT/DB, a scratch database) against the memory store")
 	goodput := flag.Bool("goodput", false, "say how to run the goodput harness (rate-limit capacity served, in fake time)")
 	flag.Parse()
 	if *goodput {

@@ -29,6 +29,12 @@ type Config struct {
 	// against the bare proxy.
 	Records    bool
 	RecordsDir string
+	// Redis, a Redis URL (redis://HOST:PORT/DB), compares the proxy as
+	// keypool serve wires it with its key states (and what else the
+	// composition root shares through the store) in that Redis against the
+	// same proxy with the memory store, instead of keypool against the bare
+	// proxy. The run writes keypool's keys there: use a scratch database.
+	Redis string
 }
 
 // Side is what one proxy did in a run.
@@ -45,8 +51,9 @@ type Side struct {
 	FirstError error
 }
 
-// Result is both sides of a run: the baseline (Bare: the bare proxy, or
-// keypool with records off) and the proxy measured against it.
+// Result is both sides of a run: the baseline (Bare: the bare proxy,
+// keypool with records off, or keypool with the memory store) and the proxy
+// measured against it.
 type Result struct {
 	Bare, Keypool Side
 	// Records is what the records writer did (Records mode only), and
@@ -79,8 +86,9 @@ func isStream(i int, ratio float64) bool {
 }
 
 // run starts the rig, sends cfg's traffic through the bare proxy and the
-// keypool proxy in alternating rounds (after a short warm-up of each),
-// writes a report to out and returns the numbers.
+// keypool proxy (or the two sides cfg.Records or cfg.Redis compare) in
+// alternating rounds (after a short warm-up of each), writes a report to
+// out and returns the numbers.
 func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	if cfg.N <= 0 || cfg.Concurrency <= 0 {
 		return Result{}, errors.New("loadtest: n and concurrency must be positive")
@@ -111,6 +119,24 @@ func run(ctx context.Context, cfg Config, out io.Writer) (Result, error) {
 	}{
 		{bare, r.bare.url, r.bareClient},
 		{kp, r.keypool.url, r.kpClient},
+	}
+	if cfg.Records && cfg.Redis != "" {
+		return Result{}, errors.New("loadtest: records and redis are two comparisons: choose one")
+	}
+	if cfg.Redis != "" {
+		mem, err := startServed(r.upstream.url+"/v1", "", cfg.Concurrency*2)
+		if err != nil {
+			return Result{}, err
+		}
+		defer mem.stop()
+		red, err := startServed(r.upstream.url+"/v1", cfg.Redis, cfg.Concurrency*2)
+		if err != nil {
+			return Result{}, err
+		}
+		defer red.stop()
+		bare.side.Name, kp.side.Name = "keypool serve, memory store", "keypool serve, Redis store"
+		targets[0].url, targets[0].client = mem.srv.url, mem.client
+		targets[1].url, targets[1].client = red.srv.url, red.client
 	}
 	if cfg.Records {
 		if err := r.startRecords(filepath.Join(cfg.RecordsDir, "loadtest.sqlite")); err != nil {

@@ -38,6 +38,9 @@ const namespace = "keypool"
 //	key_scope{key,upstream,scope}                     at scrape time: 1, naming the budget the key spends
 //
 // The model and family labels are capped at [MaxModelLabels] values each.
+// requests_total counts only what went through the pool; the answers the
+// proxy makes itself (401, 403, 404, 413, 429 and 503 without a key) are
+// in proxy_answers_total, with every other answer, by client ([RegisterProxy]).
 type Metrics struct {
 	models   *labelCap
 	families *labelCap

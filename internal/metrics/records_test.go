@@ -66,16 +66,24 @@ keypool_notifications_sent_total{notifier="feishu"} 4
 func TestProxySeries(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	stats := map[string]uint64{"unauthorized": 50, "body_idle": 2}
-	if err := metrics.RegisterProxy(reg, func() map[string]uint64 { return stats }); err != nil {
+	answers := func(yield func(client, route, class string, n uint64)) {
+		yield("none", "/v1/chat/completions", "4xx", 50)
+		yield("ct_0123456789abcdef", "/v1/chat/completions", "2xx", 7)
+	}
+	if err := metrics.RegisterProxy(reg, func() map[string]uint64 { return stats }, answers); err != nil {
 		t.Fatal(err)
 	}
 	want := `
+# HELP keypool_proxy_answers_total Answers the proxy gave, the upstreams' and its own, by client token ID (none: no token, invalid: an unknown one), route and status class (aborted: no answer).
+# TYPE keypool_proxy_answers_total counter
+keypool_proxy_answers_total{class="2xx",client="ct_0123456789abcdef",route="/v1/chat/completions"} 7
+keypool_proxy_answers_total{class="4xx",client="none",route="/v1/chat/completions"} 50
 # HELP keypool_proxy_refused_total Requests the proxy refused or cut off before any upstream, by reason.
 # TYPE keypool_proxy_refused_total counter
 keypool_proxy_refused_total{reason="body_idle"} 2
 keypool_proxy_refused_total{reason="unauthorized"} 50
 `
-	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keypool_proxy_refused_total"); err != nil {
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "keypool_proxy_refused_total", "keypool_proxy_answers_total"); err != nil {
 		t.Fatal(err)
 	}
 }

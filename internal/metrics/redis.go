@@ -7,7 +7,8 @@ import (
 )
 
 // RegisterStateStore registers the counters of the Redis store the
-// replicas share key states through, read from stats at scrape time.
+// replicas share key states and budgets through, read from stats at
+// scrape time.
 func RegisterStateStore(reg prometheus.Registerer, stats func() redisstore.Stats) error {
 	type st = redisstore.Stats
 	return register(reg,
@@ -25,6 +26,12 @@ func RegisterStateStore(reg prometheus.Registerer, stats func() redisstore.Stats
 			func(s st) uint64 { return s.Outages }),
 		statsCounter(stats, "state_store_resyncs_total", "Whole reads of the key states after a (re)subscription.",
 			func(s st) uint64 { return s.Resyncs }),
+		statsCounter(stats, "state_store_refilled_total", "Key states written to Redis again because it had lost them (it restarted empty).",
+			func(s st) uint64 { return s.Refilled }),
+		statsCounter(stats, "budget_spends_total", "Rate-limit budget grants Redis answered: replicas spend each organization's budget a few requests per grant.",
+			func(s st) uint64 { return s.Spends }),
+		statsCounter(stats, "budget_spend_errors_total", "Budget grants that failed: the replica spends its budgets alone for a few seconds, and no request fails for it.",
+			func(s st) uint64 { return s.SpendErrors }),
 		statsGauge(stats, "state_store_pending", "Key states waiting to be written to Redis.",
 			func(s st) int { return s.Pending }),
 	)

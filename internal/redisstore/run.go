@@ -21,12 +21,13 @@ import (
 func (s *Store) Load(ctx context.Context) ([]keypool.KeyState, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.opt.LoadTimeout)
 	defer cancel()
+	start := time.Now()
 	states, err := s.readAll(ctx)
 	if err != nil {
 		s.failed(ctx, "load", err)
 		return nil, errors.New("redisstore: load: " + s.scrub.Scrub(err.Error()))
 	}
-	s.answered()
+	s.answered(start)
 	held := map[keypool.State]int{}
 	for _, st := range states {
 		if !st.State.Usable() {
@@ -139,13 +140,15 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 			}
 			// Messages queue on the connection meanwhile; the hash read
 			// after the subscription misses none.
+			start := time.Now()
 			for !s.resync(ctx, apply) {
 				if !backoff() {
 					return
 				}
+				start = time.Now()
 			}
 			wait = s.opt.RetryMin
-			s.answered()
+			s.answered(start)
 		case *redis.Message:
 			st, err := decode("", []byte(m.Payload))
 			if err != nil {
@@ -153,6 +156,7 @@ func (s *Store) listen(ctx context.Context, apply func(keypool.KeyState)) {
 				continue
 			}
 			s.received.Add(1)
+			s.known.note(st)
 			apply(st)
 		}
 	}
@@ -165,8 +169,9 @@ const idleReceive = time.Second
 // resyncTimeout bounds a resync's read of the states.
 const resyncTimeout = 30 * time.Second
 
-// resync reads every state and gives each to apply; it reports whether the
-// read succeeded.
+// resync reads every state and gives each to apply, and queues again the
+// states this Store knows that Redis lacks; it reports whether the read
+// succeeded.
 func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
 	// In the background, unlike Load: a large pool's states get longer.
 	rctx, cancel := context.WithTimeout(ctx, max(s.opt.LoadTimeout, resyncTimeout))
@@ -179,7 +184,15 @@ func (s *Store) resync(ctx context.Context, apply func(keypool.KeyState)) bool {
 	s.resyncs.Add(1)
 	for _, st := range states {
 		s.received.Add(1)
+		s.known.note(st)
 		apply(st)
+	}
+	if lost := s.known.missing(states); len(lost) > 0 {
+		for _, st := range lost {
+			s.queue.Put(st)
+		}
+		s.refilled.Add(uint64(len(lost)))
+		s.log.Warn("Redis had lost key states; writing them again", "store", s.shown, "states", len(lost))
 	}
 	return true
 }

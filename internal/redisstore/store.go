@@ -9,6 +9,13 @@
 // script writes a batch: of two states of one key the later Updated wins, at
 // equal times the one written last, and every state written is published on
 // the channel PREFIX+"states". Neither holds a secret.
+//
+// Budgets that replicas spend together (keypool.BudgetStore) are hashes
+// named PREFIX+"budget:"+the budget's name as the pool gives it (upstream,
+// scope and model joined by NUL bytes; no secret): limit, rem, at, slot,
+// win and end, times in microseconds since 1970 by Redis's own clock (see
+// Spend). Each expires twice its time to refill after its last spend (a
+// minute at least, a week at most), so that abandoned budgets vanish.
 package redisstore
 
 import (
@@ -79,10 +86,14 @@ type Stats struct {
 	Written  uint64 // key states sent to Redis (an older one than Redis holds is sent, and kept out by the script)
 	Dropped  uint64 // key states lost: beyond MaxPending, saved after the Store closed, or left when the drain gave up
 	Received uint64 // key states heard of (published, or read at a resync) and given to apply
-	Skipped  uint64 // entries and messages that did not decode
+	Skipped  uint64 // entries and messages that did not decode, budgets reset for it among them
 	Errors   uint64 // Redis commands that failed
 	Outages  uint64 // times Redis went out of reach (the first error after it answered)
 	Resyncs  uint64 // whole reads of the states after a (re)subscription
+	Refilled uint64 // key states written again because a resync found Redis without them (it restarted empty)
+
+	Spends      uint64 // budget spends Redis answered
+	SpendErrors uint64 // budget spends that failed (counted in Errors too unless cut short by a cancelled context)
 }
 
 // Store is a keypool.StateSubscriber over Redis. Save never waits for
@@ -106,12 +117,18 @@ type Store struct {
 	states  string // the hash of states
 	updated string // the hash of Updated times
 	channel string
+	budgets string           // the prefix of budget keys
 	queue   *keystates.Queue // closed once the drain is over: Save drops
 	ran     atomic.Bool
 	apply   atomic.Pointer[func(keypool.KeyState)]
-	down    atomic.Bool // Redis is out of reach: the outage is logged
+	// downSince is when the current outage began (Unix nanoseconds; 0:
+	// Redis answers): the outage is logged once, and only a command that
+	// started after it began can end it.
+	downSince atomic.Int64
 
 	received, skipped, errs, outages, resyncs atomic.Uint64
+	spends, spendErrs, refilled               atomic.Uint64
+	known                                     *known // the latest state of each key, to write again into an emptied Redis
 }
 
 // New returns a Store over the Redis rawURL names: redis://[:PASSWORD@]HOST:PORT/DB,
@@ -136,6 +153,11 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	// the drain (shutdown) for its own ReadTimeout on every try.
 	ropt.ContextTimeoutEnabled = true
 	ropt.MaxRetries = -1 // Run retries, with its own backoff
+	// One dial per try: go-redis's default of five, 100 ms apart, made a
+	// Spend to a Redis that refuses connections wait out its deadline, and
+	// a request waiting for its grant with it. Run and Spend's callers
+	// retry with their own backoff.
+	ropt.DialerRetries = 1
 	if opt.Prefix == "" {
 		opt.Prefix = DefaultPrefix
 	}
@@ -162,7 +184,7 @@ func New(rawURL secret.String, opt Options) (*Store, error) {
 	}
 	s := &Store{client: redis.NewClient(ropt), shown: secret.RedactURL(u), scrub: scrub, opt: opt, log: opt.Logger,
 		states: opt.Prefix + "states", updated: opt.Prefix + "updated", channel: opt.Prefix + "states",
-		queue: keystates.NewQueue(opt.MaxPending)}
+		budgets: opt.Prefix + "budget:", queue: keystates.NewQueue(opt.MaxPending), known: newKnown(opt.MaxPending)}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -179,7 +201,7 @@ func (s *Store) Addr() string { return s.shown }
 func (s *Store) Stats() Stats {
 	return Stats{Pending: s.queue.Pending(), Written: s.queue.Written(), Dropped: s.queue.Dropped(),
 		Received: s.received.Load(), Skipped: s.skipped.Load(), Errors: s.errs.Load(),
-		Outages: s.outages.Load(), Resyncs: s.resyncs.Load()}
+		Outages: s.outages.Load(), Resyncs: s.resyncs.Load(), Refilled: s.refilled.Load(), Spends: s.spends.Load(), SpendErrors: s.spendErrs.Load()}
 }
 
 // Subscribe sets the function Run gives every state it hears of. Call it
@@ -199,6 +221,7 @@ func (s *Store) Save(st keypool.KeyState) {
 		s.queue.Drop()
 		return
 	}
+	s.known.note(st)
 	s.queue.Put(st)
 }
 
@@ -210,16 +233,18 @@ func (s *Store) failed(ctx context.Context, what string, err error) {
 		return
 	}
 	s.errs.Add(1)
-	if s.down.CompareAndSwap(false, true) {
+	if s.downSince.CompareAndSwap(0, max(time.Now().UnixNano(), 1)) {
 		s.outages.Add(1)
 		s.log.Warn("redisstore: redis out of reach; key states wait in memory and are retried, replicas do not hear of each other until it answers",
 			slog.String("store", s.shown), slog.String("op", what), slog.String("error", s.scrub.Scrub(err.Error())))
 	}
 }
 
-// answered ends an outage, if there is one, with a log line.
-func (s *Store) answered() {
-	if s.down.CompareAndSwap(true, false) {
+// answered ends an outage, if there is one, with a log line, for a command
+// that Redis answered, started at start. One that started before the
+// outage began (it was in flight when Redis died) says nothing of it.
+func (s *Store) answered(start time.Time) {
+	if since := s.downSince.Load(); since != 0 && start.UnixNano() >= since && s.downSince.CompareAndSwap(since, 0) {
 		s.log.Info("redisstore: redis answers again", slog.String("store", s.shown), slog.Int("pending", s.Stats().Pending))
 	}
 }

@@ -33,15 +33,33 @@ func testRedis(t testing.TB) string {
 }
 
 // prefix is a prefix of Redis keys of the test's own, so that tests (and
-// runs) do not see each other's states; its keys are deleted at the end.
+// runs) do not see each other's states; its keys (budgets among them) are
+// deleted at the end.
 func prefix(t testing.TB, addr string) string {
 	p := fmt.Sprintf("kptest:%s:%d:", t.Name(), time.Now().UnixNano())
 	t.Cleanup(func() {
 		c := redis.NewClient(&redis.Options{Addr: addr})
 		defer c.Close()
-		c.Del(context.Background(), p+"states", p+"updated")
+		ctx := context.Background()
+		c.Del(ctx, p+"states", p+"updated")
+		iter := c.Scan(ctx, 0, globEscape(p)+"budget:*", 1000).Iterator()
+		for iter.Next(ctx) {
+			c.Del(ctx, iter.Val())
+		}
 	})
 	return p
+}
+
+// globEscape escapes what SCAN's MATCH takes for a pattern in s.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func newStore(t testing.TB, url string, opt redisstore.Options) *redisstore.Store {
@@ -313,9 +331,11 @@ func TestNewBadURL(t *testing.T) {
 }
 
 // TestResyncAfterRestart stops Redis while a replica listens, saves
-// meanwhile, and starts Redis again: the states wait, are written, and the
-// listener resyncs. It runs a redis-server of its own
-// (KEYPOOL_TEST_REDIS_SERVER names the binary).
+// meanwhile, and starts Redis again, empty: the states wait, are written,
+// and the listener resyncs; a state written before the restart, which the
+// empty Redis lost, is written again by the replica that heard it, so that
+// a replica that starts afterwards loads it. It runs a redis-server of its
+// own (KEYPOOL_TEST_REDIS_SERVER names the binary).
 func TestResyncAfterRestart(t *testing.T) {
 	bin := os.Getenv("KEYPOOL_TEST_REDIS_SERVER")
 	if bin == "" {
@@ -349,6 +369,13 @@ func TestResyncAfterRestart(t *testing.T) {
 	run(t, a)
 	run(t, b)
 	eventually(t, "b subscribed", func() bool { return b.Stats().Resyncs == 1 })
+	before := time.Now()
+	a.Save(state(2, keypool.StateOverQuota, before))
+	eventually(t, "b hears the state saved before the restart", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return heard[id(2)] == keypool.StateOverQuota
+	})
 
 	srv.Process.Kill()
 	srv.Wait()
@@ -365,4 +392,10 @@ func TestResyncAfterRestart(t *testing.T) {
 	if a.Stats().Outages != 1 {
 		t.Errorf("a's Outages = %d, want 1", a.Stats().Outages)
 	}
+	eventually(t, "b writes again what the empty Redis lost", func() bool { return b.Stats().Refilled == 1 })
+	c := newStore(t, "redis://"+addr, opt)
+	eventually(t, "a replica started after the restart loads both states", func() bool {
+		got := load(t, c)
+		return got[id(1)].State == keypool.StateRevoked && got[id(2)].State == keypool.StateOverQuota && got[id(2)].Updated.Equal(before)
+	})
 }

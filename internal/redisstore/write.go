@@ -92,11 +92,12 @@ func (s *Store) writePending(ctx context.Context) error {
 	todo := s.queue.Take()
 	for len(todo) > 0 {
 		batch := todo[:min(len(todo), s.opt.Batch)]
+		start := time.Now()
 		if err := s.writeBatch(ctx, batch); err != nil {
 			s.queue.PutBack(todo)
 			return err
 		}
-		s.answered()
+		s.answered(start)
 		s.queue.Done(len(batch))
 		todo = todo[len(batch):]
 	}

@@ -116,6 +116,7 @@ func holders(t *testing.T) map[string]any {
 		"redisstore.Store":      redisStore,
 		"redisstore.New error":  badRedis,
 		"secret.String":         cfg.AdminToken,
+		"keypool.KeyInfo":       tr.Snapshot(),
 	}
 }
 
@@ -316,5 +317,47 @@ func TestWalkFindsPlainSecrets(t *testing.T) {
 		if !secretName.MatchString(name) {
 			t.Errorf("secretName misses %s", name)
 		}
+	}
+}
+
+// TestKeySourcesHoldNoSecret: every key of secretConfig carries a source,
+// and no source holds a secret, however the key is written (sk, a list in
+// sk, keys, the environment); a label that would hold the key is dropped.
+func TestKeySourcesHoldNoSecret(t *testing.T) {
+	t.Setenv("KP_HYGIENE_KEYS", "sk-s3cr3t-env-0020,sk-s3cr3t-env-0021")
+	in := secretConfig + `  - endpoint: https://more.example.org/v1
+    sk: $KP_HYGIENE_KEYS
+    keys: [sk-s3cr3t-flow-0022, "sk-s3cr3t-flow-0023"]
+  - endpoint: https://block.example.org/v1
+    keys:
+      - sk-s3cr3t-block-0024
+`
+	cfg, err := config.Parse([]byte(in), "config.yaml", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := app.New(cfg, app.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ki := range a.Transport().Snapshot() {
+		if ki.Auth != keypool.AuthKeys {
+			continue
+		}
+		n++
+		if !strings.HasPrefix(ki.Source, "config.yaml:") {
+			t.Errorf("%s: source %q; want a line of config.yaml", ki.ID, ki.Source)
+		}
+		if strings.Contains(ki.Source, marker) || strings.Contains(ki.Source, "sk-") {
+			t.Errorf("%s: source %q holds key text", ki.ID, ki.Source)
+		}
+	}
+	if n != 7 {
+		t.Errorf("%d keys; want 7", n)
+	}
+	k := keypool.NewKey("sk-s3cr3t-key-0030").WithSource("keys-sk-s3cr3t-key-0030.txt:1")
+	if k.Source() != "" {
+		t.Errorf("a source that holds its key survived: %q", k.Source())
 	}
 }

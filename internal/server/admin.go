@@ -51,7 +51,7 @@ type AdminOptions struct {
 
 // NewAdmin returns the admin API of a pool, for an operator and for probes:
 //
-//	GET  /admin/keys               every key's state, as a JSON array of keypool.KeyInfo (keys by ID only)
+//	GET  /admin/keys               every key's state, as a JSON array of keypool.KeyInfo (keys by ID and source only)
 //	GET  /admin/keys/{id}          one key's state, as a keypool.KeyInfo
 //	POST /admin/keys/recheck       asks the checker for a pass over every key: 202
 //	POST /admin/keys/{id}/disable  takes a key out of selection; optional body {"reason":"…"}

@@ -37,7 +37,9 @@ type recording struct {
 	resBody *capture
 }
 
-func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request) (*recording, *http.Request) {
+// beginRecord starts the record of r, which also goes, when it is not nil,
+// to the request's other observer.
+func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request, also keypool.Observer) (*recording, *http.Request) {
 	start := s.now()
 	ip := r.RemoteAddr
 	if host, _, err := net.SplitHostPort(ip); err == nil {
@@ -51,20 +53,35 @@ func (s *Server) beginRecord(w http.ResponseWriter, r *http.Request) (*recording
 			r.Body = &teeBody{ReadCloser: r.Body, c: rec.reqBody}
 		}
 	}
-	ctx := context.WithValue(keypool.ContextWithObserver(r.Context(), &rec.pending), recordingKey{}, rec)
+	var obs keypool.Observer = &rec.pending
+	if also != nil {
+		obs = keypool.ObserverFuncs{OnAttempt: func(e keypool.AttemptEvent) {
+			rec.pending.Attempt(e)
+			also.Attempt(e)
+		}}
+	}
+	ctx := context.WithValue(keypool.ContextWithObserver(r.Context(), obs), recordingKey{}, rec)
 	return rec, r.WithContext(ctx)
 }
 
-type recordingKey struct{}
+type (
+	recordingKey struct{}
+	exchangeKey  struct{}
+)
 
-// noteRefusal notes on the request's record, when it has one, that the
-// transport refused it for want of a key: the error class, and the model.
+// noteRefusal notes on the request's record and access log line, when it
+// has them, that the transport refused it for want of a key: the error
+// class, and the model.
 func noteRefusal(resp *http.Response) {
 	e, ok := keypool.Refusal(resp)
 	if !ok || resp.Request == nil {
 		return
 	}
-	rec, ok := resp.Request.Context().Value(recordingKey{}).(*recording)
+	ctx := resp.Request.Context()
+	if x, ok := ctx.Value(exchangeKey{}).(*exchange); ok {
+		x.setModel(e.Model)
+	}
+	rec, ok := ctx.Value(recordingKey{}).(*recording)
 	if !ok {
 		return
 	}
@@ -129,10 +146,14 @@ func setError(w http.ResponseWriter, kind string) {
 	}
 }
 
-// setModel notes the model of a request that made no attempt.
+// setModel notes the model of a request that made no attempt, on its
+// record and its access log line.
 func setModel(w http.ResponseWriter, model string) {
 	if rec, ok := w.(*recording); ok {
 		rec.pending.SetModel(model, false)
+	}
+	if x := exchangeOf(w); x != nil {
+		x.setModel(model)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,13 @@ type Options struct {
 	// Logger receives one line per failed request and the proxy's own
 	// errors; nil means silent. It never receives a token or a key.
 	Logger *slog.Logger
+	// AccessLog, when not nil, receives one info line per /v1 request of
+	// an authorized client once answered: the client token's ID, method,
+	// route, model, status, key ID of the final attempt, attempts,
+	// latency and tokens. nil means none. Refused clients get no line
+	// (they are counted, and Logger tells of them at a bounded rate):
+	// anyone could fill the log with them.
+	AccessLog *slog.Logger
 
 	// Now is the clock that Retry-After is computed with; nil means
 	// time.Now. It must be the transport's clock.
@@ -120,6 +128,8 @@ type Server struct {
 	records   RecordSink // nil: records off
 	bodyLimit int64      // bytes of each body kept in a record; 0: none
 	log       *slog.Logger
+	accessLog *slog.Logger // nil: no access log
+	answers   *answerCounts
 	now       func() time.Time
 	proxy     *httputil.ReverseProxy
 	handler   http.Handler
@@ -140,6 +150,7 @@ func New(opts Options) (*Server, error) {
 		transport: opts.Transport,
 		maxBody:   opts.MaxBody,
 		log:       opts.Logger,
+		accessLog: opts.AccessLog,
 		now:       opts.Now,
 		records:   opts.Records,
 	}
@@ -182,6 +193,7 @@ func New(opts Options) (*Server, error) {
 	for i, u := range s.access {
 		s.accessIDs[i] = clientIDs(u.Tokens)
 	}
+	s.answers = newAnswerCounts(slices.Concat(append([][]string{s.globalIDs}, s.accessIDs...)...))
 	s.open = len(s.global) == 0
 	for _, u := range s.access {
 		if len(u.Tokens) > 0 || u.NoAuth {
@@ -212,12 +224,12 @@ func New(opts Options) (*Server, error) {
 			Type:    "invalid_request_error", Code: "unknown_url",
 		})
 	})
-	s.handler = mux
+	s.handler = s.countAnswers(mux)
 	return s, nil
 }
 
 // Handler returns the proxy's http.Handler: /v1/* (every method) through the
-// transport, and /healthz.
+// transport, and /healthz. Every answer it gives is counted (Answers).
 func (s *Server) Handler() http.Handler { return s.handler }
 
 // copyBuffers lends ReverseProxy the 32 KiB buffers it copies response
@@ -291,14 +303,23 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// kept or recorded: a refused client costs a header and a log line
 	// now and then, never a body, a record or memory.
 	only, client, ok := s.authorize(r)
+	x := exchangeOf(w)
+	s.setClient(x, client, r)
 	if !ok {
 		s.refuse(w, r, client != "")
 		return
 	}
-	orig := w // MaxBytesReader tells the server's own writer to close the connection
+	x.api = true
+	// MaxBytesReader tells the server's own writer to close the connection.
+	orig := x.ResponseWriter
+	var watch keypool.Observer // the request's observer: its record and its access log line
+	if s.accessLog != nil {
+		watch = x
+		r = r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x))
+	}
 	if s.records != nil {
 		var rec *recording
-		rec, r = s.beginRecord(w, r)
+		rec, r = s.beginRecord(w, r, watch)
 		defer func() {
 			if p := recover(); p != nil {
 				// ReverseProxy cuts a response off (http.ErrAbortHandler)
@@ -315,6 +336,8 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 			rec.pending.SetClient(client)
 		}
 		w = rec
+	} else if watch != nil {
+		r = r.WithContext(keypool.ContextWithObserver(r.Context(), watch))
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		if s.maxBody > 0 {

@@ -186,6 +186,9 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 	srv, _ := server.New(server.Options{Transport: tr, Tokens: []secret.String{secret.New(clientToken)}, BodyMemory: 1 << 20})
 	ts := httptest.NewServer(srv.Handler())
 	defer ts.Close()
+	var once sync.Once
+	release := func() { once.Do(func() { close(up.release) }) }
+	defer release() // before ts.Close, which waits for the held request, on a failure too
 	body := `{"model":"gpt-4o","pad":"` + strings.Repeat("p", 700<<10) + `"}`
 	post := func() *http.Response {
 		req, _ := http.NewRequest("POST", ts.URL+"/v1/chat/completions", strings.NewReader(body))
@@ -206,7 +209,7 @@ func TestBodyMemoryIsBounded(t *testing.T) {
 	if resp == nil || resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "1" {
 		t.Fatalf("second request while the first holds its body: %+v", resp)
 	}
-	close(up.release)
+	release()
 	if r := <-first; r == nil || r.StatusCode != 200 {
 		t.Fatalf("first request: %+v", r)
 	}
