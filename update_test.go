@@ -437,7 +437,7 @@ func TestUpdateChecker(t *testing.T) {
 type nopStore struct{}
 
 func (nopStore) Load(context.Context) ([]keypool.KeyState, error) { return nil, nil }
-func (nopStore) Save(keypool.KeyState)                           {}
+func (nopStore) Save(keypool.KeyState)                            {}
 
 // TestUpdateUnderLoad swaps key sets while requests flow, some of them
 // failing over, and checks that the pool's books balance after: every
