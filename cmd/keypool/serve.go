@@ -6,11 +6,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/keypool/keypool"
 	"github.com/keypool/keypool/internal/app"
+	"github.com/keypool/keypool/internal/config"
 )
 
 func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
@@ -20,8 +24,9 @@ func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
 // 127.0.0.1:0); base, when not nil, carries every upstream request (tests
 // answer for the hosts of an unchanged config without a network).
 type serveHooks struct {
-	ready func(net.Addr)
-	base  http.RoundTripper
+	ready  func(net.Addr)
+	base   http.RoundTripper
+	hangup <-chan os.Signal // nil: SIGHUP
 }
 
 // newServeCmdWith is newServeCmd with hooks for tests.
@@ -30,7 +35,7 @@ func newServeCmdWith(hooks serveHooks) *cobra.Command {
 		configFile, listen string
 		dbType, dbAddr     string
 		store              string
-		opts               = app.Options{Ready: hooks.ready}
+		opts               = app.Options{Ready: hooks.ready, Hangup: hooks.hangup}
 	)
 	if hooks.base != nil {
 		opts.Transport = []keypool.Option{keypool.WithBase(hooks.base)}
@@ -59,6 +64,13 @@ store, or --store), Redis keeps the key states instead, shared by every
 replica over the same keys: a key one replica finds revoked gets no traffic
 from the others. Budgets are not shared yet.
 
+SIGHUP, or POST /admin/reload, reloads the config: added keys, upstreams and
+client tokens take effect, removed ones take no new request while theirs
+finish, and what the pool learned of the keys that stay is kept. A config
+that does not load is refused (logged with its line) and the one before keeps
+serving. SIGINT and SIGTERM shut down: requests in flight finish and the
+records are written.
+
 Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
 answer probes. The admin API (/admin/keys, see keypool keys) needs the
 config's admin_token, or without one answers on loopback only.
@@ -82,15 +94,31 @@ Logs go to stderr and show keys by ID only.`,
 				ctx = context.Background()
 			}
 			opts.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
-			cfg, err := app.Load(configFile, opts.Logger)
+			// The same file, with the same flags over it, at start and
+			// at every reload.
+			load := func() (*config.Config, error) {
+				cfg, err := app.Load(configFile, opts.Logger)
+				if err != nil {
+					return nil, err
+				}
+				app.SetStore(cfg, dbType, dbAddr)
+				if err := app.SetStateStore(cfg, store); err != nil {
+					return nil, err
+				}
+				return cfg, nil
+			}
+			cfg, err := load()
 			if err != nil {
 				return err
 			}
-			app.SetStore(cfg, dbType, dbAddr)
-			if err := app.SetStateStore(cfg, store); err != nil {
-				return err
+			opts.Listen, opts.Config = listen, load
+			if opts.Hangup == nil {
+				// SIGHUP reloads the config; it would end the process.
+				hup := make(chan os.Signal, 1)
+				signal.Notify(hup, syscall.SIGHUP)
+				defer signal.Stop(hup)
+				opts.Hangup = hup
 			}
-			opts.Listen = listen
 			return app.Serve(ctx, cfg, opts)
 		},
 	}
