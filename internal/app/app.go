@@ -128,6 +128,7 @@ type App struct {
 	parts    *parts
 	reloadMu sync.Mutex     // one reload at a time
 	cfg      *config.Config // the config serving now; guarded by reloadMu
+	addr     net.Addr       // where Run serves; nil: not known; guarded by reloadMu
 }
 
 // New builds the parts cfg describes. It starts nothing and listens nowhere,
@@ -203,6 +204,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	p := a.parts
 	if ln != nil {
 		a.log.Info("listening", "addr", ln.Addr().String(), "keys", len(p.transport.Snapshot()))
+		a.listening(ln.Addr())
 	}
 	// Each part outlives ctx until its turn in the shutdown.
 	recordsCtx, stopRecords := context.WithCancel(context.WithoutCancel(ctx))

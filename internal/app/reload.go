@@ -3,6 +3,8 @@ package app
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"reflect"
 	"strings"
@@ -61,12 +63,8 @@ func (a *App) Reload(ctx context.Context) (Reloaded, error) {
 	}
 	a.log.Info("config reloaded", "added", len(r.Keys.Added), "removed", len(r.Keys.Removed), "kept", len(r.Keys.Kept),
 		"upstreams", strings.Join(r.Upstreams, ","), "clients", r.Clients)
-	for _, id := range r.Keys.Added {
-		a.log.Info("key added", "key", string(id))
-	}
-	for _, id := range r.Keys.Removed {
-		a.log.Info("key removed; its requests in flight finish", "key", string(id))
-	}
+	logKeys(a.log, "key added", r.Keys.Added)
+	logKeys(a.log, "key removed; its requests in flight finish", r.Keys.Removed)
 	for _, name := range r.NoKeys {
 		a.log.Warn("upstream has no key; its requests get 503 until a reload brings keys back", "upstream", name)
 	}
@@ -74,6 +72,22 @@ func (a *App) Reload(ctx context.Context) (Reloaded, error) {
 		a.log.Warn("config changed a setting that takes effect at the next start only", "setting", s)
 	}
 	return r, nil
+}
+
+// maxKeyLines bounds the lines a reload logs per added or removed key: a
+// reload of a thousand-key file says how many, not a thousand lines.
+const maxKeyLines = 20
+
+// logKeys logs msg for each of ids, or for the first maxKeyLines and then
+// how many more.
+func logKeys(log *slog.Logger, msg string, ids []keypool.KeyID) {
+	for i, id := range ids {
+		if i == maxKeyLines {
+			log.Info(msg, "more", len(ids)-i)
+			return
+		}
+		log.Info(msg, "key", string(id))
+	}
 }
 
 // reload is Reload without its log. Requires a.reloadMu.
@@ -87,6 +101,11 @@ func (a *App) reload() (Reloaded, error) {
 	}
 	if len(cfg.Upstream) == 0 {
 		return Reloaded{}, errors.New("the config has no upstreams")
+	}
+	if openToAll(cfg) && !openToAll(a.cfg) && (a.addr == nil || !loopback(a.addr)) {
+		// Serve refuses to start so; a reload must not open the keys
+		// to everyone who can reach the address either.
+		return Reloaded{}, errors.New("the config has no client tokens and no noauth upstream: anyone who can reach the proxy could use the keys; set authorization, or restart listening on 127.0.0.1")
 	}
 	ups, empty, err := cfg.UpstreamsForReload()
 	if err != nil {
@@ -105,7 +124,8 @@ func (a *App) reload() (Reloaded, error) {
 	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
 	r := Reloaded{Keys: changes, Upstreams: p.transport.UpstreamNames(), Clients: len(p.server.Clients()),
 		NoKeys: empty, RestartNeeded: restartOnly(a.cfg, cfg)}
-	a.cfg = cfg
+	a.cfg, p.cfg = cfg, cfg
+	logAccess(p, a.log) // the client tokens' IDs, and who may use what, as at start
 	return r, nil
 }
 
@@ -135,6 +155,14 @@ func restartOnly(old, cfg *config.Config) []string {
 		}
 	}
 	return out
+}
+
+// listening records the address Run serves on: a reload may open the
+// proxy to every client on loopback only, as Serve may.
+func (a *App) listening(addr net.Addr) {
+	a.reloadMu.Lock()
+	defer a.reloadMu.Unlock()
+	a.addr = addr
 }
 
 // reloadForAdmin is POST /admin/reload's reload.

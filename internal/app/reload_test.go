@@ -23,6 +23,7 @@ import (
 	"github.com/keypool/keypool/internal/app"
 	"github.com/keypool/keypool/internal/config"
 	"github.com/keypool/keypool/internal/fakeopenai"
+	"github.com/keypool/keypool/internal/secret"
 )
 
 const (
@@ -323,5 +324,31 @@ func TestReloadWithoutSource(t *testing.T) {
 	a.Handler().ServeHTTP(rec, req)
 	if rec.Code != http.StatusServiceUnavailable {
 		t.Fatalf("POST /admin/reload: %d %s", rec.Code, rec.Body)
+	}
+}
+
+// TestReloadRefusesOpeningTheKeys: a reload that would drop every client
+// token, on an address that is not known to be loopback, is refused, and
+// the proxy still asks for a token.
+func TestReloadRefusesOpeningTheKeys(t *testing.T) {
+	withToken := &config.Config{
+		Authorization: []secret.String{secret.New("tok-reload-open-000000")},
+		Upstream:      []config.Upstream{{Endpoint: "https://a.example/v1", Keys: []keypool.Key{keypool.NewKey("sk-reload-open-1111")}}},
+		DBType:        "none",
+	}
+	open := *withToken
+	open.Authorization = nil
+	a, err := app.New(withToken, app.Options{Config: func() (*config.Config, error) { return &open, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Reload(context.Background()); err == nil || !strings.Contains(err.Error(), "anyone who can reach the proxy") {
+		t.Fatalf("Reload: %v", err)
+	}
+	req := httptest.NewRequest("POST", "/v1/chat/completions", strings.NewReader(`{"model":"gpt-4o"}`))
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusUnauthorized {
+		t.Fatalf("a request without a token after the refused reload: %d", rec.Code)
 	}
 }
