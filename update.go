@@ -40,9 +40,14 @@ var errKeyRemoved = errors.New("keypool: key removed")
 // change, its record is rebuilt, and its keys keep what a StateStore keeps
 // of them (state and reason, last check, organization, scope, trial tier,
 // model lists, clones, rests) while its budgets, health and usage start
-// over. A key added is unchecked: a running Checker checks it at once. A key
-// removed takes no new request from the moment Update returns; the
-// requests it serves finish, but their answers no longer teach the pool.
+// over.
+//
+// A key added is unchecked, unless a StateStore (WithStateStore) knows it:
+// Update then loads the store's states (waiting at most 5s, as New does)
+// and the key starts from its own. A running Checker checks each added key
+// when due: one never checked at once. A key removed takes no new request
+// from the moment Update returns; the requests it serves finish, but their
+// answers no longer teach the pool, and the Checker never checks it again.
 //
 // An upstream may be left with no key: its requests are then refused
 // (*NoKeyError, a 503 at a proxy) until an Update gives it keys again. At
@@ -51,14 +56,40 @@ var errKeyRemoved = errors.New("keypool: key removed")
 // Update is atomic: ups is checked as New checks it, and a bad set returns
 // an error and changes nothing. Every other setting of New (policy,
 // attempts, waits, order, store, observers) stays as it was. Update is safe
-// to call while the transport serves, but calls should not overlap: the
-// later one wins.
+// to call while the transport serves; calls made at once apply one after
+// the other, and the last one stands.
 func (t *Transport) Update(ups ...Upstream) (KeyChanges, error) {
-	return t.pool.update(ups, t.now())
+	p := t.pool
+	var saved []KeyState
+	if p.store != nil && p.addsKeys(ups) {
+		// What the store knows of keys this pool does not hold: another
+		// replica, or this process before the key was removed, may have
+		// learned it is revoked.
+		var err error
+		if saved, err = fetchStates(p.store); err != nil && t.log != nil {
+			t.log.Warn("keypool: loading the states of added keys failed; they start unchecked", "error", err.Error())
+		}
+	}
+	return p.update(ups, t.now(), saved)
 }
 
-// update is Update at now.
-func (p *Pool) update(ups []Upstream, now time.Time) (KeyChanges, error) {
+// addsKeys reports whether ups holds a key the pool does not.
+func (p *Pool) addsKeys(ups []Upstream) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, u := range ups {
+		for _, c := range u.Keys {
+			if p.byID[c.ID()] == nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// update is Update at now; saved are the states of a StateStore (nil:
+// none), applied to the keys it adds as New applies them.
+func (p *Pool) update(ups []Upstream, now time.Time, saved []KeyState) (KeyChanges, error) {
 	plans, err := planUpstreams(ups)
 	if err != nil {
 		return KeyChanges{}, err
@@ -117,6 +148,15 @@ func (p *Pool) update(ups []Upstream, now time.Time) (KeyChanges, error) {
 			}
 			k.clone = false // a clone now listed in the config is the config's
 			keep[k] = true
+		}
+	}
+	had := make(map[KeyID]bool, len(before))
+	for _, id := range before {
+		had[id] = true
+	}
+	for _, st := range saved {
+		if k := p.byID[st.ID]; k != nil && k.born > bornBefore && !had[st.ID] {
+			carried = append(carried, st) // a key added: what the store knew of it
 		}
 	}
 	p.restore(carried, now) // clones first, then states

@@ -21,7 +21,7 @@ func TestUpdateDropsKeyFromItsScope(t *testing.T) {
 		t.Fatalf("setup: took %s", h.k.cred.id)
 	}
 	up.Keys = []Key{b}
-	ch, err := p.update([]Upstream{up}, t0)
+	ch, err := p.update([]Upstream{up}, t0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

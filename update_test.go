@@ -500,3 +500,37 @@ func TestUpdateUnderLoad(t *testing.T) {
 		t.Fatalf("counts %v (usable %d), snapshot of %d keys with %d usable", c, c.Usable, len(snap), usable)
 	}
 }
+
+// savedStore is a StateStore that holds a fixed set of states.
+type savedStore struct {
+	nopStore
+	states []keypool.KeyState
+}
+
+func (s savedStore) Load(context.Context) ([]keypool.KeyState, error) { return s.states, nil }
+
+// TestUpdateRestoresAddedKeys: with a StateStore, a key Update adds starts
+// from what the store knows of it, as a key New holds does.
+func TestUpdateRestoresAddedKeys(t *testing.T) {
+	added := keypool.NewKey("sk-saved-b").ID()
+	checked := time.Now().Add(-time.Minute).Round(0)
+	store := savedStore{states: []keypool.KeyState{{ID: added, Upstream: "main", State: keypool.StateRevoked,
+		Reason: "401 invalid_request_error/invalid_api_key", Since: checked, Checked: checked, Updated: checked}}}
+	up := keypool.Upstream{Name: "main", BaseURL: "https://api.example/v1", Keys: newKeys("sk-saved-a")}
+	tr, err := keypool.New(keypool.WithBase(rvRT(func(r *http.Request) (*http.Response, error) { return rvOK(r, nil, nil), nil })),
+		keypool.WithUpstreams(up), keypool.WithStateStore(store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Keys = newKeys("sk-saved-a", "sk-saved-b")
+	if _, err := tr.Update(up); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := tr.Pool().Key(added)
+	if got.State != keypool.StateRevoked || got.Reason != store.states[0].Reason || !got.LastChecked.Equal(checked) {
+		t.Fatalf("the added key: %+v", got)
+	}
+	if c := tr.Pool().Counts(); c.Usable != 1 || c.In(keypool.StateRevoked) != 1 {
+		t.Fatalf("counts %v", c)
+	}
+}
