@@ -37,10 +37,10 @@ var errKeyRemoved = errors.New("keypool: key removed")
 // stays in an upstream whose settings (base URL, Allow, Deny, timeouts,
 // Auth) stay keeps everything the pool learned: its state, scope, models,
 // rate-limit budgets, rests, health and usage. When an upstream's settings
-// change, its record is rebuilt, and its keys keep what a StateStore keeps
-// of them (state and reason, last check, organization, scope, trial tier,
-// model lists, clones, rests) while its budgets, health and usage start
-// over.
+// change, its record is rebuilt; its keys, and a key that moves to another
+// upstream, keep what a StateStore keeps of them (state and reason, last
+// check, organization, scope, trial tier, model lists, clones, rests) while
+// their budgets, health and usage start over.
 //
 // A key added is unchecked, unless a StateStore (WithStateStore) knows it:
 // Update then loads the store's states (waiting at most 5s, as New does)
@@ -109,25 +109,30 @@ func (p *Pool) update(ups []Upstream, now time.Time, saved []KeyState) (KeyChang
 	}
 	bornBefore := p.born
 
-	// Records whose settings stay are kept; the others are rebuilt, taking
-	// along what a store would keep of their keys.
+	// Records whose settings stay are kept; the others are rebuilt. A key
+	// whose record changes (its upstream is rebuilt, or it moves to
+	// another) takes along what a store would keep of it.
 	next := make([]*upstream, len(plans))
-	var carried []KeyState
 	for i := range plans {
-		u := old[plans[i].Name]
-		switch {
-		case u != nil && sameSettings(u, &plans[i]):
+		if u := old[plans[i].Name]; u != nil && sameSettings(u, &plans[i]) {
 			next[i] = u
-		case u != nil:
-			carried = p.carry(u, &plans[i], carried, now)
 		}
 	}
+	carried := p.carry(plans, next, now)
 	for _, u := range p.ups {
 		if !slices.Contains(next, u) {
 			for _, k := range slices.Clone(u.keys) {
 				p.dropKey(k, now)
 			}
 			p.wakeUpstream(u) // its waiters look again, at the new upstreams
+		}
+	}
+	for i := range plans {
+		for _, c := range plans[i].keys {
+			if k := p.byID[c.id]; k != nil && k.up != next[i] {
+				p.dropClones(k, now)
+				p.dropKey(k, now) // it moves: a new record below
+			}
 		}
 	}
 	p.makeUpstreams(plans, next, now)
@@ -142,9 +147,8 @@ func (p *Pool) update(ups []Upstream, now time.Time, saved []KeyState) (KeyChang
 		}
 		for _, c := range plans[i].keys {
 			k := p.byID[c.id]
-			if k == nil || k.up != u {
+			if k == nil {
 				k = p.addKeyLocked(u, c, now)
-				p.setCloneOrgs(k, nil) // a key moved from another upstream leaves its clones there
 			}
 			k.clone = false // a clone now listed in the config is the config's
 			keep[k] = true
@@ -195,26 +199,41 @@ func sameSettings(u *upstream, pl *upstreamPlan) bool {
 		a.IdleTimeout == b.IdleTimeout && slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Deny, b.Deny)
 }
 
-// carry appends to states what a store would keep of the keys of u that
-// stay in pl (configured there, or clones of one that is), so that the
-// rebuilt record of u starts from it. Requires p.mu.
-func (p *Pool) carry(u *upstream, pl *upstreamPlan, states []KeyState, now time.Time) []KeyState {
-	stays := make(map[KeyID]bool, len(pl.keys))
-	for _, c := range pl.keys {
-		stays[c.id] = true
-	}
-	for _, k := range u.keys {
-		if k.standIn() || !stays[k.cred.id] {
-			continue
+// carry returns what a store would keep of the keys of plans that the
+// pool holds in another record than the one they go to (next[i]; nil for a
+// record yet to be made), and of their clones, each under the upstream it
+// goes to. Requires p.mu.
+func (p *Pool) carry(plans []upstreamPlan, next []*upstream, now time.Time) []KeyState {
+	var states []KeyState
+	for i := range plans {
+		add := func(k *key) {
+			st := p.keyState(k, now)
+			st.Upstream = plans[i].Name
+			states = append(states, st)
 		}
-		states = append(states, p.keyState(k, now))
-		for _, org := range p.cloneOrgs[k.cred.id] {
-			if cl := p.byID[k.cred.WithOrganization(org).id]; cl != nil && cl.up == u {
-				states = append(states, p.keyState(cl, now))
+		for _, c := range plans[i].keys {
+			k := p.byID[c.id]
+			if k == nil || k.standIn() || next[i] != nil && k.up == next[i] {
+				continue
+			}
+			add(k)
+			for _, org := range p.cloneOrgs[k.cred.id] {
+				if cl := p.byID[k.cred.WithOrganization(org).id]; cl != nil && cl.up == k.up && cl.clone {
+					add(cl)
+				}
 			}
 		}
 	}
 	return states
+}
+
+// dropClones drops the organization clones of k. Requires p.mu.
+func (p *Pool) dropClones(k *key, now time.Time) {
+	for _, org := range p.cloneOrgs[k.cred.id] {
+		if cl := p.byID[k.cred.WithOrganization(org).id]; cl != nil && cl.up == k.up && cl.clone {
+			p.dropKey(cl, now)
+		}
+	}
 }
 
 // makeUpstreams fills the gaps of next with new records of their plans,

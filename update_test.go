@@ -534,3 +534,35 @@ func TestUpdateRestoresAddedKeys(t *testing.T) {
 		t.Fatalf("counts %v", c)
 	}
 }
+
+// TestUpdateMovedKey: a key moved to another upstream (as when an unnamed
+// upstream before it is removed, and the names by host shift) keeps what a
+// store keeps of it, and the one it left no longer holds it.
+func TestUpdateMovedKey(t *testing.T) {
+	_, base := fakeopenai.NewTestServer(t, fakeopenai.Config{},
+		fakeopenai.Key{Secret: "sk-mv-revoked", Behavior: fakeopenai.Revoked}, fakeopenai.Key{Secret: "sk-mv-good"})
+	first := keypool.Upstream{BaseURL: base, Keys: newKeys("sk-mv-good")}
+	second := keypool.Upstream{BaseURL: base, Keys: newKeys("sk-mv-revoked")}
+	tr, err := keypool.New(keypool.WithUpstreams(second, first))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	post(t, tr, chatBody("gpt-4o", false)) // the revoked key first, then the good one
+	revoked := keyIDs("sk-mv-revoked")[0]
+	was, _ := tr.Pool().Key(revoked)
+	if was.State != keypool.StateRevoked {
+		t.Fatalf("setup: %+v", was)
+	}
+	ch, err := tr.Update(first, second) // the names by host trade places
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := tr.Pool().Key(revoked)
+	if got.State != keypool.StateRevoked || got.Reason != was.Reason || got.Upstream == was.Upstream || ch.Changed() {
+		t.Fatalf("the moved key: %+v, was %+v; changes %+v", got, was, ch)
+	}
+	if snap := tr.Snapshot(); len(snap) != 2 || tr.Pool().Counts().Usable != 1 {
+		t.Fatalf("snapshot %+v", snap)
+	}
+}

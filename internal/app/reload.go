@@ -124,6 +124,9 @@ func (a *App) reload() (Reloaded, error) {
 	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
 	r := Reloaded{Keys: changes, Upstreams: p.transport.UpstreamNames(), Clients: len(p.server.Clients()),
 		NoKeys: empty, RestartNeeded: restartOnly(a.cfg, cfg)}
+	if openToAll(cfg) && !openToAll(a.cfg) {
+		a.log.Warn("no client tokens configured: any local process may use the keys", "addr", a.addr.String())
+	}
 	a.cfg, p.cfg = cfg, cfg
 	logAccess(p, a.log) // the client tokens' IDs, and who may use what, as at start
 	return r, nil
