@@ -119,41 +119,9 @@ func (p *Pool) update(ups []Upstream, now time.Time, saved []KeyState) (KeyChang
 		}
 	}
 	carried := p.carry(plans, next, now)
-	for _, u := range p.ups {
-		if !slices.Contains(next, u) {
-			for _, k := range slices.Clone(u.keys) {
-				p.dropKey(k, now)
-			}
-			p.wakeUpstream(u) // its waiters look again, at the new upstreams
-		}
-	}
-	for i := range plans {
-		for _, c := range plans[i].keys {
-			if k := p.byID[c.id]; k != nil && k.up != next[i] {
-				p.dropClones(k, now)
-				p.dropKey(k, now) // it moves: a new record below
-			}
-		}
-	}
+	p.dropLeaving(plans, next, now)
 	p.makeUpstreams(plans, next, now)
-
-	keep := map[*key]bool{}
-	for i := range plans {
-		u := next[i]
-		for _, k := range u.keys {
-			if k.standIn() {
-				keep[k] = true
-			}
-		}
-		for _, c := range plans[i].keys {
-			k := p.byID[c.id]
-			if k == nil {
-				k = p.addKeyLocked(u, c, now)
-			}
-			k.clone = false // a clone now listed in the config is the config's
-			keep[k] = true
-		}
-	}
+	keep := p.placeKeys(plans, next, now)
 	had := make(map[KeyID]bool, len(before))
 	for _, id := range before {
 		had[id] = true
@@ -190,6 +158,52 @@ func (p *Pool) update(ups []Upstream, now time.Time, saved []KeyState) (KeyChang
 	}
 	p.addFresh(bornBefore)
 	return p.changes(before), nil
+}
+
+// dropLeaving drops the keys of the records that are not in next (removed
+// or rebuilt upstreams), and the records of keys that move to another
+// (with their clones). Requires p.mu.
+func (p *Pool) dropLeaving(plans []upstreamPlan, next []*upstream, now time.Time) {
+	for _, u := range p.ups {
+		if !slices.Contains(next, u) {
+			for _, k := range slices.Clone(u.keys) {
+				p.dropKey(k, now)
+			}
+			p.wakeUpstream(u) // its waiters look again, at the new upstreams
+		}
+	}
+	for i := range plans {
+		for _, c := range plans[i].keys {
+			if k := p.byID[c.id]; k != nil && k.up != next[i] {
+				p.dropClones(k, now)
+				p.dropKey(k, now) // it moves: placeKeys makes a new record
+			}
+		}
+	}
+}
+
+// placeKeys adds the keys of plans the pool does not hold to their records
+// (next), and returns the keys that stay: those of plans, and the
+// stand-ins of upstreams without keys. Requires p.mu.
+func (p *Pool) placeKeys(plans []upstreamPlan, next []*upstream, now time.Time) map[*key]bool {
+	keep := map[*key]bool{}
+	for i := range plans {
+		u := next[i]
+		for _, k := range u.keys {
+			if k.standIn() {
+				keep[k] = true
+			}
+		}
+		for _, c := range plans[i].keys {
+			k := p.byID[c.id]
+			if k == nil {
+				k = p.addKeyLocked(u, c, now)
+			}
+			k.clone = false // a clone now listed in the config is the config's
+			keep[k] = true
+		}
+	}
+	return keep
 }
 
 // sameSettings reports whether u is what pl describes, its keys aside.
@@ -362,7 +376,7 @@ func (p *Pool) removed(k *key) bool {
 // changes compares the pool's keys with those it held before (their IDs, in
 // order). Requires p.mu.
 func (p *Pool) changes(before []KeyID) KeyChanges {
-	var ch KeyChanges
+	ch := KeyChanges{Added: []KeyID{}, Removed: []KeyID{}, Kept: []KeyID{}} // [] in JSON, not null
 	had := make(map[KeyID]bool, len(before))
 	for _, id := range before {
 		had[id] = true
