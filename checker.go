@@ -269,6 +269,9 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) ([]Che
 		var err error
 		if c.p.removed(k) {
 			err = errKeyRemoved // Update took it out since it was queued
+			c.mu.Lock()
+			delete(c.backoff, k) // its retries end here
+			c.mu.Unlock()
 		} else {
 			err = c.waitTurn(ctx)
 		}
