@@ -251,6 +251,8 @@ func (c *Checker) Run(ctx context.Context) error {
 			return nil
 		case <-tick:
 			c.pass(ctx, c.p.live(), true)
+		case <-c.p.added:
+			c.pass(ctx, c.p.takeFresh(), true) // keys Update added
 		case <-c.recheck:
 			c.pass(ctx, c.p.checkable(), true)
 		case r := <-c.retryCh:
@@ -289,7 +291,15 @@ func (c *Checker) pass(ctx context.Context, keys []*key, retryLater bool) ([]Che
 		inflight++
 		mu.Unlock()
 
-		err := c.waitTurn(ctx)
+		var err error
+		if c.p.removed(k) {
+			err = errKeyRemoved // Update took it out since it was queued
+			c.mu.Lock()
+			delete(c.backoff, k) // its retries end here
+			c.mu.Unlock()
+		} else {
+			err = c.waitTurn(ctx)
+		}
 		if err == nil {
 			select {
 			case sem <- struct{}{}:

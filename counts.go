@@ -71,8 +71,11 @@ func (p *Pool) Counts() Counts {
 
 // tally adds k to the counts (n = 1) or takes it out (n = -1), as it stands
 // now; a change of its state or first check takes it out before and adds
-// it after. Requires p.mu.
+// it after. A removed key counts no more. Requires p.mu.
 func (p *Pool) tally(k *key, n int) {
+	if k.gone {
+		return // taken out when it was removed
+	}
 	p.counts.byState[k.state] += n
 	if p.selectable(k) {
 		p.counts.Usable += n

@@ -34,6 +34,8 @@ type key struct {
 	usage      map[string]*FamilyUsage
 	usageOrder []string
 	authz      func() []string // the Authorization header value (see bearer)
+	born       uint64          // its number among the keys the pool ever added
+	gone       bool            // Update removed it: it takes no request, and its answers teach nothing
 }
 
 func (k *key) node() *heapNode { return &k.heapNode }
@@ -44,7 +46,7 @@ func (k *key) standIn() bool { return k.up.Auth != AuthKeys }
 // selectable reports whether k may take requests, cooldowns aside.
 // Requires p.mu.
 func (p *Pool) selectable(k *key) bool {
-	return k.state.Usable() && !(p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn())
+	return !k.gone && k.state.Usable() && !(p.cfg.checkedOnly && k.checked.IsZero() && !k.standIn())
 }
 
 // keyScore orders the ready keys of a scope at now, lowest first: healthy

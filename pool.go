@@ -48,6 +48,9 @@ type Pool struct {
 	cloneOrgs    map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
 	updated      map[*key]time.Time   // with a store: when the latest state saved or applied of each key was made (see stamp)
 	grown        chan struct{}        // with a StateSubscriber: a state heard added keys (clones) that a running Checker has yet to schedule
+	born         uint64               // keys ever added: each key's born is its number (see checkedKeys)
+	added        chan struct{}        // Update added keys (in fresh) that a running Checker has yet to check
+	fresh        []*key               // keys Update added since a Checker last took them
 	epoch        time.Time            // cooldowns are kept as offsets from it: one time base
 	modelSets    map[string]*modelSet // model lists, shared by the scopes that have the same one
 	noStream     map[string]bool      // models some scope may not stream: their streams have a bucket of their own
@@ -140,8 +143,9 @@ func clip(s string, n int) string {
 }
 
 func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool, error) {
-	if len(ups) == 0 {
-		return nil, errors.New("keypool: no upstream configured")
+	plans, err := planUpstreams(ups)
+	if err != nil {
+		return nil, err
 	}
 	if cfg.maxRest <= 0 {
 		cfg.maxRest = defaultMaxRest
@@ -153,7 +157,42 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 	// every picked one, in config order, so a fresh pool tries its keys in
 	// the order they were given.
 	p := &Pool{byID: map[KeyID]*key{}, cfg: cfg, observer: obs, epoch: now, modelSets: map[string]*modelSet{}, noStream: map[string]bool{},
-		seq: firstPick}
+		seq: firstPick, added: make(chan struct{}, 1)}
+	for i := range plans {
+		up := p.newUpstream(&plans[i], i, now)
+		for _, c := range plans[i].keys {
+			p.addKeyLocked(up, c, now)
+		}
+		p.ups = append(p.ups, up)
+	}
+	if len(p.keys) == 0 {
+		return nil, errors.New("keypool: no key configured")
+	}
+	return p, nil
+}
+
+// upstreamPlan is one Upstream as a pool takes it: checked, its zero
+// fields set to what they mean, its name unique, and its keys without
+// duplicates (kept in keys; Upstream.Keys is nil).
+type upstreamPlan struct {
+	Upstream
+	base *url.URL
+	keys []Key
+}
+
+// planUpstreams checks ups and makes them ready to build (New) or to swap
+// in (Transport.Update), touching no pool: a bad set is refused whole.
+func planUpstreams(ups []Upstream) ([]upstreamPlan, error) {
+	if len(ups) == 0 {
+		return nil, errors.New("keypool: no upstream configured")
+	}
+	plans := make([]upstreamPlan, 0, len(ups))
+	names := make([]string, 0, len(ups))
+	type owner struct {
+		up  string
+		key Key
+	}
+	owners := map[KeyID]owner{}
 	for i, u := range ups {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
@@ -168,7 +207,8 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 		if u.Name == "" {
 			u.Name = base.Host
 		}
-		u.Name = uniqueName(u.Name, p.ups)
+		u.Name = uniqueName(u.Name, names)
+		names = append(names, u.Name)
 		if u.Timeout <= 0 {
 			u.Timeout = DefaultTimeout
 		}
@@ -186,47 +226,56 @@ func newPool(ups []Upstream, cfg poolConfig, obs Observer, now time.Time) (*Pool
 				return nil, fmt.Errorf("keypool: upstream %s: empty model pattern", u.Name)
 			}
 		}
-		up := &upstream{Upstream: u, index: i, base: base, buckets: map[string]*bucket{},
-			scopes: map[string]*scope{}, served: map[string]bool{}, missing: newMissingSet()}
-		up.Keys = nil // the pool's records hold them
-		up.shared = p.newBucket(up, sharedBucket, "", false)
 		switch {
 		case u.Auth > AuthCaller:
 			return nil, fmt.Errorf("keypool: upstream %s: unknown Auth %d", u.Name, u.Auth)
 		case u.Auth != AuthKeys && len(u.Keys) > 0:
 			return nil, fmt.Errorf("keypool: upstream %s: Auth %s takes no Keys", u.Name, u.Auth)
-		case u.Auth != AuthKeys:
-			p.addKeyLocked(up, Key{id: standInID(u.Auth, u.Name)}, now)
 		}
+		pl := upstreamPlan{base: base}
 		for _, c := range u.Keys {
 			if c.IsZero() {
 				return nil, fmt.Errorf("keypool: upstream %s: empty key", u.Name)
 			}
 			id := c.ID()
-			if old, dup := p.byID[id]; dup {
-				if old.cred.secret() == c.secret() && old.cred.org == c.org && old.cred.project == c.project {
-					if old.up == up {
+			if old, dup := owners[id]; dup {
+				if old.key.secret() == c.secret() && old.key.org == c.org && old.key.project == c.project {
+					if old.up == u.Name {
 						continue // the same key listed twice
 					}
-					return nil, fmt.Errorf("keypool: key %s is listed in upstreams %s and %s", id, old.up.Name, u.Name)
+					return nil, fmt.Errorf("keypool: key %s is listed in upstreams %s and %s", id, old.up, u.Name)
 				}
 				return nil, fmt.Errorf("keypool: key ID collision on %s: refusing two different keys with one ID", id)
 			}
-			p.addKeyLocked(up, c, now)
+			owners[id] = owner{u.Name, c}
+			pl.keys = append(pl.keys, c)
 		}
-		p.ups = append(p.ups, up)
+		u.Keys = nil // the pool's records hold them
+		pl.Upstream = u
+		plans = append(plans, pl)
 	}
-	if len(p.keys) == 0 {
-		return nil, errors.New("keypool: no key configured")
+	return plans, nil
+}
+
+// newUpstream makes the record of a planned upstream, with index (its bit
+// in a request's avoided upstreams), and the stand-in key of an upstream
+// without keys of its own. Requires p.mu (or a pool not yet shared).
+func (p *Pool) newUpstream(pl *upstreamPlan, index int, now time.Time) *upstream {
+	up := &upstream{Upstream: pl.Upstream, index: index, base: pl.base, buckets: map[string]*bucket{},
+		scopes: map[string]*scope{}, served: map[string]bool{}, missing: newMissingSet()}
+	up.shared = p.newBucket(up, sharedBucket, "", false)
+	if up.Auth != AuthKeys {
+		p.addKeyLocked(up, Key{id: standInID(up.Auth, up.Name)}, now)
 	}
-	return p, nil
+	return up
 }
 
 // addKeyLocked adds a key to upstream up, in a scope: the one its configured
 // organization and project name, else one of its own. Requires p.mu (or a
 // pool not yet shared).
 func (p *Pool) addKeyLocked(up *upstream, c Key, now time.Time) *key {
-	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org, seq: uint64(len(p.keys))}
+	p.born++
+	k := &key{cred: c, up: up, index: len(up.keys), since: now, org: c.org, seq: uint64(len(p.keys)), born: p.born}
 	k.idx, k.sidx = -1, -1
 	if up.Auth == AuthKeys {
 		k.authz = bearer(c)

@@ -87,6 +87,21 @@ func (c *Checker) runEach(ctx context.Context) error {
 					q.push(k, next)
 				}
 			}
+		case <-c.p.added:
+			// Keys Update added: those never checked at once, the
+			// others when due.
+			now := c.t.now()
+			var batch []*key
+			for _, k := range c.p.takeFresh() {
+				due, next := c.p.checkDue(k, every, now)
+				switch {
+				case due:
+					batch = append(batch, k)
+				case !next.IsZero():
+					q.push(k, next)
+				}
+			}
+			c.passScheduled(ctx, q, batch)
 		case <-c.recheck:
 			c.passScheduled(ctx, q, c.p.checkable())
 		case r := <-c.retryCh:
@@ -116,18 +131,19 @@ func (c *Checker) passScheduled(ctx context.Context, q *recheckQueue, keys []*ke
 }
 
 // checkedKeys returns the keys a checker may ever check, of those added
-// after the first from: all but the stand-ins of upstreams without keys;
-// and how many keys the pool holds, from for the next call.
-func (p *Pool) checkedKeys(from int) ([]*key, int) {
+// after the first from (by their born number): all but the stand-ins of
+// upstreams without keys; and how many keys the pool ever added, from for
+// the next call.
+func (p *Pool) checkedKeys(from uint64) ([]*key, uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]*key, 0, len(p.keys)-min(from, len(p.keys)))
-	for _, k := range p.keys[min(from, len(p.keys)):] {
-		if !k.standIn() {
+	var out []*key
+	for _, k := range p.keys {
+		if k.born > from && !k.standIn() {
 			out = append(out, k)
 		}
 	}
-	return out, len(p.keys)
+	return out, p.born
 }
 
 // checkDue says whether k is due for a check at now, when rechecks come
@@ -141,6 +157,9 @@ func (p *Pool) checkedKeys(from int) ([]*key, int) {
 func (p *Pool) checkDue(k *key, every time.Duration, now time.Time) (due bool, next time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if k.gone {
+		return false, time.Time{} // removed by Update: out of the schedule
+	}
 	if k.state == StateDisabled {
 		if every <= 0 {
 			return false, time.Time{}

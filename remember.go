@@ -3,6 +3,7 @@ package keypool
 import (
 	"cmp"
 	"context"
+	"errors"
 	"log/slog"
 	"slices"
 	"strings"
@@ -107,6 +108,31 @@ func (p *Pool) loadStates(s StateStore, log *slog.Logger) {
 			log.Log(context.Background(), level, msg, args...)
 		}
 	}
+	states, err := fetchStates(s)
+	switch {
+	case errors.Is(err, errLoadTimeout):
+		logAt(slog.LevelWarn, "keypool: loading key states timed out; starting without them", "timeout", stateLoadTimeout.String())
+		return
+	case err != nil:
+		logAt(slog.LevelWarn, "keypool: loading key states failed; starting without them", "error", err.Error())
+		return
+	}
+	now := p.cfg.now()
+	p.mu.Lock()
+	n := p.restore(states, now)
+	p.mu.Unlock()
+	logAt(slog.LevelInfo, "keypool: key states restored", "restored", n.restored, "ignored", n.ignored)
+	if n.malformed > 0 {
+		logAt(slog.LevelWarn, "keypool: saved key states that do not decode were left out", "states", n.malformed)
+	}
+}
+
+// errLoadTimeout is fetchStates' error for a store that took too long.
+var errLoadTimeout = errors.New("keypool: loading key states timed out")
+
+// fetchStates loads s's states, waiting at most stateLoadTimeout even for a
+// store that does not heed its context.
+func fetchStates(s StateStore) ([]KeyState, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), stateLoadTimeout)
 	defer cancel()
 	type loaded struct {
@@ -118,24 +144,11 @@ func (p *Pool) loadStates(s StateStore, log *slog.Logger) {
 		states, err := s.Load(ctx)
 		done <- loaded{states, err}
 	}()
-	var r loaded
 	select {
-	case r = <-done:
+	case r := <-done:
+		return r.states, r.err
 	case <-ctx.Done():
-		logAt(slog.LevelWarn, "keypool: loading key states timed out; starting without them", "timeout", stateLoadTimeout.String())
-		return
-	}
-	if r.err != nil {
-		logAt(slog.LevelWarn, "keypool: loading key states failed; starting without them", "error", r.err.Error())
-		return
-	}
-	now := p.cfg.now()
-	p.mu.Lock()
-	n := p.restore(r.states, now)
-	p.mu.Unlock()
-	logAt(slog.LevelInfo, "keypool: key states restored", "restored", n.restored, "ignored", n.ignored)
-	if n.malformed > 0 {
-		logAt(slog.LevelWarn, "keypool: saved key states that do not decode were left out", "states", n.malformed)
+		return nil, errLoadTimeout
 	}
 }
 

@@ -281,6 +281,7 @@ type pick struct {
 	stream bool     // a streaming request: scopes that may not stream the model are passed over
 	only   []string // if not nil, the names of the only upstreams this request may use
 	order  []int    // if not nil, the order to try the upstreams in (indexes of Pool.ups)
+	random bool     // try the upstreams in an order shuffled for this request (OrderRandom)
 	// unreadable marks a request whose model could not be read: upstreams
 	// with Allow or Deny lists are passed over, as the lists cannot apply.
 	unreadable bool
@@ -292,6 +293,7 @@ type pick struct {
 	streamBucket string    // the bucket of streams of a model some scope may not stream; built once
 	looked       []*bucket // the buckets the last take looked at, for a wait
 	lookedBuf    [4]*bucket
+	orderBuf     [8]int // order's storage, when there are few upstreams
 }
 
 func (r *pick) bucketName() string {
@@ -330,7 +332,12 @@ type refusal struct {
 func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 	var ref refusal
 	p.budgetsBack(now)
-	allowed, missing, noList := false, false, false
+	if r.random && len(r.order) != len(p.ups) {
+		// Shuffled under the lock: Update may change the upstreams
+		// between two picks of one request.
+		r.order = shuffled(r.orderBuf[:0], len(p.ups))
+	}
+	allowed, missing, noList, keyless := false, false, false, true
 	r.looked = r.lookedBuf[:0]
 	for pass := 0; pass < 2; pass++ {
 		for i := range p.ups {
@@ -344,6 +351,10 @@ func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 				continue
 			}
 			allowed = true
+			if len(u.keys) == 0 {
+				continue // Update removed every key of u
+			}
+			keyless = false
 			if u.missing.has(r.bucketName(), now) {
 				missing = true
 				continue
@@ -384,6 +395,8 @@ func (p *Pool) take(r *pick, now time.Time) (lease, refusal) {
 		ref.reason, ref.notFound = "no upstream this client may use serves this model", true
 	case !allowed:
 		ref.reason, ref.notFound = "no upstream serves this model", true
+	case keyless:
+		ref.reason = "no key is configured for the upstreams that serve this model"
 	case len(r.looked) == 0 && (missing || noList):
 		ref.reason, ref.notFound = "no key of any upstream has this model", true
 	case ref.busy:

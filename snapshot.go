@@ -22,6 +22,10 @@ func (p *Pool) snapshot(now time.Time) []KeyInfo {
 	out := make([]KeyInfo, 0, n)
 	for start := 0; start < n; start += snapshotChunk {
 		p.mu.Lock()
+		if start >= len(p.keys) {
+			p.mu.Unlock() // Update removed keys meanwhile
+			break
+		}
 		for _, k := range p.keys[start:min(start+snapshotChunk, len(p.keys))] {
 			out = append(out, p.info(k, now))
 		}

@@ -18,7 +18,9 @@ import (
 // model is the request's bucket name (its model, or a path's route).
 func (p *Pool) answered(l lease, a *Answer, out Outcome, model string, now time.Time) {
 	p.mu.Lock()
-	p.observe(l, a, out, model, now)
+	if !l.k.gone { // a removed key's answer only ends its hold
+		p.observe(l, a, out, model, now)
+	}
 	if out != OutcomeSuccess {
 		p.release(l, now)
 	}
@@ -31,7 +33,7 @@ func (p *Pool) answered(l lease, a *Answer, out Outcome, model string, now time.
 func (p *Pool) finished(l lease, usage Usage, failed error, model string, now time.Time) {
 	p.mu.Lock()
 	p.addUsage(l.k, model, usage)
-	if failed != nil {
+	if failed != nil && !l.k.gone {
 		a := Answer{Err: failed, Limits: noLimits}
 		p.observe(l, &a, OutcomeServerError, model, now)
 	}
@@ -237,6 +239,9 @@ func (p *Pool) orgsKnown(k *key) bool {
 func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 	p.mu.Lock()
 	defer p.unlock()
+	if k.gone {
+		return nil // removed by Update while its check ran
+	}
 	k.orgsKnown = true
 	p.changed(k, now)
 	if len(orgs) == 0 {
@@ -276,6 +281,9 @@ func (p *Pool) orgsFound(k *key, orgs []organization, now time.Time) []*key {
 func (p *Pool) checked(k *key, state State, reason string, models []string, limits RateLimits, now time.Time) {
 	p.mu.Lock()
 	defer p.unlock()
+	if k.gone {
+		return // removed by Update while its check ran
+	}
 	s, u := k.s, k.up
 	if k.checked.IsZero() {
 		p.tally(k, -1) // under WithCheckedKeysOnly, its first check makes it usable

@@ -119,6 +119,8 @@ func defaultBase() http.RoundTripper {
 // UpstreamNames returns the names of the transport's upstreams, in priority
 // order, as events, snapshots and ContextWithUpstreams know them.
 func (t *Transport) UpstreamNames() []string {
+	t.pool.mu.Lock()
+	defer t.pool.mu.Unlock()
 	names := make([]string, len(t.pool.ups))
 	for i, u := range t.pool.ups {
 		names[i] = u.Name
@@ -339,9 +341,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, ErrUnreadableModel
 	}
 	r.pick.tried = r.triedBuf[:0]
-	if n := len(t.pool.ups); t.order == OrderRandom && n > 1 {
-		r.pick.order = shuffled(r.orderBuf[:0], n)
-	}
+	r.pick.random = t.order == OrderRandom
 	resp, err := r.run()
 	if err != nil && body != nil && !body.complete && !body.used {
 		body.orig.Close()
@@ -438,8 +438,7 @@ type roundTrip struct {
 	number   uint64
 	pick     pick
 	triedBuf [maxTried]*key
-	orderBuf [8]int // the upstreams' shuffled order, when there are few
-	decoded  bool   // the body was compressed and is sent decoded
+	decoded  bool // the body was compressed and is sent decoded
 	backoff  retry.Backoff
 	last     *lastAnswer
 	lastErr  error

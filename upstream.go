@@ -89,7 +89,8 @@ const (
 )
 
 // upstream is the pool's record of one Upstream. Guarded by Pool.mu, but for
-// the fields set at construction (Upstream, index, base), which never change.
+// the fields set at construction (Upstream, index, base), which never change:
+// Transport.Update makes a new record for an upstream whose settings change.
 type upstream struct {
 	Upstream
 	index int
@@ -124,15 +125,13 @@ type upstream struct {
 // uniqueName returns name, or name#2, #3 … when an earlier upstream has it:
 // names tell upstreams apart in events, metrics and ContextWithUpstreams, and
 // several upstreams often share one host.
-func uniqueName(name string, ups []*upstream) string {
-	taken := func(n string) bool {
-		return slices.ContainsFunc(ups, func(u *upstream) bool { return u.Name == n })
-	}
-	if !taken(name) {
+func uniqueName(name string, taken []string) string {
+	has := func(n string) bool { return slices.Contains(taken, n) }
+	if !has(name) {
 		return name
 	}
 	for i := 2; ; i++ {
-		if n := fmt.Sprintf("%s#%d", name, i); !taken(n) {
+		if n := fmt.Sprintf("%s#%d", name, i); !has(n) {
 			return n
 		}
 	}
@@ -142,9 +141,10 @@ func uniqueName(name string, ups []*upstream) string {
 func (u *upstream) hasLists() bool { return len(u.Allow) > 0 || len(u.Deny) > 0 }
 
 // anyWithoutLists reports whether some upstream of only (every upstream when
-// only is nil) has no Allow or Deny list. Upstreams never change, so no
-// lock is needed.
+// only is nil) has no Allow or Deny list.
 func (p *Pool) anyWithoutLists(only []string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for _, u := range p.ups {
 		if !u.hasLists() && (only == nil || slices.Contains(only, u.Name)) {
 			return true

@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -20,8 +24,9 @@ func newServeCmd() *cobra.Command { return newServeCmdWith(serveHooks{}) }
 // 127.0.0.1:0); base, when not nil, carries every upstream request (tests
 // answer for the hosts of an unchanged config without a network).
 type serveHooks struct {
-	ready func(net.Addr)
-	base  http.RoundTripper
+	ready  func(net.Addr)
+	base   http.RoundTripper
+	hangup <-chan os.Signal // nil: SIGHUP
 }
 
 // newServeCmdWith is newServeCmd with hooks for tests.
@@ -32,7 +37,7 @@ func newServeCmdWith(hooks serveHooks) *cobra.Command {
 		store               string
 		logLevel, logFormat string
 		accessLog           bool
-		opts                = app.Options{Ready: hooks.ready}
+		opts                = app.Options{Ready: hooks.ready, Hangup: hooks.hangup}
 	)
 	if hooks.base != nil {
 		opts.Transport = []keypool.Option{keypool.WithBase(hooks.base)}
@@ -59,7 +64,15 @@ starts from it: a key found revoked or over quota gets no traffic and no
 start-up check until its recheck is due. With a store URL (the config's
 store, or --store), Redis keeps the key states instead, shared by every
 replica over the same keys: a key one replica finds revoked gets no traffic
-from the others. Budgets are not shared yet.
+from the others, and together they spend each organization's rate-limit
+budget as one.
+
+SIGHUP, or POST /admin/reload, reloads the config: added keys, upstreams and
+client tokens take effect, removed ones take no new request while theirs
+finish, and what the pool learned of the keys that stay is kept. A config
+that does not load is refused (logged with its line) and the one before keeps
+serving. SIGINT and SIGTERM shut down: requests in flight finish and the
+records are written.
 
 Prometheus metrics are at /metrics and /v1/metrics; /healthz and /readyz
 answer probes. The admin API (/admin/keys, see keypool keys) needs the
@@ -87,24 +100,41 @@ line per proxied request.`,
 				ctx = context.Background()
 			}
 			// The config may set the level and format: what is logged
-			// while it loads waits for the logger it sets.
+			// while it loads at start waits for the logger it sets.
 			var early app.LogBuffer
-			cfg, err := app.Load(configFile, early.Logger())
+			// The same file, with the same flags over it, at start and
+			// at every reload.
+			load := func(log *slog.Logger) (*config.Config, error) {
+				cfg, err := app.Load(configFile, log)
+				if err != nil {
+					return nil, err
+				}
+				setLogging(cfg, cmd.Flags().Changed, logLevel, logFormat, accessLog)
+				app.SetStore(cfg, dbType, dbAddr)
+				if err := app.SetStateStore(cfg, store); err != nil {
+					return nil, err
+				}
+				return cfg, nil
+			}
+			cfg, err := load(early.Logger())
 			if err != nil {
 				fallback, _ := app.NewLogger(cmd.ErrOrStderr(), logLevel, logFormat)
 				early.Replay(fallback)
 				return err
 			}
-			setLogging(cfg, cmd.Flags().Changed, logLevel, logFormat, accessLog)
 			if opts.Logger, err = app.NewLogger(cmd.ErrOrStderr(), cfg.LogLevel, cfg.LogFormat); err != nil {
 				return err // cannot happen: the flags and the config took only known values
 			}
 			early.Replay(opts.Logger)
-			app.SetStore(cfg, dbType, dbAddr)
-			if err := app.SetStateStore(cfg, store); err != nil {
-				return err
-			}
 			opts.Listen = listen
+			opts.Config = func() (*config.Config, error) { return load(opts.Logger) }
+			if opts.Hangup == nil {
+				// SIGHUP reloads the config; it would end the process.
+				hup := make(chan os.Signal, 1)
+				signal.Notify(hup, syscall.SIGHUP)
+				defer signal.Stop(hup)
+				opts.Hangup = hup
+			}
 			return app.Serve(ctx, cfg, opts)
 		},
 	}
@@ -113,7 +143,7 @@ line per proxied request.`,
 	f.StringVar(&listen, "listen", "", "`address` to listen on (default the config's listen, else "+app.DefaultListen+")")
 	enumFlag(cmd, &dbType, "dbtype", "request records' store (default the config's, else sqlite)", "sqlite", "postgres", "none")
 	f.StringVar(&dbAddr, "dbaddr", "", "SQLite file or PostgreSQL DSN of the records (default the config's, else ./db.sqlite)")
-	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states through, instead of the records database (default the config's store)")
+	f.StringVar(&store, "store", "", "Redis `URL` (redis://[:PASSWORD@]HOST:PORT/DB or rediss://) that replicas share key states and rate-limit budgets through, instead of the records database (default the config's store)")
 	enumFlag(cmd, &logLevel, "log-level", "level of what is logged (default the config's log_level, else info)", app.LogLevels...)
 	enumFlag(cmd, &logFormat, "log-format", "format of log lines, json for one JSON object per line (default the config's log_format, else text)", app.LogFormats...)
 	f.BoolVar(&accessLog, "access-log", false, "log one line per proxied request: client token ID, method, route, model, status, key ID, attempts, latency, tokens (default the config's access_log)")

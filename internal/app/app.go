@@ -55,6 +55,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -97,6 +99,16 @@ type Options struct {
 	// Ready, when not nil, is told the address Serve listens on once it
 	// accepts connections (tests listen on 127.0.0.1:0).
 	Ready func(net.Addr)
+	// Config reads the config again for a reload (App.Reload, SIGHUP on
+	// Hangup, POST /admin/reload): keypool serve loads the same file with
+	// the same flags over it. nil means the config cannot be reloaded, and
+	// a reload fails with ErrNoReload.
+	Config func() (*config.Config, error)
+	// Hangup, when not nil, delivers the signals that ask Run for a reload:
+	// keypool serve relays SIGHUP here (signal.Notify), so that SIGHUP
+	// reloads and never ends the process; tests send on it. Signals that
+	// come during a reload make one more reload after it.
+	Hangup <-chan os.Signal
 }
 
 // withDefaults is o with its zero fields set to what they mean.
@@ -111,9 +123,12 @@ func (o Options) withDefaults() Options {
 // App is keypool serve's parts, built from a config. Build it with New, then
 // call Run once; Serve does both and listens.
 type App struct {
-	opts  Options
-	log   *slog.Logger
-	parts *parts
+	opts     Options
+	log      *slog.Logger
+	parts    *parts
+	reloadMu sync.Mutex     // one reload at a time
+	cfg      *config.Config // the config serving now; guarded by reloadMu
+	addr     net.Addr       // where Run serves; nil: not known; guarded by reloadMu
 }
 
 // New builds the parts cfg describes. It starts nothing and listens nowhere,
@@ -130,11 +145,17 @@ func New(cfg *config.Config, opts Options) (*App, error) {
 // newApp is New with cfg's transport options already made.
 func newApp(cfg *config.Config, opts Options, topts []keypool.Option) (*App, error) {
 	opts = opts.withDefaults()
-	p, err := build(cfg, opts, topts)
+	a := &App{opts: opts, log: opts.Logger, cfg: cfg}
+	var reload func(context.Context) (any, error)
+	if opts.Config != nil {
+		reload = a.reloadForAdmin
+	}
+	p, err := build(cfg, opts, topts, reload)
 	if err != nil {
 		return nil, err
 	}
-	return &App{opts: opts, log: opts.Logger, parts: p}, nil
+	a.parts = p
+	return a, nil
 }
 
 // Handler serves the whole HTTP surface: the proxy, the admin API, the
@@ -183,6 +204,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	p := a.parts
 	if ln != nil {
 		a.log.Info("listening", "addr", ln.Addr().String(), "keys", len(p.transport.Snapshot()))
+		a.listening(ln.Addr())
 	}
 	// Each part outlives ctx until its turn in the shutdown.
 	recordsCtx, stopRecords := context.WithCancel(context.WithoutCancel(ctx))
@@ -200,9 +222,16 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	if p.notifier != nil {
 		background = append(background, start(backgroundCtx, p.notifier))
 	}
+	var hangups <-chan struct{}
+	if a.opts.Hangup != nil {
+		hangups = a.hangups(ctx, a.opts.Hangup)
+	}
 
 	err := a.serve(ctx, ln) // 1
-	if p.records != nil {   // 2 and 3
+	if hangups != nil {
+		<-hangups // a reload under way ends before the parts stop
+	}
+	if p.records != nil { // 2 and 3
 		a.drainRecords(ctx, stopRecords, recorded)
 	}
 	if p.redis != nil { // 3, beside the records

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 
@@ -31,7 +32,9 @@ type parts struct {
 // build makes the parts of cfg, whose transport options (see
 // transportOptions) are topts, and starts none of them. On an error it
 // leaves nothing open.
-func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, err error) {
+//
+// reload, when not nil, is what POST /admin/reload calls.
+func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func(context.Context) (any, error)) (_ *parts, err error) {
 	log := opts.Logger
 	p := &parts{cfg: cfg, registry: metrics.NewRegistry()}
 	// The snapshot is read at scrape time only, once p.transport is set
@@ -106,7 +109,8 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option) (_ *parts, 
 	if p.checker, err = keypool.NewChecker(p.transport, append(CheckerOptions(cfg), keypool.WithCheckLogger(log))...); err != nil {
 		return nil, err
 	}
-	admin := server.NewAdmin(server.AdminOptions{Transport: p.transport, Checker: p.checker, Token: cfg.AdminToken, Logger: log})
+	admin := server.NewAdmin(server.AdminOptions{Transport: p.transport, Checker: p.checker, Token: cfg.AdminToken, Logger: log,
+		Reload: reload})
 	if cfg.AdminToken.IsZero() {
 		log.Info("no admin_token configured: the admin API answers on loopback only")
 	}

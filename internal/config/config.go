@@ -250,7 +250,24 @@ func Load(path string) (*Config, error) {
 // or when one key is listed under two upstreams (the pool refuses that). A
 // config without upstreams gives none and no error.
 func (c *Config) Upstreams() ([]keypool.Upstream, error) {
+	ups, _, err := c.upstreams(false)
+	return ups, err
+}
+
+// UpstreamsForReload is Upstreams for a config reloaded while serving: an
+// upstream whose keys file holds no key (every key taken out) is taken
+// without keys, so that its requests are refused until a later reload
+// brings keys back, and empty names those upstreams (their labels, as in
+// "upstream 2"). A keys file that cannot be read is still an error.
+func (c *Config) UpstreamsForReload() (ups []keypool.Upstream, empty []string, err error) {
+	return c.upstreams(true)
+}
+
+// upstreams is Upstreams, allowing keys files without keys when
+// allowEmpty is set, and naming those upstreams.
+func (c *Config) upstreams(allowEmpty bool) ([]keypool.Upstream, []string, error) {
 	var errs []error
+	var empty []string
 	out := make([]keypool.Upstream, 0, len(c.Upstream))
 	owner := map[keypool.KeyID]string{}
 	for i, u := range c.Upstream {
@@ -270,7 +287,9 @@ func (c *Config) Upstreams() ([]keypool.Upstream, error) {
 			}
 			keys = dedupe(append(keys[:len(keys):len(keys)], more...))
 		}
-		if len(keys) == 0 {
+		if len(keys) == 0 && allowEmpty {
+			empty = append(empty, u.label)
+		} else if len(keys) == 0 {
 			errs = append(errs, &Error{File: c.name, Line: u.keysFileLine, Msg: u.label + ": keys_file holds no key"})
 			continue
 		}
@@ -285,9 +304,9 @@ func (c *Config) Upstreams() ([]keypool.Upstream, error) {
 		out = append(out, c.upstream(u, keys))
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
-	return out, nil
+	return out, empty, nil
 }
 
 // upstream converts one upstream with its keys; its own timeouts win over

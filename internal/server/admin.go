@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +44,11 @@ type AdminOptions struct {
 	// Logger receives one line per change made and per refused request;
 	// nil means silent. It never receives a token.
 	Logger *slog.Logger
+	// Reload re-reads the config for POST /admin/reload and returns what
+	// it changed (answered as JSON), or why it kept the config it had (a
+	// 400 with the error, which must hold no secret); nil makes that route
+	// answer 503.
+	Reload func(ctx context.Context) (any, error)
 	// Now is the clock key views are taken and refusals logged at; nil
 	// means time.Now. It should be the transport's clock (operator actions
 	// use the pool's own).
@@ -57,6 +63,7 @@ type AdminOptions struct {
 //	POST /admin/keys/{id}/disable  takes a key out of selection; optional body {"reason":"…"}
 //	POST /admin/keys/{id}/enable   returns a disabled, revoked or over-quota key to selection
 //	POST /admin/keys/{id}/recheck  asks the checker to check that key now: 202
+//	POST /admin/reload             re-reads the config: 200 with what changed, 400 with why not
 //	GET  /readyz                   200 when at least one key is usable, else 503 with the reason
 //
 // Disable and enable answer the key's new state as a keypool.KeyInfo; they,
@@ -76,7 +83,7 @@ func NewAdmin(opts AdminOptions) http.Handler {
 		panic("server: AdminOptions.Transport is nil")
 	}
 	a := &admin{pool: opts.Transport.Pool(), snapshot: opts.Transport.Snapshot,
-		checker: opts.Checker, token: opts.Token, log: opts.Logger, now: opts.Now}
+		checker: opts.Checker, token: opts.Token, log: opts.Logger, now: opts.Now, reloader: opts.Reload}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -90,9 +97,10 @@ func NewAdmin(opts AdminOptions) http.Handler {
 	mux.HandleFunc("POST /admin/keys/{id}/enable", a.guard(a.enable))
 	mux.HandleFunc("GET /admin/keys/{id}", a.guard(a.key))
 	mux.HandleFunc("POST /admin/keys/{id}/recheck", a.guard(a.recheckKey))
+	mux.HandleFunc("POST /admin/reload", a.guard(a.reload))
 	mux.HandleFunc("/admin/", a.guard(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, apiError{
-			Message: "Unknown admin URL or method; the routes are GET /admin/keys, POST /admin/keys/recheck, POST /admin/keys/{id}/disable and /enable.",
+			Message: "Unknown admin URL or method; the routes are GET /admin/keys and /admin/keys/{id}, POST /admin/keys/recheck, POST /admin/keys/{id}/recheck, /disable and /enable, POST /admin/reload.",
 			Type:    "invalid_request_error", Code: "unknown_url",
 		})
 	}))
@@ -108,6 +116,7 @@ type admin struct {
 	log      *slog.Logger
 	now      func() time.Time
 	refusals refusals // refused requests are logged at most once per 10 s
+	reloader func(ctx context.Context) (any, error)
 }
 
 // guard lets through the requests the admin API may answer: with a token,
@@ -170,6 +179,27 @@ func (a *admin) recheck(w http.ResponseWriter, r *http.Request) {
 	a.checker.Recheck()
 	a.log.LogAttrs(r.Context(), slog.LevelInfo, "recheck asked", slog.String("remote", r.RemoteAddr))
 	writeJSON(w, http.StatusAccepted, map[string]string{"status": "recheck scheduled"})
+}
+
+// reload re-reads the config (AdminOptions.Reload) and answers what
+// changed, or a 400 with why the config that serves was kept.
+func (a *admin) reload(w http.ResponseWriter, r *http.Request) {
+	if a.reloader == nil {
+		writeError(w, http.StatusServiceUnavailable, apiError{
+			Message: "The proxy cannot reload its config.", Type: "server_error", Code: "no_reload",
+		})
+		return
+	}
+	a.log.LogAttrs(r.Context(), slog.LevelInfo, "reload asked", slog.String("remote", r.RemoteAddr))
+	changes, err := a.reloader(r.Context())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, apiError{
+			Message: "The config was not reloaded; the one before keeps serving: " + err.Error(),
+			Type:    "invalid_request_error", Code: "invalid_config",
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, changes)
 }
 
 func (a *admin) disable(w http.ResponseWriter, r *http.Request) {

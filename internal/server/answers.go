@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -72,44 +74,60 @@ const (
 )
 
 // answerCounts counts answers by client, route and class. Its clients are
-// the configured tokens' IDs, then ClientNone and ClientInvalid: a fixed
-// set, so that clients cannot grow the series.
+// ClientNone, ClientInvalid and the configured tokens' IDs: a set only the
+// config grows (a reload adds the IDs of new tokens and keeps the counts of
+// the old), so that clients cannot grow the series. A client's index never
+// changes, so a request counts alike into the set it started with or a
+// later one.
 type answerCounts struct {
-	clients []string       // labels, by index
-	index   map[string]int // client ID → index
-	n       []atomic.Uint64
+	clients []string           // labels, by index
+	index   map[string]int     // client ID → index
+	n       []*[]atomic.Uint64 // by client, then route and class; shared by the sets grown from this one
 }
+
+// The indexes of the clients every set has.
+const (
+	clientNone = iota
+	clientInvalid
+)
 
 func newAnswerCounts(ids []string) *answerCounts {
-	c := &answerCounts{index: make(map[string]int, len(ids))}
-	for _, id := range ids {
-		if _, dup := c.index[id]; !dup {
-			c.index[id] = len(c.clients)
-			c.clients = append(c.clients, id)
-		}
-	}
-	c.clients = append(c.clients, ClientNone, ClientInvalid)
-	c.n = make([]atomic.Uint64, len(c.clients)*len(Routes)*len(StatusClasses))
-	return c
+	c := &answerCounts{clients: []string{ClientNone, ClientInvalid}, index: map[string]int{},
+		n: []*[]atomic.Uint64{newClientCounts(), newClientCounts()}}
+	return c.grow(ids)
 }
 
-func (c *answerCounts) none() int    { return len(c.clients) - 2 }
-func (c *answerCounts) invalid() int { return len(c.clients) - 1 }
+func newClientCounts() *[]atomic.Uint64 {
+	n := make([]atomic.Uint64, len(Routes)*len(StatusClasses))
+	return &n
+}
+
+// grow returns a set with c's clients and counts, and ids added.
+func (c *answerCounts) grow(ids []string) *answerCounts {
+	g := &answerCounts{clients: slices.Clone(c.clients), index: maps.Clone(c.index), n: slices.Clone(c.n)}
+	for _, id := range ids {
+		if _, dup := g.index[id]; !dup {
+			g.index[id] = len(g.clients)
+			g.clients = append(g.clients, id)
+			g.n = append(g.n, newClientCounts())
+		}
+	}
+	return g
+}
 
 func (c *answerCounts) add(client, route, class int) {
-	c.n[(client*len(Routes)+route)*len(StatusClasses)+class].Add(1)
+	(*c.n[client])[route*len(StatusClasses)+class].Add(1)
 }
 
 // Answers calls yield with the count of every client, route and status
 // class that has answers, for metrics.
 func (s *Server) Answers(yield func(client, route, class string, n uint64)) {
-	c := s.answers
-	for i := range c.n {
-		if n := c.n[i].Load(); n > 0 {
-			class := i % len(StatusClasses)
-			route := i / len(StatusClasses) % len(Routes)
-			client := i / len(StatusClasses) / len(Routes)
-			yield(c.clients[client], Routes[route], StatusClasses[class], n)
+	c := s.answers.Load()
+	for client, counts := range c.n {
+		for i := range *counts {
+			if n := (*counts)[i].Load(); n > 0 {
+				yield(c.clients[client], Routes[i/len(StatusClasses)], StatusClasses[i%len(StatusClasses)], n)
+			}
 		}
 	}
 }
@@ -135,12 +153,12 @@ type exchange struct {
 func (s *Server) countAnswers(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := s.now()
-		x := &exchange{ResponseWriter: w, client: s.answers.none()}
+		x := &exchange{ResponseWriter: w, client: clientNone}
 		defer func() {
 			// Also when ReverseProxy aborts (http.ErrAbortHandler):
 			// the panic goes on after.
 			route := routeIndex(r.URL.Path)
-			s.answers.add(x.client, route, classIndex(x.status))
+			s.answers.Load().add(x.client, route, classIndex(x.status)) // the latest set holds every index given
 			if x.api && s.accessLog != nil {
 				s.logAccess(r, x, route, s.now().Sub(start))
 			}
@@ -150,15 +168,15 @@ func (s *Server) countAnswers(h http.Handler) http.Handler {
 }
 
 // setClient notes the request's client: the ID of its configured token,
-// else whether it sent a token.
-func (s *Server) setClient(x *exchange, id string, r *http.Request) {
+// else whether it sent a token where tokens are needed (open: none is).
+func (s *Server) setClient(x *exchange, id string, r *http.Request, open bool) {
 	switch _, sent := clientToken(r.Header.Get("Authorization")); {
 	case id != "":
-		if i, ok := s.answers.index[id]; ok {
+		if i, ok := s.answers.Load().index[id]; ok {
 			x.client = i
 		}
-	case sent && !s.open:
-		x.client = s.answers.invalid()
+	case sent && !open:
+		x.client = clientInvalid
 	}
 }
 
@@ -239,7 +257,7 @@ func (s *Server) logAccess(r *http.Request, x *exchange, route int, took time.Du
 	model, key, attempts, usage := x.model, x.key, x.attempts, x.usage
 	x.mu.Unlock()
 	s.accessLog.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("client", s.answers.clients[x.client]),
+		slog.String("client", s.answers.Load().clients[x.client]),
 		slog.String("method", logPath(r.Method)),
 		slog.String("route", Routes[route]),
 		slog.String("model", logPath(model)),

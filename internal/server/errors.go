@@ -43,7 +43,7 @@ var errNoUpstream = apiError{
 // answer is 503. The SDKs honour Retry-After up to 60 s.
 const retryAfterMax = time.Minute
 
-func (s *Server) tooLarge() apiError {
+func (s *rules) tooLarge() apiError {
 	return apiError{
 		Message: fmt.Sprintf("Request body too large: the proxy accepts at most %d bytes.", s.maxBody),
 		Type:    "invalid_request_error", Code: "request_too_large",
@@ -88,7 +88,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		log(slog.LevelInfo, "client stopped sending its body", http.StatusRequestTimeout)
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusRequestTimeout, apiError{
-			Message: fmt.Sprintf("The request body stopped arriving: the proxy waits at most %s between its bytes.", s.bodyIdle),
+			Message: fmt.Sprintf("The request body stopped arriving: the proxy waits at most %s between its bytes.", s.cur.Load().bodyIdle),
 			Type:    "invalid_request_error", Code: "request_timeout",
 		})
 		dropBody(w)
@@ -107,7 +107,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		s.count("too_large")
 		setError(w, "too_large")
 		log(slog.LevelInfo, "request body too large", http.StatusRequestEntityTooLarge)
-		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+		writeError(w, http.StatusRequestEntityTooLarge, s.cur.Load().tooLarge())
 	case ctx.Err() != nil:
 		// The client went away (or the server is shutting down): nobody
 		// reads an answer, and it is not the upstream's fault.
@@ -118,7 +118,7 @@ func (s *Server) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 		s.count("too_large")
 		setError(w, "too_large")
 		log(slog.LevelInfo, "request body too large once decoded", http.StatusRequestEntityTooLarge)
-		writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+		writeError(w, http.StatusRequestEntityTooLarge, s.cur.Load().tooLarge())
 	case errors.Is(err, keypool.ErrBadModel):
 		s.count("bad_model")
 		setError(w, "bad_model")

@@ -117,6 +117,25 @@ func (u *UpstreamAccess) allows(global, own bool) bool {
 // noauth upstream, every request may use every upstream.
 type Server struct {
 	transport *keypool.Transport
+	cur       atomic.Pointer[rules] // who may use what, and the limits: SetAccess swaps them
+	records   RecordSink            // nil: records off
+	bodyLimit int64                 // bytes of each body kept in a record; 0: none
+	log       *slog.Logger
+	accessLog *slog.Logger                 // nil: no access log
+	answers   atomic.Pointer[answerCounts] // grows with the client tokens a reload adds
+	now       func() time.Time
+	proxy     *httputil.ReverseProxy
+	handler   http.Handler
+	refusals  refusals
+	refused   [len(refusalReasons)]atomic.Uint64
+	active    sync.WaitGroup // /v1 requests being served
+	running   atomic.Int64   // their count
+}
+
+// rules are the parts of Options a reload may change: the client tokens,
+// the upstreams' access rules and the limits on what clients send. A
+// request reads them once, when it starts; they never change in place.
+type rules struct {
 	global    []secret.String  // the top-level tokens
 	access    []UpstreamAccess // one per transport upstream, in its order
 	globalIDs []string         // records.ClientID of each global token
@@ -125,20 +144,8 @@ type Server struct {
 	open      bool             // no token anywhere: every request may use every upstream
 	cors      bool
 	maxBody   int64
-	records   RecordSink // nil: records off
-	bodyLimit int64      // bytes of each body kept in a record; 0: none
-	log       *slog.Logger
-	accessLog *slog.Logger // nil: no access log
-	answers   *answerCounts
-	now       func() time.Time
-	proxy     *httputil.ReverseProxy
-	handler   http.Handler
 	bodyIdle  time.Duration
 	bodyMem   *budget // nil: no limit
-	refusals  refusals
-	refused   [len(refusalReasons)]atomic.Uint64
-	active    sync.WaitGroup // /v1 requests being served
-	running   atomic.Int64   // their count
 }
 
 // New builds a Server from opts. It fails when opts has no Transport.
@@ -148,7 +155,6 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		transport: opts.Transport,
-		maxBody:   opts.MaxBody,
 		log:       opts.Logger,
 		accessLog: opts.AccessLog,
 		now:       opts.Now,
@@ -160,47 +166,18 @@ func New(opts Options) (*Server, error) {
 			s.bodyLimit = DefaultBodyLimit
 		}
 	}
-	if s.maxBody == 0 {
-		s.maxBody = DefaultMaxBody
-	}
-	switch {
-	case opts.BodyIdle == 0:
-		s.bodyIdle = DefaultBodyIdle
-	case opts.BodyIdle > 0:
-		s.bodyIdle = opts.BodyIdle
-	}
-	switch {
-	case opts.BodyMemory == 0:
-		s.bodyMem = &budget{max: DefaultBodyMemory}
-	case opts.BodyMemory > 0:
-		s.bodyMem = &budget{max: opts.BodyMemory}
-	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.now == nil {
 		s.now = time.Now
 	}
-	s.global = opts.Tokens
-	s.names = opts.Transport.UpstreamNames()
-	if len(opts.Upstreams) > len(s.names) {
-		return nil, fmt.Errorf("server: %d upstream access rules for %d upstreams", len(opts.Upstreams), len(s.names))
+	ru, err := newRules(&opts, nil)
+	if err != nil {
+		return nil, err
 	}
-	s.access = make([]UpstreamAccess, len(s.names))
-	copy(s.access, opts.Upstreams)
-	s.globalIDs = clientIDs(s.global)
-	s.accessIDs = make([][]string, len(s.access))
-	for i, u := range s.access {
-		s.accessIDs[i] = clientIDs(u.Tokens)
-	}
-	s.answers = newAnswerCounts(slices.Concat(append([][]string{s.globalIDs}, s.accessIDs...)...))
-	s.open = len(s.global) == 0
-	for _, u := range s.access {
-		if len(u.Tokens) > 0 || u.NoAuth {
-			s.open = false
-		}
-	}
-	s.cors = opts.CORS && !s.open
+	s.cur.Store(ru)
+	s.answers.Store(newAnswerCounts(ru.clientIDs()))
 	s.proxy = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
 		Transport: opts.Transport,
@@ -226,6 +203,76 @@ func New(opts Options) (*Server, error) {
 	})
 	s.handler = s.countAnswers(mux)
 	return s, nil
+}
+
+// newRules makes the rules of opts, for the transport's upstreams as they
+// are now. A body memory limit that stays keeps old's budget, so that the
+// bodies in memory still count against it.
+func newRules(opts *Options, old *rules) (*rules, error) {
+	ru := &rules{maxBody: opts.MaxBody}
+	if ru.maxBody == 0 {
+		ru.maxBody = DefaultMaxBody
+	}
+	switch {
+	case opts.BodyIdle == 0:
+		ru.bodyIdle = DefaultBodyIdle
+	case opts.BodyIdle > 0:
+		ru.bodyIdle = opts.BodyIdle
+	}
+	memory := opts.BodyMemory
+	if memory == 0 {
+		memory = DefaultBodyMemory
+	}
+	switch {
+	case memory < 0:
+	case old != nil && old.bodyMem != nil && old.bodyMem.max == memory:
+		ru.bodyMem = old.bodyMem
+	default:
+		ru.bodyMem = &budget{max: memory}
+	}
+	ru.global = opts.Tokens
+	ru.names = opts.Transport.UpstreamNames()
+	if len(opts.Upstreams) > len(ru.names) {
+		return nil, fmt.Errorf("server: %d upstream access rules for %d upstreams", len(opts.Upstreams), len(ru.names))
+	}
+	ru.access = make([]UpstreamAccess, len(ru.names))
+	copy(ru.access, opts.Upstreams)
+	ru.globalIDs = clientIDs(ru.global)
+	ru.accessIDs = make([][]string, len(ru.access))
+	for i, u := range ru.access {
+		ru.accessIDs[i] = clientIDs(u.Tokens)
+	}
+	ru.open = len(ru.global) == 0
+	for _, u := range ru.access {
+		if len(u.Tokens) > 0 || u.NoAuth {
+			ru.open = false
+		}
+	}
+	ru.cors = opts.CORS && !ru.open
+	return ru, nil
+}
+
+// SetAccess puts the client tokens, the upstreams' access rules and the
+// limits of opts (Tokens, Upstreams, MaxBody, BodyIdle, BodyMemory, CORS)
+// in place of the server's, for the upstreams its transport has now: a
+// reload calls it once the transport is updated. Requests already started
+// finish under the rules they started with. Every other field of opts is
+// ignored; a bad opts is an error and changes nothing.
+func (s *Server) SetAccess(opts Options) error {
+	opts.Transport = s.transport
+	ru, err := newRules(&opts, s.cur.Load())
+	if err != nil {
+		return err
+	}
+	s.cur.Store(ru)
+	s.answers.Store(s.answers.Load().grow(ru.clientIDs()))
+	return nil
+}
+
+// clientIDs lists the IDs of every client token of ru, for the answer
+// counts.
+func (ru *rules) clientIDs() []string {
+	return slices.Concat(append([][]string{ru.globalIDs}, ru.accessIDs...)...)
 }
 
 // Handler returns the proxy's http.Handler: /v1/* (every method) through the
@@ -286,7 +333,8 @@ func rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
-	if s.cors {
+	ru := s.cur.Load()
+	if ru.cors {
 		setCORS(w.Header())
 		if r.Method == http.MethodOptions {
 			// A browser's preflight carries no token; it learns only
@@ -302,9 +350,9 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 	// Who may use what is decided before anything of the request is read,
 	// kept or recorded: a refused client costs a header and a log line
 	// now and then, never a body, a record or memory.
-	only, client, ok := s.authorize(r)
+	only, client, ok := ru.authorize(r)
 	x := exchangeOf(w)
-	s.setClient(x, client, r)
+	s.setClient(x, client, r, ru.open)
 	if !ok {
 		s.refuse(w, r, client != "")
 		return
@@ -340,18 +388,18 @@ func (s *Server) serveAPI(w http.ResponseWriter, r *http.Request) {
 		r = r.WithContext(keypool.ContextWithObserver(r.Context(), watch))
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		if s.maxBody > 0 {
-			if r.ContentLength > s.maxBody {
+		if ru.maxBody > 0 {
+			if r.ContentLength > ru.maxBody {
 				s.count("too_large")
 				setError(w, "too_large")
 				orig.Header().Set("Connection", "close") // the body is not read
-				writeError(w, http.StatusRequestEntityTooLarge, s.tooLarge())
+				writeError(w, http.StatusRequestEntityTooLarge, ru.tooLarge())
 				dropBody(orig)
 				return
 			}
-			r.Body = http.MaxBytesReader(orig, r.Body, s.maxBody)
+			r.Body = http.MaxBytesReader(orig, r.Body, ru.maxBody)
 		}
-		g := &guardedBody{ReadCloser: r.Body, rc: http.NewResponseController(orig), idle: s.bodyIdle, mem: s.bodyMem}
+		g := &guardedBody{ReadCloser: r.Body, rc: http.NewResponseController(orig), idle: ru.bodyIdle, mem: ru.bodyMem}
 		defer g.release()
 		r.Body = g
 	}
@@ -429,7 +477,7 @@ func (s *Server) count(reason string) {
 // a configured one. Every configured token is compared, each in constant
 // time, so neither the time taken nor which token matched tells a client
 // anything about the others.
-func (s *Server) authorize(r *http.Request) (only []string, client string, ok bool) {
+func (s *rules) authorize(r *http.Request) (only []string, client string, ok bool) {
 	if s.open {
 		return nil, "", true
 	}
@@ -511,6 +559,10 @@ type ClientAccess struct {
 // may use, global tokens first, so that an operator can see who may spend
 // which keys.
 func (s *Server) Clients() []ClientAccess {
+	return s.cur.Load().clients()
+}
+
+func (s *rules) clients() []ClientAccess {
 	var out []ClientAccess
 	add := func(id string, t secret.String, global bool) {
 		c := ClientAccess{ID: id}
