@@ -32,19 +32,8 @@ const heardCloneGrace = time.Minute
 func (c *Checker) runEach(ctx context.Context) error {
 	every := c.cfg.recheckEvery
 	q := &recheckQueue{at: map[*key]time.Time{}}
-	now := c.t.now()
-	var first []*key
 	keys, known := c.p.checkedKeys(0)
-	for _, k := range keys {
-		due, next := c.p.checkDue(k, every, now)
-		switch {
-		case due:
-			first = append(first, k)
-		case !next.IsZero():
-			q.push(k, next)
-		}
-	}
-	c.passScheduled(ctx, q, first)
+	c.passScheduled(ctx, q, c.schedule(q, keys, every, c.t.now()))
 	timer := time.NewTimer(0)
 	timer.Stop()
 	defer timer.Stop()
@@ -90,18 +79,7 @@ func (c *Checker) runEach(ctx context.Context) error {
 		case <-c.p.added:
 			// Keys Update added: those never checked at once, the
 			// others when due.
-			now := c.t.now()
-			var batch []*key
-			for _, k := range c.p.takeFresh() {
-				due, next := c.p.checkDue(k, every, now)
-				switch {
-				case due:
-					batch = append(batch, k)
-				case !next.IsZero():
-					q.push(k, next)
-				}
-			}
-			c.passScheduled(ctx, q, batch)
+			c.passScheduled(ctx, q, c.schedule(q, c.p.takeFresh(), every, c.t.now()))
 		case <-c.recheck:
 			c.passScheduled(ctx, q, c.p.checkable())
 		case r := <-c.retryCh:
@@ -251,4 +229,20 @@ func (h *dueHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// schedule puts each of keys whose check is not due yet in q for when it
+// is, and returns those due now.
+func (c *Checker) schedule(q *recheckQueue, keys []*key, every time.Duration, now time.Time) []*key {
+	var due []*key
+	for _, k := range keys {
+		isDue, next := c.p.checkDue(k, every, now)
+		switch {
+		case isDue:
+			due = append(due, k)
+		case !next.IsZero():
+			q.push(k, next)
+		}
+	}
+	return due
 }
