@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -393,20 +392,7 @@ func TestSpendBadRequest(t *testing.T) {
 // context's deadline, counts it, and logs the outage once, never the
 // password; with Redis hung too.
 func TestSpendRedisDown(t *testing.T) {
-	hung, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hung.Close()
-	go func() {
-		for {
-			c, err := hung.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, never answered
-		}
-	}()
+	hung := hungRedis(t)
 	for _, tt := range []struct{ name, addr string }{{"closed", closedPort(t)}, {"hung", hung.Addr().String()}} {
 		t.Run(tt.name, func(t *testing.T) {
 			var logs bytes.Buffer

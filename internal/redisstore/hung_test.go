@@ -18,20 +18,7 @@ func TestRedisHung(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: waits out a Redis that never answers")
 	}
-	hung, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hung.Close()
-	go func() {
-		for {
-			c, err := hung.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // held open, never answered
-		}
-	}()
+	hung := hungRedis(t)
 	s := newStore(t, "redis://"+hung.Addr().String(), redisstore.Options{LoadTimeout: 300 * time.Millisecond, CloseRetry: 500 * time.Millisecond})
 	start := time.Now()
 	if _, err := s.Load(context.Background()); err == nil {
@@ -60,4 +47,30 @@ func TestRedisHung(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		panic("Run still running 20s after its context ended")
 	}
+}
+
+// hungRedis listens on a loopback port that takes connections and never
+// answers on them, until the test ends.
+func hungRedis(t *testing.T) net.Listener {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hung.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hung.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c) // held open, never answered
+		}
+	}()
+	return hung
 }
