@@ -197,6 +197,9 @@ func planUpstreams(ups []Upstream) ([]upstreamPlan, error) {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
 		}
+		if int(u.Type) >= len(typeNames) {
+			return nil, fmt.Errorf("keypool: upstream %d: unknown type %d", i+1, u.Type)
+		}
 		base, err := url.Parse(strings.TrimRight(u.BaseURL, "/"))
 		if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: base URL must be http(s)://host[/path]", i+1)
