@@ -112,6 +112,26 @@ func (azureAdapter) send(base http.RoundTripper, out *http.Request, x *adaptInfo
 	return resp, nil
 }
 
+// checkAzureFields refuses Azure's fields on an upstream of another type,
+// and a deployment whose name cannot stand in a URL path.
+func checkAzureFields(u *Upstream) error {
+	if u.Type != TypeAzure {
+		if len(u.Deployments) > 0 || u.APIVersion != "" {
+			return fmt.Errorf("Deployments and APIVersion are for TypeAzure upstreams only")
+		}
+		return nil
+	}
+	for model, d := range u.Deployments {
+		if !validDeployment(d) {
+			return fmt.Errorf("the Azure deployment of model %q is not a valid name", clip(model, 128))
+		}
+	}
+	if strings.ContainsAny(u.APIVersion, "&#?/ ") {
+		return fmt.Errorf("the Azure api-version %q is not valid", clip(u.APIVersion, 64))
+	}
+	return nil
+}
+
 // azureBasePath is the path of an Azure upstream's BaseURL, as the pool
 // joins request paths to it.
 func azureBasePath(baseURL string) string {

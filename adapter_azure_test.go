@@ -376,3 +376,37 @@ func TestAzureChecker(t *testing.T) {
 		}
 	}
 }
+
+// A reload that changes an Azure upstream's deployments or api-version
+// takes effect; Azure's fields on another type are refused.
+func TestAzureUpdateAndValidation(t *testing.T) {
+	_, _, _, sent, root := azureSetup(t, map[string]string{"a": "gpt-4o", "b": "gpt-4o"},
+		[]fakeopenai.Key{{Secret: azKey1}}, keypool.Upstream{Keys: azKeys(azKey1)})
+	up := keypool.Upstream{BaseURL: root, Type: keypool.TypeAzure, Keys: azKeys(azKey1), Deployments: map[string]string{"gpt-4o": "a"}}
+	tr, err := keypool.New(keypool.WithUpstreams(up), keypool.WithBase(sent.base(http.DefaultTransport)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post(t, tr, chatBody("gpt-4o", false))
+	up.Deployments = map[string]string{"gpt-4o": "b"}
+	up.APIVersion = "2024-06-01"
+	if _, err := tr.Update(up); err != nil {
+		t.Fatal(err)
+	}
+	post(t, tr, chatBody("gpt-4o", false))
+	all := sent.all()
+	if len(all) != 2 || all[0].url.Path != "/openai/deployments/a/chat/completions" ||
+		all[1].url.Path != "/openai/deployments/b/chat/completions" || all[1].url.Query().Get("api-version") != "2024-06-01" {
+		t.Errorf("sent %v then %v", all[0].url, all[len(all)-1].url)
+	}
+
+	for _, bad := range []keypool.Upstream{
+		{BaseURL: root, Keys: azKeys(azKey2), Deployments: map[string]string{"gpt-4o": "a"}},
+		{BaseURL: root, Keys: azKeys(azKey2), APIVersion: "2024-06-01"},
+		{BaseURL: root, Keys: azKeys(azKey2), Type: keypool.TypeAzure, Deployments: map[string]string{"gpt-4o": "../a"}},
+	} {
+		if _, err := keypool.New(keypool.WithUpstreams(bad)); err == nil {
+			t.Errorf("New accepted %+v", bad)
+		}
+	}
+}
