@@ -410,3 +410,23 @@ func TestAzureUpdateAndValidation(t *testing.T) {
 		}
 	}
 }
+
+// A resource without the model's deployment answers DeploymentNotFound:
+// its key loses the model, and the request goes to the next resource.
+func TestAzureDeploymentNotFoundFailsOver(t *testing.T) {
+	fake, tr, rec, _, _ := azureSetup(t, map[string]string{"present": "gpt-4o"},
+		[]fakeopenai.Key{{Secret: azKey1}, {Secret: azKey2}},
+		keypool.Upstream{Name: "resource-a", Keys: azKeys(azKey1), Deployments: map[string]string{"gpt-4o": "missing"}},
+		keypool.Upstream{Name: "resource-b", Keys: azKeys(azKey2), Deployments: map[string]string{"gpt-4o": "present"}})
+	resp, body := post(t, tr, chatBody("gpt-4o", false))
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+	if got := rec.outcomes(); !equal(got, []string{"model_not_found", "success"}) {
+		t.Errorf("outcomes %v", got)
+	}
+	post(t, tr, chatBody("gpt-4o", false))
+	if fake.Count(azKey1) != 1 || fake.Count(azKey2) != 2 {
+		t.Errorf("resource a asked %d times, b %d", fake.Count(azKey1), fake.Count(azKey2))
+	}
+}
