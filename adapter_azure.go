@@ -95,6 +95,9 @@ func (azureAdapter) send(base http.RoundTripper, out *http.Request, x *adaptInfo
 		resp.Header.Set("Openai-Organization", clip(out.URL.Host, maxScopeName))
 	}
 	if resp.StatusCode/100 == 2 {
+		if isEventStream(resp.Header) {
+			resp.Body = &azureStream{rc: resp.Body}
+		}
 		return resp, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, errorBodyLimit))
@@ -260,4 +263,113 @@ func closeBody(out *http.Request) error {
 func errorJSONParam(message, typ, param, code string) []byte {
 	b, _ := json.Marshal(map[string]map[string]string{"error": {"message": message, "type": typ, "param": param, "code": code}})
 	return append(b, '\n')
+}
+
+// azureStream hands an Azure stream on with its first event of content
+// first. Azure opens a chat stream with an event of the prompt's filter
+// results and no choices, sent before the model writes anything: read
+// first, it would make the stream look started, so that a stream that hangs
+// or fails before its first token would neither time out as a first event
+// does nor fail over. The filter event follows the first real one instead
+// (clients take events without choices anywhere in a stream).
+type azureStream struct {
+	rc      io.ReadCloser
+	started bool
+	pending []byte // to hand out before reading on
+	err     error  // to return once pending is out
+}
+
+// azureStreamLookahead bounds what is held to reorder the opening events.
+const azureStreamLookahead = 64 << 10
+
+func (s *azureStream) Read(p []byte) (int, error) {
+	if !s.started {
+		s.started = true
+		s.pending, s.err = reorderAzureStream(s.rc)
+	}
+	if len(s.pending) > 0 {
+		n := copy(p, s.pending)
+		s.pending = s.pending[n:]
+		return n, nil
+	}
+	if s.err != nil {
+		return 0, s.err
+	}
+	return s.rc.Read(p)
+}
+
+func (s *azureStream) Close() error { return s.rc.Close() }
+
+// reorderAzureStream reads the opening of a stream and returns it with a
+// leading prompt-filter event moved after the event that follows it; an
+// error is the read's, after what was read.
+func reorderAzureStream(r io.Reader) ([]byte, error) {
+	buf := make([]byte, 0, 2048)
+	var err error
+	// read reads until buf holds n complete events, or it cannot.
+	read := func(n int) bool {
+		for len(eventEnds(buf, n)) < n {
+			if err != nil || len(buf) >= azureStreamLookahead {
+				return false
+			}
+			if len(buf) == cap(buf) {
+				buf = append(buf, 0)[:len(buf)]
+			}
+			var m int
+			m, err = r.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+m]
+		}
+		return true
+	}
+	if !read(1) {
+		return buf, err
+	}
+	first := eventEnds(buf, 1)[0]
+	if !promptFilterEvent(buf[:first]) || !read(2) {
+		return buf, err
+	}
+	second := eventEnds(buf, 2)[1]
+	out := make([]byte, 0, len(buf))
+	out = append(out, buf[first:second]...)
+	out = append(out, buf[:first]...)
+	out = append(out, buf[second:]...)
+	return out, err
+}
+
+// eventEnds returns where the first n events of an SSE stream in b end
+// (after their blank line), as many as b holds.
+func eventEnds(b []byte, n int) []int {
+	var ends []int
+	for i := 0; i < len(b) && len(ends) < n; i++ {
+		if b[i] != '\n' {
+			continue
+		}
+		j := i + 1
+		if j < len(b) && b[j] == '\r' {
+			j++
+		}
+		if j < len(b) && b[j] == '\n' {
+			ends = append(ends, j+1)
+			i = j
+		}
+	}
+	return ends
+}
+
+// promptFilterEvent reports whether ev is Azure's opening event: data of an
+// object with prompt_filter_results and an empty choices list.
+func promptFilterEvent(ev []byte) bool {
+	for line := range bytes.SplitSeq(ev, []byte("\n")) {
+		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r"), []byte("data:"))
+		if !ok {
+			continue
+		}
+		var chunk struct {
+			Choices *[]json.RawMessage `json:"choices"`
+			Filter  json.RawMessage    `json:"prompt_filter_results"`
+		}
+		return json.Unmarshal(bytes.TrimSpace(data), &chunk) == nil &&
+			chunk.Choices != nil && len(*chunk.Choices) == 0 && len(chunk.Filter) > 0
+	}
+	return false
 }

@@ -104,6 +104,11 @@ func TestAzureChatAndStream(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasSuffix(string(body), "data: [DONE]\n\n") || !strings.Contains(string(body), `"usage":{`) {
 		t.Fatalf("stream: %d %s", resp.StatusCode, body)
 	}
+	// Azure's opening prompt-filter event follows the first content event.
+	if first, _, _ := strings.Cut(string(body), "\n\n"); strings.Contains(first, "prompt_filter_results") ||
+		!strings.Contains(string(body), "prompt_filter_results") {
+		t.Errorf("stream opens with %s", first)
+	}
 	if got := rec.outcomes(); !equal(got, []string{"success", "success"}) {
 		t.Errorf("outcomes %v", got)
 	}
@@ -428,5 +433,29 @@ func TestAzureDeploymentNotFoundFailsOver(t *testing.T) {
 	post(t, tr, chatBody("gpt-4o", false))
 	if fake.Count(azKey1) != 1 || fake.Count(azKey2) != 2 {
 		t.Errorf("resource a asked %d times, b %d", fake.Count(azKey1), fake.Count(azKey2))
+	}
+}
+
+// A stream that fails or hangs after Azure's prompt-filter event, before
+// its first token, fails over as an OpenAI stream that fails before its
+// first event does.
+func TestAzureStreamFailsOverBeforeFirstToken(t *testing.T) {
+	for _, b := range []fakeopenai.Behavior{fakeopenai.StreamErrorFirst, fakeopenai.StreamHang} {
+		t.Run(b.String(), func(t *testing.T) {
+			fake, tr, rec, _, _ := azureSetup(t, map[string]string{"gpt-4o": "gpt-4o"},
+				[]fakeopenai.Key{{Secret: azKey1, Behavior: b}, {Secret: azKey2}},
+				keypool.Upstream{Name: "resource-a", Keys: azKeys(azKey1), StreamTimeout: 300 * time.Millisecond},
+				keypool.Upstream{Name: "resource-b", Keys: azKeys(azKey2)})
+			resp, body := post(t, tr, chatBody("gpt-4o", true))
+			if resp.StatusCode != 200 || strings.Contains(string(body), "server_error") || !strings.HasSuffix(string(body), "data: [DONE]\n\n") {
+				t.Fatalf("%d %s", resp.StatusCode, body)
+			}
+			if got := rec.outcomes(); !equal(got, []string{"server_error", "success"}) {
+				t.Errorf("outcomes %v", got)
+			}
+			if fake.Count(azKey2) != 1 {
+				t.Errorf("resource b asked %d times", fake.Count(azKey2))
+			}
+		})
 	}
 }

@@ -204,7 +204,6 @@ type azureWriter struct {
 	apiVersion string
 	status     int
 	errBody    bytes.Buffer
-	stream     bool // a 2xx event stream whose opening event is not sent yet
 }
 
 func (a *azureWriter) Header() http.Header { return a.header }
@@ -216,7 +215,11 @@ func (a *azureWriter) WriteHeader(status int) {
 	a.status = status
 	if status/100 == 2 {
 		a.writeHeaders()
-		a.stream = strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream")
+		if strings.HasPrefix(a.header.Get("Content-Type"), "text/event-stream") {
+			// Azure sends the prompt's filter results as soon as the
+			// prompt passed, before the model writes anything.
+			io.WriteString(a.w, azurePromptFilterEvent)
+		}
 	}
 }
 
@@ -250,12 +253,6 @@ func (a *azureWriter) Write(p []byte) (int, error) {
 	}
 	if a.status/100 != 2 {
 		return a.errBody.Write(p)
-	}
-	if a.stream {
-		a.stream = false
-		if _, err := io.WriteString(a.w, azurePromptFilterEvent); err != nil {
-			return 0, err
-		}
 	}
 	return a.w.Write(p)
 }
