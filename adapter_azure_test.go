@@ -459,3 +459,38 @@ func TestAzureStreamFailsOverBeforeFirstToken(t *testing.T) {
 		})
 	}
 }
+
+// A caller's own key (sk: asis) goes to Azure in api-key; a keyless
+// upstream sends none.
+func TestAzureCallerAndNoAuth(t *testing.T) {
+	for _, auth := range []keypool.UpstreamAuth{keypool.AuthCaller, keypool.AuthNone} {
+		t.Run(auth.String(), func(t *testing.T) {
+			var got http.Header
+			base := rvRT(func(r *http.Request) (*http.Response, error) {
+				got = r.Header.Clone()
+				io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+				return rvOK(r, nil, nil), nil
+			})
+			tr, err := keypool.New(keypool.WithBase(base), keypool.WithUpstreams(keypool.Upstream{
+				BaseURL: "https://res.openai.azure.com", Type: keypool.TypeAzure, Auth: auth}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody("gpt-4o", false)))
+			req.Header.Set("Authorization", "Bearer callers-own-azure-key")
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			want := ""
+			if auth == keypool.AuthCaller {
+				want = "callers-own-azure-key"
+			}
+			if got.Get("Authorization") != "" || got.Get("Api-Key") != want {
+				t.Errorf("sent Authorization %q, api-key %q; want api-key %q", got.Get("Authorization"), got.Get("Api-Key"), want)
+			}
+		})
+	}
+}
