@@ -17,8 +17,9 @@ const (
 	// The default.
 	TypeOpenAI UpstreamType = iota
 	// TypeAzure is Azure OpenAI: BaseURL is the resource
-	// (https://NAME.openai.azure.com), the key goes in api-key, and a
-	// model maps to a deployment (Upstream.Deployments).
+	// (https://NAME.openai.azure.com), or its /openai/v1 for Azure's
+	// newer API; the key goes in api-key, and a model maps to a
+	// deployment (Upstream.Deployments).
 	TypeAzure
 	// TypeReplicate is Replicate's predictions API: chat completions of
 	// the models it hosts, in OpenAI's shape.

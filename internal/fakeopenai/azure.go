@@ -136,12 +136,16 @@ func (s *Server) serveAzure(w http.ResponseWriter, r *http.Request) {
 	in.Body = io.NopCloser(bytes.NewReader(body))
 	in.ContentLength = int64(len(body))
 
+	aw := &azureWriter{header: http.Header{}, apiVersion: r.URL.Query().Get("api-version")}
 	if coding := s.coding(r); coding != "" {
 		enc := newEncoder(w, coding, &s.encoders)
 		defer enc.Close()
 		w = enc
+		// The handler records the coding it finds here; the encoder sets
+		// the header that goes out.
+		aw.header.Set("Content-Encoding", coding)
 	}
-	aw := &azureWriter{w: w, header: http.Header{}, apiVersion: r.URL.Query().Get("api-version")}
+	aw.w = w
 	s.ServeHTTP(aw, in)
 	aw.finish()
 }
@@ -232,7 +236,7 @@ func (a *azureWriter) writeHeaders() {
 		switch {
 		case strings.HasPrefix(lower, "openai-"), strings.HasPrefix(lower, "x-ratelimit-limit-"),
 			strings.HasPrefix(lower, "x-ratelimit-reset-"), strings.HasSuffix(lower, "-project-tokens"),
-			lower == "content-length":
+			lower == "content-length", lower == "content-encoding":
 		case lower == "x-request-id":
 			h["Apim-Request-Id"] = vs
 			h["X-Request-Id"] = vs

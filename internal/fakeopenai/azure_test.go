@@ -107,4 +107,7 @@ func TestAzureStream(t *testing.T) {
 	if !strings.HasSuffix(text, "data: [DONE]\n\n") || !strings.Contains(text, `"usage":{`) {
 		t.Errorf("stream does not end with usage and [DONE]: %s", text)
 	}
+	if recs := s.Records(); len(recs) != 1 || recs[0].Encoding != "gzip" || r.header.Get("Content-Encoding") != "" {
+		t.Errorf("records %+v, Content-Encoding %q after the client decoded it", recs, r.header.Get("Content-Encoding"))
+	}
 }
