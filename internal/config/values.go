@@ -338,8 +338,12 @@ func deploymentName(s string) bool {
 	return true
 }
 
-// showModel quotes a model name for a message, clipped.
+// showModel quotes a model name for a message, clipped; a name shaped
+// like a key is not shown.
 func showModel(m string) string {
+	if strings.Contains(strings.ToLower(m), "sk-") {
+		return "a model"
+	}
 	if len(m) > 64 {
 		m = m[:64] + "…"
 	}
