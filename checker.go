@@ -403,6 +403,9 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	res := CheckResult{Key: k.cred.id, Source: k.cred.source, Upstream: k.up.Name, Clone: k.clone,
 		LimitRequests: Unknown, LimitTokens: Unknown}
 	var clones []*key
+	if k.up.Type == TypeAzure {
+		return c.checkAzure(ctx, k, res, start), nil
+	}
 
 	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
 		orgs, known, verdict, err := c.organizations(ctx, k)
@@ -692,7 +695,12 @@ func (c *Checker) call(ctx context.Context, k *key, method, path string, body []
 		req.Header.Set("Content-Type", "application/json")
 	}
 	setKeyHeaders(req.Header, k)
-	resp, err := c.t.base.RoundTrip(req)
+	var resp *http.Response
+	if ad := adapterOf(k.up.Type); ad != nil {
+		resp, err = ad.send(c.t.base, req, &adaptInfo{up: &k.up.Upstream, body: body, secret: k.cred.secret})
+	} else {
+		resp, err = c.t.base.RoundTrip(req)
+	}
 	if err != nil {
 		return 0, nil, nil, err
 	}
@@ -783,4 +791,27 @@ func (p *Pool) inPoolOrder(keys []*key, results map[*key]CheckResult) []CheckRes
 		add(k)
 	}
 	return out
+}
+
+// checkAzure checks a key of an Azure resource with one free call: GET
+// /openai/models lists what the resource could deploy (a 401 there is a
+// revoked key). Its list is not what the key serves (that is the
+// resource's deployments), so the key keeps no model list: any model is
+// tried, and a missing deployment answers model_not_found.
+func (c *Checker) checkAzure(ctx context.Context, k *key, res CheckResult, start time.Time) CheckResult {
+	status, header, body, err := c.call(ctx, k, http.MethodGet, "/models", nil)
+	if err != nil {
+		return c.failed(res, k, err, start)
+	}
+	a := c.answer(k, status, header, body)
+	out := c.t.policy.Classify(a)
+	state, reason := probeVerdict(a, out)
+	switch {
+	case out == OutcomeSuccess:
+		state, reason = StateReady, "checked"
+	case reason == "unexpected":
+		c.logf(slog.LevelInfo, "keypool: unexpected answer to the key check; letting the key through", k, "status", status)
+		reason = fmt.Sprintf("checked (unexpected %d)", status)
+	}
+	return c.settled(res, k, state, reason, nil, a.Limits, start)
 }

@@ -3,6 +3,7 @@ package keypool
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -197,6 +198,12 @@ func planUpstreams(ups []Upstream) ([]upstreamPlan, error) {
 		if u.BaseURL == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: empty base URL", i+1)
 		}
+		if int(u.Type) >= len(typeNames) {
+			return nil, fmt.Errorf("keypool: upstream %d: unknown type %d", i+1, u.Type)
+		}
+		if err := checkAzureFields(&u); err != nil {
+			return nil, fmt.Errorf("keypool: upstream %d: %w", i+1, err)
+		}
 		base, err := url.Parse(strings.TrimRight(u.BaseURL, "/"))
 		if err != nil || (base.Scheme != "http" && base.Scheme != "https") || base.Host == "" {
 			return nil, fmt.Errorf("keypool: upstream %d: base URL must be http(s)://host[/path]", i+1)
@@ -250,7 +257,8 @@ func planUpstreams(ups []Upstream) ([]upstreamPlan, error) {
 			owners[id] = owner{u.Name, c}
 			pl.keys = append(pl.keys, c)
 		}
-		u.Keys = nil // the pool's records hold them
+		u.Keys = nil                              // the pool's records hold them
+		u.Deployments = maps.Clone(u.Deployments) // the caller's map may change after
 		pl.Upstream = u
 		plans = append(plans, pl)
 	}

@@ -645,7 +645,11 @@ func (r *roundTrip) attempt(ctx context.Context, l lease, n int) (*http.Response
 	out, err := r.outgoing(actx, l)
 	var resp *http.Response
 	if err == nil {
-		resp, err = t.base.RoundTrip(out)
+		if ad := adapterOf(k.up.Type); ad != nil {
+			resp, err = ad.send(t.base, out, r.adaptInfo(k))
+		} else {
+			resp, err = t.base.RoundTrip(out)
+		}
 	}
 	if err == nil {
 		decodeResponse(resp)
@@ -834,6 +838,15 @@ func joinPath(base, p string) string {
 		p = p[3:]
 	}
 	return base + p
+}
+
+// adaptInfo is what an adapter knows of r's attempt with k.
+func (r *roundTrip) adaptInfo(k *key) *adaptInfo {
+	x := &adaptInfo{up: &k.up.Upstream, model: r.model, stream: r.stream, secret: k.cred.secret}
+	if r.body != nil && r.body.complete {
+		x.body = r.body.buf
+	}
+	return x
 }
 
 // auth returns the key's Authorization header value, built with the pool.

@@ -3,6 +3,7 @@ package keypool
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 )
@@ -210,7 +211,8 @@ func (p *Pool) placeKeys(plans []upstreamPlan, next []*upstream, now time.Time) 
 func sameSettings(u *upstream, pl *upstreamPlan) bool {
 	a, b := &u.Upstream, &pl.Upstream
 	return a.BaseURL == b.BaseURL && a.Auth == b.Auth && a.Timeout == b.Timeout && a.StreamTimeout == b.StreamTimeout &&
-		a.IdleTimeout == b.IdleTimeout && slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Deny, b.Deny)
+		a.IdleTimeout == b.IdleTimeout && slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Deny, b.Deny) &&
+		a.Type == b.Type && a.APIVersion == b.APIVersion && maps.Equal(a.Deployments, b.Deployments)
 }
 
 // carry returns what a store would keep of the keys of plans that the

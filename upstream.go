@@ -41,6 +41,15 @@ type Upstream struct {
 	// (the zero value) sends each attempt with one of Keys; AuthNone and
 	// AuthCaller take no Keys.
 	Auth UpstreamAuth
+	// Type is the protocol the upstream speaks (see UpstreamType); the
+	// zero value is OpenAI's.
+	Type UpstreamType
+	// Deployments maps a model to its Azure deployment (TypeAzure only);
+	// a model it does not name is its own deployment's name.
+	Deployments map[string]string
+	// APIVersion is the api-version of Azure's requests (TypeAzure only);
+	// "" means DefaultAzureAPIVersion.
+	APIVersion string
 }
 
 // UpstreamAuth says what credentials an upstream's requests carry.

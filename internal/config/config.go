@@ -42,7 +42,9 @@
 //	    authorization: "tok1"   # the only client tokens that may use this upstream
 //	    inherit_authorization: false  # true: the top-level tokens may use it too
 //	    noauth: false           # true: anyone may use this upstream
-//	    type: openai            # the only type served yet; replicate is skipped with a warning
+//	    type: openai            # openai or azure; replicate is skipped with a warning
+//	    deployments: {gpt-4o: my-gpt4o}  # azure: model → deployment (default: the model's name)
+//	    api_version: 2024-10-21 # azure: the api-version of its requests
 //
 // Every scalar value may refer to environment variables as $NAME or ${NAME}
 // ($$ is a literal $); one that is not set is an error, in the sections a
@@ -60,6 +62,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"time"
 
@@ -176,8 +179,14 @@ type Checker struct {
 type Upstream struct {
 	// Name shows the upstream in logs and metrics; "" means the endpoint's host.
 	Name string
-	// Type is "openai" (the default; "" is read as "openai").
+	// Type is "openai" (the default; "" is read as "openai") or "azure".
 	Type string
+	// Deployments maps a model to its Azure deployment (type azure only);
+	// a model it does not name is its own deployment's name.
+	Deployments map[string]string
+	// APIVersion is the api-version of an Azure upstream's requests; ""
+	// means keypool.DefaultAzureAPIVersion.
+	APIVersion string
 	// Endpoint is the API root, such as "https://api.openai.com/v1".
 	Endpoint string
 	// Keys are the keys of sk and keys, without duplicates, each with its
@@ -322,6 +331,13 @@ func (c *Config) upstream(u Upstream, keys []keypool.Key) keypool.Upstream {
 		Timeout:       u.Timeout,
 		StreamTimeout: u.StreamTimeout,
 		IdleTimeout:   cmp.Or(u.IdleTimeout, c.IdleTimeout),
+		APIVersion:    u.APIVersion,
+	}
+	if u.Type == "azure" {
+		up.Type = keypool.TypeAzure
+	}
+	if len(u.Deployments) > 0 {
+		up.Deployments = maps.Clone(u.Deployments)
 	}
 	if up.Timeout == 0 {
 		up.Timeout = c.Timeout

@@ -28,5 +28,5 @@ upstreams:
 	// Output:
 	// 2 keys, 2m0s timeout, tokens [[redacted] [redacted]]
 	// config.yaml:3: unknown field "endpiont" in upstream 1 (did you mean "endpoint"?)
-	// config.yaml:4: upstream 1: type: azure upstreams are not supported yet
+	// config.yaml:2: upstream 1: type azure needs an endpoint: the resource, such as https://NAME.openai.azure.com
 }

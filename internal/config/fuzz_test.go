@@ -83,6 +83,7 @@ func FuzzParse(f *testing.F) {
 		"checker: {rate: 1e400, concurrency: 99999999999999999999, recheck: -1h}\n",
 		"upstreams: [{keys: [sk-abcdefghijkl, [x]], endpoint: 'http://h', type: azure}]\n",
 		"timeout: 9223372036\nstream_timeout: 0x10\n",
+		"upstreams:\n  - {sk: sk-abcdefghijkl, type: azure, endpoint: 'https://r.openai.azure.com', api_version: sk-abcdefghijkl, deployments: {sk-abcdefghijkl: sk-abcdefghijkl, a: [b], ? [c] : d, e: ../f}}\n",
 	} {
 		f.Add([]byte(s))
 	}

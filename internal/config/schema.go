@@ -2,6 +2,7 @@ package config
 
 import (
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 
@@ -134,6 +135,8 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 		{"authorization", (*tokens)(&u.Authorization)},
 		{"noauth", (*boolean)(&u.NoAuth)},
 		{"type", (*upstreamType)(&u.Type)},
+		{"deployments", (*deploymentMap)(&u.Deployments)},
+		{"api_version", (*apiVersion)(&u.APIVersion)},
 		{"keep_header", func(f field) {
 			if on := boolean(false); p.read(f, &on) && bool(on) {
 				p.warnf(f.key.Line, "%s: keep_header is not used: keypool forwards the request headers the API reads, never the client's credentials", where)
@@ -145,6 +148,7 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 		p.warnf(item.Line, "%s: type replicate is not served yet; this upstream is skipped", where)
 		return u, true
 	}
+	p.azure(&u, lines, where)
 	if u.Endpoint == "" {
 		u.Endpoint = DefaultEndpoint
 	}
@@ -168,4 +172,26 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 	}
 	u.Keys = dedupe(keys)
 	return u, false
+}
+
+// azure checks the fields of Azure upstreams: an endpoint is required (the
+// resource, https://NAME.openai.azure.com, or its /openai/v1), and
+// deployments and api_version belong to Azure upstreams only.
+func (p *parser) azure(u *Upstream, lines map[string]int, where string) {
+	if u.Type != "azure" {
+		for _, f := range []string{"deployments", "api_version"} {
+			if lines[f] > 0 {
+				p.errorf(lines[f], "%s: %s is for type: azure upstreams only", where, f)
+			}
+		}
+		return
+	}
+	switch {
+	case u.Endpoint == "":
+		p.errorf(u.Line, "%s: type azure needs an endpoint: the resource, such as https://NAME.openai.azure.com", where)
+	case strings.Contains(u.Endpoint, "/deployments"):
+		p.errorf(lines["endpoint"], "%s: an azure endpoint is the resource (https://NAME.openai.azure.com), not a deployment's URL: map models to deployments with deployments", where)
+	case strings.HasSuffix(strings.TrimRight(u.Endpoint, "/"), "/openai/v1") && u.APIVersion != "":
+		p.warnf(lines["api_version"], "%s: api_version is not used: the /openai/v1 endpoint takes none", where)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -258,8 +259,8 @@ func (u *secretURL) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// upstreamType is openai, the only kind served yet, or replicate, which is
-// skipped with a warning (openai-api-route's sample config has one).
+// upstreamType is openai, azure, or replicate, which is skipped with a
+// warning (openai-api-route's sample config has one).
 type upstreamType string
 
 func (t *upstreamType) UnmarshalYAML(n *yaml.Node) error {
@@ -270,13 +271,100 @@ func (t *upstreamType) UnmarshalYAML(n *yaml.Node) error {
 	switch s = strings.ToLower(strings.TrimSpace(s)); s {
 	case "", "openai":
 		*t = "openai"
-	case "replicate":
+	case "replicate", "azure":
 		*t = upstreamType(s)
-	case "azure":
-		return problemf(n, ": azure upstreams are not supported yet")
 	default:
-		return problemf(n, " must be openai or replicate (azure is not supported yet)")
+		return problemf(n, " must be openai, azure or replicate")
 	}
+	return nil
+}
+
+// deploymentMap maps a model to its Azure deployment (deployments:
+// {gpt-4o: my-gpt4o}). A model that no request asks for is no error: the
+// map may list models an allow list leaves out.
+type deploymentMap map[string]string
+
+func (d *deploymentMap) UnmarshalYAML(n *yaml.Node) error {
+	switch {
+	case n.Kind == yaml.MappingNode:
+	case n.Kind == yaml.ScalarNode && n.Tag == "!!null":
+		return nil
+	default:
+		return problemf(n, " must be a mapping of model names to deployment names, such as {gpt-4o: my-gpt4o}")
+	}
+	out := make(map[string]string, len(n.Content)/2)
+	var errs []error
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := deref(n.Content[i]), deref(n.Content[i+1])
+		model, err := scalarOf(k, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if model = strings.TrimSpace(model); model == "" {
+			errs = append(errs, problemf(k, ": a model name is empty"))
+			continue
+		}
+		name, err := scalarOf(v, false)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if name = strings.TrimSpace(name); !deploymentName(name) {
+			errs = append(errs, problemf(v, ": the deployment of %s must be a name of letters, digits, '-', '_' and '.'", showModel(model)))
+			continue
+		}
+		if _, dup := out[model]; dup {
+			errs = append(errs, problemf(k, ": %s is mapped twice", showModel(model)))
+			continue
+		}
+		out[model] = name
+	}
+	*d = out
+	return errors.Join(errs...)
+}
+
+// deploymentName reports whether s is an Azure deployment's name: up to 64
+// letters, digits, '-', '_' and '.', not "." or "..".
+func deploymentName(s string) bool {
+	if s == "" || s == "." || s == ".." || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// showModel quotes a model name for a message, clipped; a name shaped
+// like a key is not shown.
+func showModel(m string) string {
+	if strings.Contains(strings.ToLower(m), "sk-") {
+		return "a model"
+	}
+	if len(m) > 64 {
+		m = m[:64] + "…"
+	}
+	return strconv.Quote(m)
+}
+
+// apiVersion is Azure's api-version: a date, YYYY-MM-DD, with an optional
+// -preview.
+type apiVersion string
+
+var apiVersionShape = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}(-preview)?$`)
+
+func (a *apiVersion) UnmarshalYAML(n *yaml.Node) error {
+	s, err := scalarOf(n, false)
+	if s = strings.TrimSpace(s); err != nil || s == "" {
+		return err
+	}
+	if !apiVersionShape.MatchString(s) {
+		return problemf(n, " must be an Azure api-version such as %s or 2025-04-01-preview", keypool.DefaultAzureAPIVersion)
+	}
+	*a = apiVersion(s)
 	return nil
 }
 

@@ -209,6 +209,10 @@ type Record struct {
 
 	PromptTokens, CompletionTokens int
 
+	// Deployment is the Azure deployment a request on an Azure path named
+	// ("" for OpenAI's paths); Path is then the Azure path as sent.
+	Deployment string
+
 	// Encoding is the Content-Encoding the answer was sent in: "gzip" or
 	// "deflate" when it was compressed, "" for plain bytes (or no answer).
 	Encoding string
@@ -225,14 +229,15 @@ type Server struct {
 	noCompression bool // Config.NoCompression
 	encoders      writerPools
 
-	mu       sync.Mutex // guards everything below, and every Record reachable from records
-	keys     map[string]*keyState
-	orgs     map[string]*orgState // every org some key lists, by ID
-	buckets  map[bucketID]*limits // orgs' buckets (bucketID.project "")
-	projects map[bucketID]*bucket // projects' token buckets
-	records  []*Record
-	seq      uint64
-	inFlight int
+	mu          sync.Mutex // guards everything below, and every Record reachable from records
+	keys        map[string]*keyState
+	orgs        map[string]*orgState // every org some key lists, by ID
+	buckets     map[bucketID]*limits // orgs' buckets (bucketID.project "")
+	projects    map[bucketID]*bucket // projects' token buckets
+	deployments map[string]string    // Azure deployment → model
+	records     []*Record
+	seq         uint64
+	inFlight    int
 }
 
 // keyState is a key's script and its mutable state. The script fields never
@@ -256,7 +261,7 @@ type orgState struct {
 // New returns a Server that answers for keys.
 func New(cfg Config, keys ...Key) *Server {
 	s := &Server{now: cfg.Now, noCompression: cfg.NoCompression, closed: make(chan struct{}), keys: map[string]*keyState{},
-		orgs: map[string]*orgState{}, buckets: map[bucketID]*limits{}, projects: map[bucketID]*bucket{}}
+		orgs: map[string]*orgState{}, buckets: map[bucketID]*limits{}, projects: map[bucketID]*bucket{}, deployments: map[string]string{}}
 	if s.now == nil {
 		s.now = time.Now
 	}

@@ -49,9 +49,17 @@ type exchange struct {
 // rate-limit headers), model, organization verification, scripted failures
 // and delays, buckets, then the answer.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	az, isAzure := r.Context().Value(azureCallKey{}).(azureCall)
+	if !isAzure && strings.HasPrefix(r.URL.Path, "/openai/") {
+		s.serveAzure(w, r)
+		return
+	}
 	now := s.now()
 	rec := &Record{Time: now, Method: r.Method, Path: r.URL.Path, Key: secretOf(r.Header),
 		Org: r.Header.Get("OpenAI-Organization"), Project: r.Header.Get("OpenAI-Project")}
+	if isAzure {
+		rec.Path, rec.Deployment = az.path, az.deployment
+	}
 	s.mu.Lock()
 	s.seq++
 	seq := s.seq
