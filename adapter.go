@@ -85,6 +85,8 @@ type adaptInfo struct {
 // whose requests go to base as they are. Each type's file adds its case.
 func adapterOf(t UpstreamType) adapter {
 	switch t {
+	case TypeReplicate:
+		return replicateAdapter{}
 	}
 	return nil
 }
