@@ -757,29 +757,50 @@ func (s *replicateStream) data(v any) {
 // done ends a stream that succeeded.
 func (s *replicateStream) done() {
 	s.ended = true
-	final := s.p
-	if s.usage && s.p.URLs.Get != "" {
-		// The metrics are the finished prediction's: read it once.
-		if u, err := url.Parse(s.p.URLs.Get); err == nil {
-			if p, err := fetchPrediction(s.base, s.out, u); err == nil {
-				final = p
-			}
-		}
-	}
+	final := s.finished()
 	s.chunk(map[string]any{}, s.chat.finishReason(final))
-	if s.usage {
-		s.data(map[string]any{
-			"id": "chatcmpl-" + s.p.ID, "object": "chat.completion.chunk", "created": s.created, "model": s.chat.Model,
-			"choices": []any{}, "usage": final.usage(),
-		})
-	}
+	s.usageChunk(final)
 	s.pending = append(s.pending, "data: [DONE]\n\n"...)
 }
 
-// fail ends the stream with OpenAI's error event.
+// fail ends the stream with OpenAI's error event: after the usage so far,
+// when the client asked for usage and output was handed back (before any
+// output, the error event must come first, for the pool to fail over).
 func (s *replicateStream) fail(msg string) {
 	s.ended = true
+	if s.started {
+		s.usageChunk(s.finished())
+	}
 	s.data(map[string]any{"error": map[string]any{"message": msg, "type": "server_error", "param": nil, "code": nil}})
+}
+
+// finished is the prediction as it stands once its stream ended, read
+// once from its urls.get when the client asked for usage: the metrics are
+// the finished prediction's. Without them it is the prediction as created.
+func (s *replicateStream) finished() *prediction {
+	if !s.usage || s.p.URLs.Get == "" {
+		return s.p
+	}
+	u, err := url.Parse(s.p.URLs.Get)
+	if err != nil {
+		return s.p
+	}
+	p, err := fetchPrediction(s.base, s.out, u)
+	if err != nil {
+		return s.p
+	}
+	return p
+}
+
+// usageChunk adds OpenAI's usage chunk, when the client asked for it and
+// p has metrics.
+func (s *replicateStream) usageChunk(p *prediction) {
+	if u := p.usage(); s.usage && u != nil {
+		s.data(map[string]any{
+			"id": "chatcmpl-" + s.p.ID, "object": "chat.completion.chunk", "created": s.created, "model": s.chat.Model,
+			"choices": []any{}, "usage": u,
+		})
+	}
 }
 
 func fetchPrediction(base http.RoundTripper, out *http.Request, u *url.URL) (*prediction, error) {
