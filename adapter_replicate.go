@@ -206,12 +206,12 @@ func (c *replicateChat) prediction(base *url.URL) (*url.URL, map[string]any, str
 
 // splitReplicateModel reads "owner/name" or "owner/name:version".
 func splitReplicateModel(model string) (owner, name, version string, ok bool) {
-	model, version, _ = strings.Cut(model, ":")
+	model, version, versioned := strings.Cut(model, ":")
 	owner, name, ok = strings.Cut(model, "/")
 	valid := func(s string) bool {
 		return s != "" && !strings.ContainsAny(s, "/?#%\\ \t\r\n")
 	}
-	ok = ok && valid(owner) && valid(name) && (version == "" || valid(version))
+	ok = ok && valid(owner) && valid(name) && (!versioned || valid(version))
 	return owner, name, version, ok
 }
 
