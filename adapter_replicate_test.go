@@ -318,3 +318,28 @@ func TestReplicateRefusesWhatItCannotServe(t *testing.T) {
 		t.Fatalf("the key is %v after the client's mistakes", st)
 	}
 }
+
+// The checker asks Replicate who the key is (GET /v1/account, free): a
+// live key is ready, a refused one revoked; nothing else is asked.
+func TestReplicateCheck(t *testing.T) {
+	fake, tr, _ := setupReplicate(t, fakeopenai.Key{Secret: "r8_good"}, fakeopenai.Key{Secret: "r8_revoked", Behavior: fakeopenai.Revoked})
+	c, err := keypool.NewChecker(tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.CheckAll(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || res[0].State != keypool.StateReady || res[1].State != keypool.StateRevoked || res[0].Err != nil {
+		t.Fatalf("results %+v", res)
+	}
+	for _, r := range fake.Records() {
+		if r.Method != "GET" || r.Path != "/v1/account" {
+			t.Fatalf("the check sent %s %s", r.Method, r.Path)
+		}
+	}
+	if n := len(fake.Records()); n != 2 {
+		t.Fatalf("the check sent %d requests for 2 keys", n)
+	}
+}

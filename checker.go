@@ -33,6 +33,11 @@ import (
 //     (<= 250) from a paid one, and other answers, read with the pool's
 //     Policy (WithPolicy), tell a revoked or over-quota key.
 //
+// A key of a Replicate upstream (TypeReplicate) is checked with one free
+// GET /v1/account instead: 200 is a live key, a 401 a revoked one. It lists
+// no models (any model is tried) and tells nothing of credit: a key without
+// it goes over quota on its first prediction's 402.
+//
 // Run checks every key, then rechecks them periodically; Recheck asks for a
 // pass now, which also gives over-quota and revoked keys a new look. CheckAll
 // makes one pass and returns. Checks are paced by a rate limiter and bounded in
@@ -403,6 +408,9 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	res := CheckResult{Key: k.cred.id, Source: k.cred.source, Upstream: k.up.Name, Clone: k.clone,
 		LimitRequests: Unknown, LimitTokens: Unknown}
 	var clones []*key
+	if k.up.Type == TypeReplicate {
+		return c.checkReplicate(ctx, k, res, start), nil
+	}
 
 	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
 		orgs, known, verdict, err := c.organizations(ctx, k)
@@ -436,6 +444,25 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 		}
 	}
 	return c.settled(res, k, state, reason, models, limits, start), clones
+}
+
+// checkReplicate checks a Replicate key with GET /v1/account, which costs
+// nothing: 200 is a live key, a refusal is read as the adapter reads it
+// (401 revoked). Replicate has no organizations, no rate-limit headers to
+// learn and far too many models to list: any model is tried.
+func (c *Checker) checkReplicate(ctx context.Context, k *key, res CheckResult, start time.Time) CheckResult {
+	status, header, body, err := c.call(ctx, k, http.MethodGet, "/account", nil)
+	if err != nil {
+		return c.failed(res, k, err, start)
+	}
+	if status == http.StatusOK {
+		return c.settled(res, k, StateReady, "checked", nil, noLimits, start)
+	}
+	st, typ, code, msg, _ := replicateError(status, body)
+	a := &Answer{Status: st, Header: header, Limits: responseLimits(header, c.t.now()),
+		Error: &APIError{Status: st, Type: typ, Code: code, Message: msg}}
+	state, reason := probeVerdict(a, c.t.policy.Classify(a))
+	return c.settled(res, k, state, reason, nil, noLimits, start)
 }
 
 // settled records what a check found and fills in its result.
