@@ -258,8 +258,8 @@ func (u *secretURL) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// upstreamType is openai, the only kind served yet, or replicate, which is
-// skipped with a warning (openai-api-route's sample config has one).
+// upstreamType is openai or replicate (openai-api-route's beta: Replicate's
+// chat models answering in OpenAI's shape).
 type upstreamType string
 
 func (t *upstreamType) UnmarshalYAML(n *yaml.Node) error {
@@ -271,7 +271,7 @@ func (t *upstreamType) UnmarshalYAML(n *yaml.Node) error {
 	case "", "openai":
 		*t = "openai"
 	case "replicate":
-		*t = upstreamType(s)
+		*t = "replicate"
 	case "azure":
 		return problemf(n, ": azure upstreams are not supported yet")
 	default:
