@@ -123,6 +123,9 @@ type replicateChat struct {
 	Stop                json.RawMessage  `json:"stop"`
 	Stream              bool             `json:"stream"`
 	StreamOptions       *json.RawMessage `json:"stream_options"`
+	Tools               json.RawMessage  `json:"tools"`
+	Functions           json.RawMessage  `json:"functions"`
+	N                   *int             `json:"n"`
 
 	polls int // of a running prediction, so far
 }
@@ -184,6 +187,12 @@ func (c *replicateChat) prediction(base *url.URL) (*url.URL, map[string]any, str
 	if !ok {
 		return nil, nil, fmt.Sprintf("keypool: model %q is not a Replicate model (owner/name or owner/name:version)", clip(c.Model, 128))
 	}
+	if !empty(c.Tools) || !empty(c.Functions) {
+		return nil, nil, "keypool: a Replicate upstream does not call tools"
+	}
+	if c.N != nil && *c.N != 1 {
+		return nil, nil, "keypool: a Replicate upstream answers one choice (n: 1)"
+	}
 	in, msg := c.input(owner + "/" + name)
 	if msg != "" {
 		return nil, nil, msg
@@ -202,6 +211,15 @@ func (c *replicateChat) prediction(base *url.URL) (*url.URL, map[string]any, str
 		body["stream"] = true
 	}
 	return &u, body, ""
+}
+
+// empty reports a JSON value that says nothing: absent, null, [] or {}.
+func empty(raw json.RawMessage) bool {
+	switch string(bytes.TrimSpace(raw)) {
+	case "", "null", "[]", "{}":
+		return true
+	}
+	return false
 }
 
 // splitReplicateModel reads "owner/name" or "owner/name:version".

@@ -115,3 +115,39 @@ func TestReplicateErrors(t *testing.T) {
 type oneByte struct{ r io.Reader }
 
 func (o *oneByte) Read(p []byte) (int, error) { return o.r.Read(p[:min(1, len(p))]) }
+
+// FuzzReplicateStream: whatever Replicate's stream holds, the client gets
+// OpenAI's events ending in [DONE] or in an error event, and no panic.
+func FuzzReplicateStream(f *testing.F) {
+	f.Add("event: output\ndata: Hi\n\nevent: done\ndata: {}\n\n")
+	f.Add("event: output\r\ndata: a\r\ndata: b\r\n\r\nevent: error\r\ndata: {\"detail\":\"x\"}\r\n\r\n")
+	f.Add("event: done\ndata: {\"reason\":\"canceled\"}\n\n")
+	f.Add(": ping\n\nevent: output\ndata: \"quoted\\\"\n\n")
+	f.Add("")
+	f.Fuzz(func(t *testing.T, in string) {
+		c := &replicateChat{Model: "a/b"}
+		s := &replicateStream{chat: c, p: &prediction{ID: "p"}, rc: io.NopCloser(strings.NewReader(in)),
+			lines: newLineReader(strings.NewReader(in), 256)}
+		out, err := io.ReadAll(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var last string
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if line == "" {
+				continue
+			}
+			data, ok := strings.CutPrefix(line, "data: ")
+			if !ok {
+				t.Fatalf("a line that is not data: %q", line)
+			}
+			if data != "[DONE]" && !json.Valid([]byte(data)) {
+				t.Fatalf("data that is not JSON: %q", data)
+			}
+			last = data
+		}
+		if last != "[DONE]" && !strings.HasPrefix(last, `{"error":`) {
+			t.Fatalf("the stream ends with %q", last)
+		}
+	})
+}

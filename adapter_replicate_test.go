@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -289,6 +290,9 @@ func TestReplicateRefusesWhatItCannotServe(t *testing.T) {
 		{"not a Replicate model", "POST", "/v1/chat/completions", chatBody("gpt-4o", false), 400},
 		{"no user turn", "POST", "/v1/chat/completions", `{"model":"` + llama + `","messages":[{"role":"system","content":"x"}]}`, 400},
 		{"an image", "POST", "/v1/chat/completions", `{"model":"` + llama + `","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}`, 400},
+		{"tools", "POST", "/v1/chat/completions", `{"model":"` + llama + `","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}`, 400},
+		{"a tool turn", "POST", "/v1/chat/completions", `{"model":"` + llama + `","messages":[{"role":"user","content":"x"},{"role":"tool","content":"y"}]}`, 400},
+		{"n 2", "POST", "/v1/chat/completions", `{"model":"` + llama + `","messages":[{"role":"user","content":"x"}],"n":2}`, 400},
 		{"not JSON", "POST", "/v1/chat/completions", `{"model":"` + llama + `",`, 400},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -341,5 +345,30 @@ func TestReplicateCheck(t *testing.T) {
 	}
 	if n := len(fake.Records()); n != 2 {
 		t.Fatalf("the check sent %d requests for 2 keys", n)
+	}
+}
+
+// A prediction still running when Replicate stops holding the answer
+// (Prefer: wait) is polled at its urls.get until it finishes.
+func TestReplicatePolls(t *testing.T) {
+	fake := fakeopenai.New(fakeopenai.Config{}, fakeopenai.Key{Secret: "r8_good"})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Del("Prefer") // as if the wait ran out
+		fake.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	tr, err := keypool.New(keypool.WithUpstreams(keypool.Upstream{BaseURL: srv.URL + "/v1",
+		Keys: []keypool.Key{keypool.NewKey("r8_good")}, Type: keypool.TypeReplicate}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.CloseIdleConnections()
+	resp, b := post(t, tr, chatBody(llama, false))
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `"chat.completion"`) || !strings.Contains(string(b), `"completion_tokens"`) {
+		t.Fatalf("status %d: %s", resp.StatusCode, b)
+	}
+	recs := fake.Records()
+	if len(recs) != 2 || recs[1].Method != "GET" || !strings.HasPrefix(recs[1].Path, "/v1/predictions/") || !recs[1].Spent {
+		t.Fatalf("the fake saw %+v; want the prediction, then one poll", recs)
 	}
 }
