@@ -368,7 +368,7 @@ func TestReplicatePolls(t *testing.T) {
 		t.Fatalf("status %d: %s", resp.StatusCode, b)
 	}
 	recs := fake.Records()
-	if len(recs) != 2 || recs[1].Method != "GET" || !strings.HasPrefix(recs[1].Path, "/v1/predictions/") || !recs[1].Spent {
+	if len(recs) != 2 || recs[1].Method != "GET" || !strings.HasPrefix(recs[1].Path, "/v1/predictions/") || !recs[0].Spent {
 		t.Fatalf("the fake saw %+v; want the prediction, then one poll", recs)
 	}
 }

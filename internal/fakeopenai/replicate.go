@@ -38,6 +38,9 @@ import (
 // prediction is created.
 //
 // A key with Models nil serves ReplicateModels as well as DefaultModels.
+// The record of a prediction's creation is the one that spends (Spent,
+// token counts) once its output is delivered in full: at once with Prefer:
+// wait, at the first poll, or at the end of its stream.
 
 // ReplicateModels returns the Replicate models a Key with Models nil serves.
 func ReplicateModels() []string {
@@ -188,7 +191,9 @@ func (x *exchange) replicatePoll(id string) {
 	}
 	x.replicateJSON(http.StatusOK, o)
 	if first && !p.failed {
-		x.spent(p.input, p.output)
+		x.s.mu.Lock()
+		p.record.Spent, p.record.PromptTokens, p.record.CompletionTokens = true, p.input, p.output
+		x.s.mu.Unlock()
 	}
 }
 
@@ -262,7 +267,11 @@ func (x *exchange) replicateStream(id string) {
 		sse.send("error", object{"detail": "Prediction failed: CUDA out of memory"})
 	case "done":
 		if sse.send("done", object{}) {
-			x.spent(p.input, p.output)
+			// The prediction's own record spends: the stream is read
+			// without a key, at a URL the prediction named.
+			x.s.mu.Lock()
+			p.record.Spent, p.record.PromptTokens, p.record.CompletionTokens = true, p.input, p.output
+			x.s.mu.Unlock()
 		}
 	}
 }
