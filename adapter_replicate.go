@@ -2,6 +2,7 @@ package keypool
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -445,6 +447,7 @@ type prediction struct {
 	URLs struct {
 		Get    string `json:"get"`
 		Stream string `json:"stream"`
+		Cancel string `json:"cancel"`
 	} `json:"urls"`
 }
 
@@ -701,6 +704,9 @@ type replicateStream struct {
 	pending []byte // converted, not yet read
 	started bool   // the first chunk (with the role) is out
 	ended   bool   // nothing more will be converted
+	// over is ended, for Close, which may run beside Read: a stream
+	// closed before it is over cancels its prediction.
+	over atomic.Bool
 }
 
 func (s *replicateStream) Read(b []byte) (int, error) {
@@ -715,7 +721,38 @@ func (s *replicateStream) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-func (s *replicateStream) Close() error { return s.rc.Close() }
+// Close closes Replicate's stream; a prediction whose stream is not over
+// (the client went away) is cancelled, so that it stops running and
+// costing.
+func (s *replicateStream) Close() error {
+	err := s.rc.Close()
+	if s.over.CompareAndSwap(false, true) && s.p.URLs.Cancel != "" {
+		go cancelPrediction(s.base, s.out, s.p.URLs.Cancel)
+	}
+	return err
+}
+
+// replicateCancelTimeout bounds the request that cancels a prediction.
+const replicateCancelTimeout = 10 * time.Second
+
+// cancelPrediction asks Replicate to stop a prediction, once, in a context
+// of its own: the attempt's has ended.
+func cancelPrediction(base http.RoundTripper, out *http.Request, cancelURL string) {
+	u, err := url.Parse(cancelURL)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") {
+		return
+	}
+	ctx, stop := context.WithTimeout(context.WithoutCancel(out.Context()), replicateCancelTimeout)
+	defer stop()
+	req, err := replicateRequest(out.WithContext(ctx), http.MethodPost, u, nil)
+	if err != nil {
+		return
+	}
+	if resp, err := base.RoundTrip(req); err == nil {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, errorBodyLimit))
+		resp.Body.Close()
+	}
+}
 
 // next converts the next Replicate event.
 func (s *replicateStream) next() {
@@ -775,6 +812,7 @@ func (s *replicateStream) data(v any) {
 // done ends a stream that succeeded.
 func (s *replicateStream) done() {
 	s.ended = true
+	s.over.Store(true)
 	final := s.finished()
 	s.chunk(map[string]any{}, s.chat.finishReason(final))
 	s.usageChunk(final)
@@ -786,6 +824,7 @@ func (s *replicateStream) done() {
 // output, the error event must come first, for the pool to fail over).
 func (s *replicateStream) fail(msg string) {
 	s.ended = true
+	s.over.Store(true)
 	if s.started {
 		s.usageChunk(s.finished())
 	}

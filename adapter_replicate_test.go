@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/keypool/keypool"
@@ -371,4 +372,53 @@ func TestReplicatePolls(t *testing.T) {
 	if len(recs) != 2 || recs[1].Method != "GET" || !strings.HasPrefix(recs[1].Path, "/v1/predictions/") || !recs[0].Spent {
 		t.Fatalf("the fake saw %+v; want the prediction, then one poll", recs)
 	}
+}
+
+// A client that leaves a stream before it is over cancels the prediction,
+// so that it stops running and costing; one that reads it to the end does
+// not.
+func TestReplicateCancelsALeftStream(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := fakeopenai.New(fakeopenai.Config{}, fakeopenai.Key{Secret: "r8_good", StreamInterval: time.Second})
+		pipe, closePipe := fakeopenai.ServePipe(fake)
+		defer func() {
+			closePipe()
+			fake.Close()
+		}()
+		tr, err := keypool.New(keypool.WithBase(pipe), keypool.WithUpstreams(keypool.Upstream{
+			BaseURL: fakeopenai.PipeBaseURL, Keys: []keypool.Key{keypool.NewKey("r8_good")}, Type: keypool.TypeReplicate}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.CloseIdleConnections()
+		cancels := func() (n int) {
+			for _, r := range fake.Records() {
+				if strings.HasSuffix(r.Path, "/cancel") {
+					n++
+				}
+			}
+			return n
+		}
+
+		resp, _ := post(t, tr, chatBody(llama, true)) // read to the end
+		synctest.Wait()
+		if resp.StatusCode != 200 || cancels() != 0 {
+			t.Fatalf("status %d; %d cancels of a stream read whole", resp.StatusCode, cancels())
+		}
+
+		req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody(llama, true)))
+		resp, err = tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		if _, err := resp.Body.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		synctest.Wait()
+		if n := cancels(); n != 1 {
+			t.Fatalf("%d cancels of a stream left early", n)
+		}
+	})
 }

@@ -23,6 +23,7 @@ import (
 //   - GET /v1/stream/{id} is the prediction's event stream: "output"
 //     events, each a piece of text, then "done" with data {}; a failed
 //     prediction sends "error" with {"detail": …}.
+//   - POST /v1/predictions/{id}/cancel cancels it (status canceled).
 //   - GET /v1/account answers the key's account (a check).
 //
 // Refusals are Replicate's problem+json ({"title","detail","status"}): 401
@@ -59,6 +60,7 @@ type replicatePrediction struct {
 	input, output     int // tokens
 	failed            bool
 	polled            bool // its urls.get was read once
+	canceled          bool // by POST …/cancel
 	record            *Record
 }
 
@@ -67,7 +69,8 @@ func isReplicate(method, path string) bool {
 	switch {
 	case method == http.MethodPost && strings.HasPrefix(path, "/v1/models/") && strings.HasSuffix(path, "/predictions"):
 		return true
-	case method == http.MethodPost && path == "/v1/predictions":
+	case method == http.MethodPost && path == "/v1/predictions",
+		method == http.MethodPost && strings.HasPrefix(path, "/v1/predictions/") && strings.HasSuffix(path, "/cancel"):
 		return true
 	case method == http.MethodGet && (strings.HasPrefix(path, "/v1/predictions/") || strings.HasPrefix(path, "/v1/stream/") || path == "/v1/account"):
 		return true
@@ -93,6 +96,8 @@ func (x *exchange) serveReplicate() {
 	case path == "/v1/account":
 		user := digest("user", x.key.Secret)[:12]
 		x.replicateJSON(http.StatusOK, object{"type": "user", "username": "user-" + user, "name": "Fake User", "github_url": nil})
+	case x.r.Method == http.MethodPost && strings.HasSuffix(path, "/cancel"):
+		x.replicateCancel(strings.TrimSuffix(strings.TrimPrefix(path, "/v1/predictions/"), "/cancel"))
 	case strings.HasPrefix(path, "/v1/predictions/"):
 		x.replicatePoll(strings.TrimPrefix(path, "/v1/predictions/"))
 	default:
@@ -197,6 +202,24 @@ func (x *exchange) replicatePoll(id string) {
 	}
 }
 
+// replicateCancel answers POST /v1/predictions/{id}/cancel: the
+// prediction, canceled (one already finished stays as it was).
+func (x *exchange) replicateCancel(id string) {
+	x.s.mu.Lock()
+	p := x.s.predictions[id]
+	var o object
+	if p != nil && p.secret == x.key.Secret {
+		p.canceled = true
+		o = x.predictionObject(p, true)
+	}
+	x.s.mu.Unlock()
+	if o == nil {
+		x.replicateFail(http.StatusNotFound, "Not found", "The requested resource could not be found.", 0)
+		return
+	}
+	x.replicateJSON(http.StatusOK, o)
+}
+
 // predictionObject is p as Replicate shows it: finished, or just started.
 // A p that others may see requires Server.mu held.
 func (x *exchange) predictionObject(p *replicatePrediction, finished bool) object {
@@ -212,6 +235,8 @@ func (x *exchange) predictionObject(p *replicatePrediction, finished bool) objec
 		"input": object{}, "logs": "", "output": nil, "error": nil, "status": "starting",
 		"created_at": p.created.UTC().Format(time.RFC3339Nano), "urls": urls, "metrics": object{}}
 	switch {
+	case p.canceled && !p.record.Spent:
+		o["status"] = "canceled"
 	case finished && p.failed:
 		o["status"], o["error"] = "failed", "CUDA out of memory"
 		if p.stream { // it streamed some output before it failed
