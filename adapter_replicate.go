@@ -85,15 +85,23 @@ func (replicateAdapter) send(base http.RoundTripper, out *http.Request, x *adapt
 		return nil, err
 	}
 	if chat.Stream {
-		return chat.stream(base, out, p)
+		resp, err := chat.stream(base, out, p)
+		if err != nil || resp.StatusCode/100 != 2 {
+			abandon(base, out, p)
+		}
+		return resp, err
 	}
 	for !p.finished() {
 		if p.URLs.Get == "" {
+			abandon(base, out, p)
 			return nil, errors.New("keypool: a running Replicate prediction without urls.get")
 		}
-		if p, err = chat.poll(base, out, p); err != nil {
+		next, err := chat.poll(base, out, p)
+		if err != nil {
+			abandon(base, out, p) // the attempt's time ran out, or the client left
 			return nil, err
 		}
+		p = next
 	}
 	if p.Status != "succeeded" {
 		return openAIError(out, http.StatusBadGateway, "server_error", "", p.failure()), nil
@@ -730,6 +738,14 @@ func (s *replicateStream) Close() error {
 		go cancelPrediction(s.base, s.out, s.p.URLs.Cancel)
 	}
 	return err
+}
+
+// abandon cancels a prediction whose answer no one will read: the
+// attempt failed over or ended after it was created.
+func abandon(base http.RoundTripper, out *http.Request, p *prediction) {
+	if p.URLs.Cancel != "" && !p.finished() {
+		go cancelPrediction(base, out, p.URLs.Cancel)
+	}
 }
 
 // replicateCancelTimeout bounds the request that cancels a prediction.

@@ -422,3 +422,45 @@ func TestReplicateCancelsALeftStream(t *testing.T) {
 		}
 	})
 }
+
+// A prediction still running when its attempt's time runs out is
+// cancelled: the pool has moved on and no one will read it.
+func TestReplicateCancelsAnAbandonedPrediction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := fakeopenai.New(fakeopenai.Config{}, fakeopenai.Key{Secret: "r8_good"})
+		running := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Header.Del("Prefer") // as if the wait ran out
+			fake.ServeHTTP(w, r)
+		})
+		pipe, closePipe := fakeopenai.ServePipe(running)
+		defer func() {
+			closePipe()
+			fake.Close()
+		}()
+		tr, err := keypool.New(keypool.WithBase(pipe), keypool.WithMaxWait(0), keypool.WithUpstreams(keypool.Upstream{
+			BaseURL: fakeopenai.PipeBaseURL, Keys: []keypool.Key{keypool.NewKey("r8_good")}, Type: keypool.TypeReplicate,
+			Timeout: 100 * time.Millisecond}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.CloseIdleConnections()
+		req, _ := http.NewRequest("POST", "http://client.invalid/v1/chat/completions", strings.NewReader(chatBody(llama, false)))
+		if resp, err := tr.RoundTrip(req); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				t.Fatal("a prediction that outran its attempt's time was answered")
+			}
+		}
+		synctest.Wait()
+		n := 0
+		for _, r := range fake.Records() {
+			if strings.HasSuffix(r.Path, "/cancel") {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatalf("no cancel among %+v", fake.Records())
+		}
+	})
+}
