@@ -21,7 +21,10 @@ const (
 	// model maps to a deployment (Upstream.Deployments).
 	TypeAzure
 	// TypeReplicate is Replicate's predictions API: chat completions of
-	// the models it hosts, in OpenAI's shape.
+	// the models it hosts, in OpenAI's shape. BaseURL is its API root
+	// (https://api.replicate.com/v1); models are "owner/name" or
+	// "owner/name:version"; routes other than POST /v1/chat/completions
+	// get a 404 in OpenAI's shape without a request.
 	TypeReplicate
 )
 
