@@ -22,7 +22,10 @@ const (
 	// deployment (Upstream.Deployments).
 	TypeAzure
 	// TypeReplicate is Replicate's predictions API: chat completions of
-	// the models it hosts, in OpenAI's shape.
+	// the models it hosts, in OpenAI's shape. BaseURL is its API root
+	// (https://api.replicate.com/v1); models are "owner/name" or
+	// "owner/name:version"; routes other than POST /v1/chat/completions
+	// get a 404 in OpenAI's shape without a request.
 	TypeReplicate
 )
 
@@ -88,6 +91,8 @@ func adapterOf(t UpstreamType) adapter {
 	switch t {
 	case TypeAzure:
 		return azureAdapter{}
+	case TypeReplicate:
+		return replicateAdapter{}
 	}
 	return nil
 }

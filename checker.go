@@ -33,6 +33,11 @@ import (
 //     (<= 250) from a paid one, and other answers, read with the pool's
 //     Policy (WithPolicy), tell a revoked or over-quota key.
 //
+// A key of a Replicate upstream (TypeReplicate) is checked with one free
+// GET /v1/account instead: 200 is a live key, a 401 a revoked one. It lists
+// no models (any model is tried) and tells nothing of credit: a key without
+// it goes over quota on its first prediction's 402.
+//
 // Run checks every key, then rechecks them periodically; Recheck asks for a
 // pass now, which also gives over-quota and revoked keys a new look. CheckAll
 // makes one pass and returns. Checks are paced by a rate limiter and bounded in
@@ -403,8 +408,11 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 	res := CheckResult{Key: k.cred.id, Source: k.cred.source, Upstream: k.up.Name, Clone: k.clone,
 		LimitRequests: Unknown, LimitTokens: Unknown}
 	var clones []*key
-	if k.up.Type == TypeAzure {
+	switch k.up.Type {
+	case TypeAzure:
 		return c.checkAzure(ctx, k, res, start), nil
+	case TypeReplicate:
+		return c.checkReplicate(ctx, k, res, start), nil
 	}
 
 	if !k.clone && k.cred.org == "" && !k.cred.ServiceAccount() && !c.p.orgsKnown(k) {
@@ -439,6 +447,25 @@ func (c *Checker) check(ctx context.Context, k *key) (CheckResult, []*key) {
 		}
 	}
 	return c.settled(res, k, state, reason, models, limits, start), clones
+}
+
+// checkReplicate checks a Replicate key with GET /v1/account, which costs
+// nothing: 200 is a live key, a refusal is read as the adapter reads it
+// (401 revoked). Replicate has no organizations, no rate-limit headers to
+// learn and far too many models to list: any model is tried.
+func (c *Checker) checkReplicate(ctx context.Context, k *key, res CheckResult, start time.Time) CheckResult {
+	status, header, body, err := c.callService(ctx, k, http.MethodGet, "/account", nil)
+	if err != nil {
+		return c.failed(res, k, err, start)
+	}
+	if status == http.StatusOK {
+		return c.settled(res, k, StateReady, "checked", nil, noLimits, start)
+	}
+	st, typ, code, msg, _ := replicateError(status, body)
+	a := &Answer{Status: st, Header: header, Limits: responseLimits(header, c.t.now()),
+		Error: &APIError{Status: st, Type: typ, Code: code, Message: msg}}
+	state, reason := probeVerdict(a, c.t.policy.Classify(a))
+	return c.settled(res, k, state, reason, nil, noLimits, start)
 }
 
 // settled records what a check found and fills in its result.
@@ -676,8 +703,21 @@ func errorName(typ, code string, names ...string) string {
 const checkBodyLimit = 4 << 20
 
 // call sends one check request for k straight to its upstream (not through
-// the transport: a check must not fail over to another key).
+// the transport: a check must not fail over to another key), through its
+// type's adapter: a check speaks OpenAI's paths.
 func (c *Checker) call(ctx context.Context, k *key, method, path string, body []byte) (int, http.Header, []byte, error) {
+	return c.send(ctx, k, method, path, body, adapterOf(k.up.Type))
+}
+
+// callService is call for a path of the upstream's own service, not
+// OpenAI's: it goes as it is, past the type's adapter.
+func (c *Checker) callService(ctx context.Context, k *key, method, path string, body []byte) (int, http.Header, []byte, error) {
+	return c.send(ctx, k, method, path, body, nil)
+}
+
+// send is call through ad, or straight to the base transport when ad is
+// nil.
+func (c *Checker) send(ctx context.Context, k *key, method, path string, body []byte, ad adapter) (int, http.Header, []byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.timeout)
 	defer cancel()
 	u := *k.up.base
@@ -696,7 +736,7 @@ func (c *Checker) call(ctx context.Context, k *key, method, path string, body []
 	}
 	setKeyHeaders(req.Header, k)
 	var resp *http.Response
-	if ad := adapterOf(k.up.Type); ad != nil {
+	if ad != nil {
 		resp, err = ad.send(c.t.base, req, &adaptInfo{up: &k.up.Upstream, body: body, secret: k.cred.secret})
 	} else {
 		resp, err = c.t.base.RoundTrip(req)

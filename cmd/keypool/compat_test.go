@@ -101,9 +101,10 @@ upstreams:
 }
 
 // TestServeOpenAIAPIRouteSample: keypool serve starts on openai-api-route's
-// own config.sample.yaml, unchanged, as ./config.yaml: it warns that the
-// replicate upstream is skipped, and routes as the sample says. A router
-// answers for api.openai.com in memory, so nothing leaves the machine.
+// own config.sample.yaml, unchanged, as ./config.yaml, and routes as the
+// sample says: OpenAI's models to api.openai.com, the replicate upstream's
+// to Replicate's predictions API. A router answers for both in memory, so
+// nothing leaves the machine.
 func TestServeOpenAIAPIRouteSample(t *testing.T) {
 	sample, err := os.ReadFile(filepath.Join("..", "..", "internal", "config", "testdata", "openai-api-route", "config.sample.yaml"))
 	if err != nil {
@@ -115,7 +116,12 @@ func TestServeOpenAIAPIRouteSample(t *testing.T) {
 	if err := os.WriteFile("config.yaml", sample, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	replicate := fakeopenai.New(fakeopenai.Config{}, fakeopenai.Key{Secret: "key_for_replicate"})
 	router := &fakeopenai.Router{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Host == "api.replicate.com" {
+			replicate.ServeHTTP(w, r)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		io.WriteString(w, `{"id":"chatcmpl-1","object":"chat.completion","choices":[]}`)
 	})}
@@ -158,12 +164,20 @@ func TestServeOpenAIAPIRouteSample(t *testing.T) {
 	if code := send("woshimima", "gpt-4"); code == 200 || len(chats()) != 0 {
 		t.Fatalf("gpt-4 (allowed nowhere): %d, attempts %+v", code, chats())
 	}
+	router.Reset()
+	const mixtral = "mistralai/mixtral-8x7b-instruct-v0.1"
+	if code := send("woshimima", mixtral); code != 200 {
+		t.Fatalf("%s: %d", mixtral, code)
+	}
+	if h := router.Hits(); len(h) != 1 || h[0].URL != "https://api.replicate.com/v1/models/"+mixtral+"/predictions" || h[0].Authorization != "Bearer key_for_replicate" {
+		t.Fatalf("attempts %+v", h)
+	}
 	if err := stop(); err != nil {
 		t.Fatalf("serve: %v", err)
 	}
 	log := stderr.String()
-	if !strings.Contains(log, "config.yaml:26: upstream 3: type replicate is not served yet; this upstream is skipped") {
-		t.Fatalf("no warning for the replicate upstream:\n%s", log)
+	if strings.Contains(log, "not served") || !strings.Contains(log, "upstreams=3") {
+		t.Fatalf("the replicate upstream is not loaded:\n%s", log)
 	}
 	assertNoSecret(t, log, "woshimima", "secret_key_1", "secret_key_2", "key_for_replicate")
 }

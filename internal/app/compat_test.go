@@ -32,6 +32,10 @@ import (
 // upstreamScript says how the router's hosts answer: a status per host
 // (200 when not listed), or a hang until the attempt's time runs out.
 type upstreamScript struct {
+	// replicate answers for api.replicate.com when no status or hang is
+	// scripted for it: Replicate's predictions API, for key_for_replicate.
+	replicate http.Handler
+
 	mu     sync.Mutex
 	status map[string]int // by host
 	hang   map[string]bool
@@ -56,10 +60,14 @@ func (s *upstreamScript) hangOn(host string) {
 }
 
 func (s *upstreamScript) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	io.Copy(io.Discard, r.Body)
 	s.mu.Lock()
 	status, hang := s.status[r.Host], s.hang[r.Host]
 	s.mu.Unlock()
+	if r.Host == "api.replicate.com" && status == 0 && !hang && s.replicate != nil {
+		s.replicate.ServeHTTP(w, r)
+		return
+	}
+	io.Copy(io.Discard, r.Body)
 	if hang {
 		<-r.Context().Done()
 		return
@@ -91,7 +99,7 @@ type compatProxy struct {
 
 func newCompatProxy(t *testing.T, cfg *config.Config) *compatProxy {
 	t.Helper()
-	script := &upstreamScript{}
+	script := &upstreamScript{replicate: fakeopenai.New(fakeopenai.Config{}, fakeopenai.Key{Secret: "key_for_replicate"})}
 	router := &fakeopenai.Router{Handler: script}
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -211,6 +219,9 @@ func runCompatCases(t *testing.T, file string, cases []compatCase) {
 }
 
 const (
+	mixtral              = "mistralai/mixtral-8x7b-instruct-v0.1"
+	replicatePredictions = "https://api.replicate.com/v1/models/" + mixtral + "/predictions"
+
 	v1    = "https://api.openai.com/v1/chat/completions"
 	v2    = "https://api.openai.com/v2/chat/completions"
 	bearK = "Bearer "
@@ -218,7 +229,7 @@ const (
 
 // TestOpenAIAPIRouteSample: the repository's config.sample.yaml. One token,
 // lb_policy order, two OpenAI upstreams with allow and deny lists, and a
-// replicate upstream that keypool skips (with a warning).
+// replicate upstream that serves the one model it allows as a prediction.
 func TestOpenAIAPIRouteSample(t *testing.T) {
 	woshimima := request{token: "woshimima", model: "gpt-3.5-trubo"}
 	runCompatCases(t, "config.sample.yaml", []compatCase{
@@ -233,7 +244,12 @@ func TestOpenAIAPIRouteSample(t *testing.T) {
 				{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"}}},
 		{name: "allowed nowhere", req: request{token: "woshimima", model: "gpt-4o"}},
 		{name: "denied", req: request{token: "woshimima", model: "gpt-4"}},
-		{name: "replicate skipped", req: request{token: "woshimima", model: "mistralai/mixtral-8x7b-instruct-v0.1"}},
+		{name: "replicate's model to Replicate", req: request{token: "woshimima", model: mixtral}, status: 200,
+			want: []attempt{{replicatePredictions, bearK + "key_for_replicate"}}},
+		{name: "Replicate refuses the key", req: request{token: "woshimima", model: mixtral},
+			// Its only key revoked, the pool has none left for the model.
+			script: func(s *upstreamScript) { s.set("api.replicate.com", 401) }, status: 503,
+			want: []attempt{{replicatePredictions, bearK + "key_for_replicate"}}},
 	})
 }
 
@@ -250,6 +266,12 @@ func TestOpenAIAPIRouteReadmeConfig(t *testing.T) {
 		{name: "not allowed on the first two", req: request{token: "woshimima", model: "gpt-4o"}, status: 200,
 			want: []attempt{{v1, bearK + "secret_key_2"}}},
 		{name: "denied on the third", req: request{token: "woshimima", model: "gpt-4"}},
+		// The third upstream allows every model but gpt-4, and comes first.
+		{name: "replicate's model, in order", req: request{token: "woshimima", model: mixtral}, status: 200,
+			want: []attempt{{v1, bearK + "secret_key_2"}}},
+		{name: "replicate's model fails over to Replicate", req: request{token: "woshimima", model: mixtral},
+			script: func(s *upstreamScript) { s.set("api.openai.com", 500) }, status: 200,
+			want: []attempt{{v1, bearK + "secret_key_2"}, {replicatePredictions, bearK + "key_for_replicate"}}},
 		{name: "a failed upstream fails over", req: request{token: "woshimima", model: "gpt-3.5-trubo"},
 			script: func(s *upstreamScript) { s.set("api.openai.com", 502) }, status: 502,
 			want: []attempt{{v2, bearK + "secret_key_1"}, {v1, bearK + "secret_key_2"},

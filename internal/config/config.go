@@ -42,7 +42,7 @@
 //	    authorization: "tok1"   # the only client tokens that may use this upstream
 //	    inherit_authorization: false  # true: the top-level tokens may use it too
 //	    noauth: false           # true: anyone may use this upstream
-//	    type: openai            # openai or azure; replicate is skipped with a warning
+//	    type: openai            # openai, azure or replicate (Replicate's chat models, in OpenAI's shape)
 //	    deployments: {gpt-4o: my-gpt4o}  # azure: model → deployment (default: the model's name)
 //	    api_version: 2024-10-21 # azure: the api-version of its requests
 //
@@ -73,6 +73,10 @@ import (
 // DefaultEndpoint is the upstream of a config that gives keys (a top-level
 // keys_file) but no upstreams.
 const DefaultEndpoint = "https://api.openai.com/v1"
+
+// DefaultReplicateEndpoint is the endpoint of a replicate upstream that
+// names none, as openai-api-route's do.
+const DefaultReplicateEndpoint = "https://api.replicate.com/v1"
 
 // Config is a parsed config file. Load or Parse fill it and check every field,
 // so a Config they return is valid; Upstreams turns its upstreams into the
@@ -135,8 +139,7 @@ type Config struct {
 	// Checker holds the key checker's settings (checker).
 	Checker Checker
 	// Upstream lists the upstreams in failover order (upstreams). Upstreams
-	// converts them, in the same order. Entries of a type keypool does not
-	// serve yet (replicate) are left out, with a warning.
+	// converts them, in the same order.
 	Upstream []Upstream
 	// LBPolicy is "order" or "random" (lb_policy; "" means order): the
 	// order in which a request tries the upstreams.
@@ -153,8 +156,8 @@ type Config struct {
 	// serve's --access-log turns it on too.
 	AccessLog bool
 	// Warnings are "file:line: message" notes on what the file says that
-	// keypool does not act on (openai-api-route's hostname, keep_header, a
-	// replicate upstream). They never hold a secret.
+	// keypool does not act on (openai-api-route's hostname, keep_header).
+	// They never hold a secret.
 	Warnings []string
 
 	name string // the file's name in messages
@@ -179,7 +182,8 @@ type Checker struct {
 type Upstream struct {
 	// Name shows the upstream in logs and metrics; "" means the endpoint's host.
 	Name string
-	// Type is "openai" (the default; "" is read as "openai") or "azure".
+	// Type is "openai" (the default; "" is read as "openai"), "azure" or
+	// "replicate".
 	Type string
 	// Deployments maps a model to its Azure deployment (type azure only);
 	// a model it does not name is its own deployment's name.
@@ -187,7 +191,8 @@ type Upstream struct {
 	// APIVersion is the api-version of an Azure upstream's requests; ""
 	// means keypool.DefaultAzureAPIVersion.
 	APIVersion string
-	// Endpoint is the API root, such as "https://api.openai.com/v1".
+	// Endpoint is the API root, such as "https://api.openai.com/v1"; a
+	// replicate upstream's default is DefaultReplicateEndpoint.
 	Endpoint string
 	// Keys are the keys of sk and keys, without duplicates, each with its
 	// source (the file's line: "config.yaml:8"). Keys print as their IDs.
@@ -333,12 +338,11 @@ func (c *Config) upstream(u Upstream, keys []keypool.Key) keypool.Upstream {
 		IdleTimeout:   cmp.Or(u.IdleTimeout, c.IdleTimeout),
 		APIVersion:    u.APIVersion,
 	}
-	if u.Type == "azure" {
-		up.Type = keypool.TypeAzure
-	}
 	if len(u.Deployments) > 0 {
 		up.Deployments = maps.Clone(u.Deployments)
 	}
+	// The parser took only names UpstreamType reads.
+	up.Type.UnmarshalText([]byte(u.Type))
 	if up.Timeout == 0 {
 		up.Timeout = c.Timeout
 	}

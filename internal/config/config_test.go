@@ -50,6 +50,7 @@ type upstreamWant struct {
 	allow, deny  []string
 	tokens       []string
 	noauth       bool
+	typ          keypool.UpstreamType
 }
 
 func checkUpstreams(t *testing.T, cfg *config.Config, want []upstreamWant) {
@@ -65,7 +66,7 @@ func checkUpstreams(t *testing.T, cfg *config.Config, want []upstreamWant) {
 		u, c := ups[i], cfg.Upstream[i]
 		if u.BaseURL != w.base || u.Auth != w.auth || !slices.Equal(ids(u.Keys), idsOf(w.keys...)) || u.Timeout != w.timeout ||
 			u.StreamTimeout != w.sto || !slices.Equal(u.Allow, w.allow) || !slices.Equal(u.Deny, w.deny) ||
-			!slices.Equal(tokens(c.Authorization), w.tokens) || c.NoAuth != w.noauth {
+			!slices.Equal(tokens(c.Authorization), w.tokens) || c.NoAuth != w.noauth || u.Type != w.typ {
 			t.Errorf("upstream %d = %+v (tokens %q, noauth %v), want %+v", i+1, u, tokens(c.Authorization), c.NoAuth, w)
 		}
 	}
@@ -94,8 +95,9 @@ func TestOpenAIAPIRouteFixtures(t *testing.T) {
 				{base: "https://api.openai.com/v2", keys: []string{"secret_key_1"}, allow: []string{"gpt-3.5-trubo"}},
 				{base: "https://api.openai.com/v1", keys: []string{"secret_key_2"}, timeout: 30 * time.Second,
 					allow: []string{"gpt-3.5-trubo"}, deny: []string{"gpt-4"}},
-			},
-			warnings: []string{"config.sample.yaml:26: upstream 3: type replicate is not served yet; this upstream is skipped"}},
+				{base: "https://api.replicate.com/v1", keys: []string{"key_for_replicate"}, typ: keypool.TypeReplicate,
+					allow: []string{"mistralai/mixtral-8x7b-instruct-v0.1"}},
+			}},
 		{file: "readme-config.yaml", tokens: []string{"woshimima"}, timeout: 120 * time.Second, sto: 10 * time.Second,
 			ups: []upstreamWant{
 				{base: "https://localhost:8888/v1", keys: []string{"hahaha"}, timeout: 120 * time.Second, sto: 10 * time.Second,
@@ -104,8 +106,9 @@ func TestOpenAIAPIRouteFixtures(t *testing.T) {
 					allow: []string{"gpt-3.5-trubo", "gpt-3.5-trubo-0613"}},
 				{base: "https://api.openai.com/v1", keys: []string{"secret_key_2"}, timeout: 30 * time.Second, sto: 10 * time.Second,
 					deny: []string{"gpt-4"}},
-			},
-			warnings: []string{"readme-config.yaml:37: upstream 4: type replicate is not served yet; this upstream is skipped"}},
+				{base: "https://api.replicate.com/v1", keys: []string{"key_for_replicate"}, typ: keypool.TypeReplicate,
+					timeout: 120 * time.Second, sto: 10 * time.Second, allow: []string{"mistralai/mixtral-8x7b-instruct-v0.1"}},
+			}},
 		{file: "readme-authorization.yaml", tokens: []string{"woshimima", "iampassword"}},
 		{file: "readme-authorization-upstream.yaml", tokens: []string{"woshimima", "iampassword"},
 			ups: []upstreamWant{{base: official, keys: []string{"key"}, tokens: []string{"woshimima"}}}},

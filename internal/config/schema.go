@@ -100,10 +100,7 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 			p.errorf(item.Line, "%s must be a mapping of fields, such as \"endpoint:\"", where)
 			continue
 		}
-		u, skip := p.upstream(item, where)
-		if skip {
-			continue
-		}
+		u := p.upstream(item, where)
 		if u.Name != "" {
 			if first, dup := names[u.Name]; dup {
 				p.errorf(u.Line, "%s: upstream %d has the same name", where, first)
@@ -115,10 +112,9 @@ func (p *parser) upstreams(c *Config, n *yaml.Node) {
 	}
 }
 
-// upstream reads one entry of upstreams. skip reports an entry of a type
-// keypool does not serve yet, which is left out with a warning.
-func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool) {
-	u = Upstream{Line: item.Line, label: where, Type: "openai"}
+// upstream reads one entry of upstreams.
+func (p *parser) upstream(item *yaml.Node, where string) Upstream {
+	u := Upstream{Line: item.Line, label: where, Type: "openai"}
 	var keys []keypool.Key
 	sk := skKeys{keys: &keys, file: p.name}
 	lines := p.decode(item, where, p.only(schema{
@@ -144,13 +140,12 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 		}},
 		{"inherit_authorization", (*boolean)(&u.InheritAuthorization)},
 	}, p.upstreamField))
-	if u.Type == "replicate" {
-		p.warnf(item.Line, "%s: type replicate is not served yet; this upstream is skipped", where)
-		return u, true
-	}
 	p.azure(&u, lines, where)
 	if u.Endpoint == "" {
 		u.Endpoint = DefaultEndpoint
+		if u.Type == "replicate" {
+			u.Endpoint = DefaultReplicateEndpoint
+		}
 	}
 	if u.KeysFile != "" {
 		u.keysFileLine = lines["keys_file"]
@@ -171,7 +166,7 @@ func (p *parser) upstream(item *yaml.Node, where string) (u Upstream, skip bool)
 		p.errorf(item.Line, "%s: inherit_authorization needs an authorization of the upstream's own", where)
 	}
 	u.Keys = dedupe(keys)
-	return u, false
+	return u
 }
 
 // azure checks the fields of Azure upstreams: an endpoint is required (the

@@ -259,8 +259,9 @@ func (u *secretURL) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// upstreamType is openai, azure, or replicate, which is skipped with a
-// warning (openai-api-route's sample config has one).
+// upstreamType is openai, azure (Azure OpenAI) or replicate
+// (openai-api-route's beta: Replicate's chat models answering in OpenAI's
+// shape).
 type upstreamType string
 
 func (t *upstreamType) UnmarshalYAML(n *yaml.Node) error {

@@ -177,6 +177,11 @@ type Key struct {
 	// or the Server is closed (the rest is sent at once).
 	StreamInterval time.Duration
 
+	// StreamCutShort ends a Replicate prediction's event stream after a
+	// few output events without its done event, as a dropped connection
+	// does.
+	StreamCutShort bool
+
 	Delay                            time.Duration // SlowHeaders
 	FailFirst, FailEvery, FailStatus int           // Flaky; FailStatus 0 = 500
 }
@@ -237,6 +242,8 @@ type Server struct {
 	deployments map[string]string    // Azure deployment → model
 	records     []*Record
 	seq         uint64
+	// predictions are Replicate's, by ID (replicate.go).
+	predictions map[string]*replicatePrediction
 	inFlight    int
 }
 
@@ -249,6 +256,9 @@ type keyState struct {
 	modelList json.RawMessage // the /v1/models answer
 	orgs      []Org           // as the key lists them; Server.org resolves one to the org's own description
 	flaky     int             // generation requests seen by the Flaky script; guarded by Server.mu
+	// defaultModels: the key's Models was nil, so it serves
+	// ReplicateModels on Replicate's routes too.
+	defaultModels bool
 }
 
 // orgState is one organization: its description, merged from the keys that
@@ -425,11 +435,12 @@ func NewTestServer(t testing.TB, cfg Config, keys ...Key) (*Server, string) {
 }
 
 func newKeyState(k Key) *keyState {
+	defaults := k.Models == nil
 	k.Models = slices.Clone(k.Models)
 	if k.Models == nil {
 		k.Models = DefaultModels()
 	}
-	ks := &keyState{key: k, models: map[string]bool{}}
+	ks := &keyState{key: k, models: map[string]bool{}, defaultModels: defaults}
 	for _, m := range k.Models {
 		ks.models[m] = true
 	}

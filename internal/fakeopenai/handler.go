@@ -103,6 +103,10 @@ func secretOf(h http.Header) string {
 }
 
 func (x *exchange) serve() {
+	if isReplicate(x.r.Method, x.r.URL.Path) {
+		x.serveReplicate()
+		return
+	}
 	route := x.r.Method + " " + x.r.URL.Path
 	account := x.r.Method == http.MethodGet && (x.r.URL.Path == "/v1/models" || x.r.URL.Path == "/v1/me" ||
 		x.r.URL.Path == "/v1/organizations" || strings.HasPrefix(x.r.URL.Path, "/v1/models/"))
