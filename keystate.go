@@ -20,6 +20,8 @@ type key struct {
 	since      time.Time
 	trial      bool
 	clone      bool       // an organization clone found by the checker
+	gone       bool       // Update removed it: it takes no request, and its answers teach nothing
+	born       uint32     // its number among the keys the pool ever added (here, it fills the bools' word)
 	org        string     // the organization it is sent with, or its default one
 	checked    time.Time  // last check
 	orgsKnown  bool       // organizations listed (or found unlistable)
@@ -34,8 +36,6 @@ type key struct {
 	usage      map[string]*FamilyUsage
 	usageOrder []string
 	authz      func() []string // the Authorization header value (see bearer)
-	born       uint64          // its number among the keys the pool ever added
-	gone       bool            // Update removed it: it takes no request, and its answers teach nothing
 }
 
 func (k *key) node() *heapNode { return &k.heapNode }

@@ -49,7 +49,7 @@ type Pool struct {
 	cloneOrgs    map[KeyID][]string   // the organizations a key was cloned into (rare: kept off the key)
 	updated      map[*key]time.Time   // with a store: when the latest state saved or applied of each key was made (see stamp)
 	grown        chan struct{}        // with a StateSubscriber: a state heard added keys (clones) that a running Checker has yet to schedule
-	born         uint64               // keys ever added: each key's born is its number (see checkedKeys)
+	born         uint32               // keys ever added: each key's born is its number (see checkedKeys)
 	added        chan struct{}        // Update added keys (in fresh) that a running Checker has yet to check
 	fresh        []*key               // keys Update added since a Checker last took them
 	epoch        time.Time            // cooldowns are kept as offsets from it: one time base

@@ -112,7 +112,7 @@ func (c *Checker) passScheduled(ctx context.Context, q *recheckQueue, keys []*ke
 // after the first from (by their born number): all but the stand-ins of
 // upstreams without keys; and how many keys the pool ever added, from for
 // the next call.
-func (p *Pool) checkedKeys(from uint64) ([]*key, uint64) {
+func (p *Pool) checkedKeys(from uint32) ([]*key, uint32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []*key

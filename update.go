@@ -342,7 +342,7 @@ func (p *Pool) dropKey(k *key, now time.Time) {
 
 // addFresh hands the keys added since bornBefore to a running Checker.
 // Requires p.mu.
-func (p *Pool) addFresh(bornBefore uint64) {
+func (p *Pool) addFresh(bornBefore uint32) {
 	p.fresh = slices.DeleteFunc(p.fresh, func(k *key) bool { return k.gone })
 	n := len(p.fresh)
 	for _, k := range p.keys {
