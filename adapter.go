@@ -1,7 +1,9 @@
 package keypool
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 )
@@ -100,3 +102,16 @@ func adapterOf(t UpstreamType) adapter {
 // DefaultAzureAPIVersion is the api-version of Azure OpenAI requests when
 // Upstream.APIVersion is "".
 const DefaultAzureAPIVersion = "2024-10-21"
+
+// adapterAnswer is an adapter's own answer to out, a JSON body made
+// without a request (OpenAI's error shape, or a converted answer).
+func adapterAnswer(out *http.Request, status int, body []byte) *http.Response {
+	return &http.Response{
+		Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), StatusCode: status,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:        http.Header{"Content-Type": {"application/json"}},
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       out,
+	}
+}

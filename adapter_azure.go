@@ -238,18 +238,6 @@ func azureError(status int, body []byte, deployment string) ([]byte, bool) {
 	return nil, false
 }
 
-// adapterAnswer is an adapter's own answer to out, in OpenAI's error shape.
-func adapterAnswer(out *http.Request, status int, body []byte) *http.Response {
-	return &http.Response{
-		Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), StatusCode: status,
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:        http.Header{"Content-Type": {"application/json"}},
-		Body:          io.NopCloser(bytes.NewReader(body)),
-		ContentLength: int64(len(body)),
-		Request:       out,
-	}
-}
-
 // closeBody closes the body of a request the adapter answers itself: a
 // RoundTripper closes its request's body on every path.
 func closeBody(out *http.Request) error {

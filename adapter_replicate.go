@@ -2,6 +2,7 @@ package keypool
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -541,20 +542,7 @@ func (c *replicateChat) poll(base http.RoundTripper, out *http.Request, p *predi
 	if err != nil {
 		return nil, errors.New("keypool: a Replicate prediction's urls.get is not a URL")
 	}
-	req, err := replicateRequest(out, http.MethodGet, u, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := base.RoundTrip(req)
-	if err != nil {
-		return nil, err
-	}
-	decodeResponse(resp)
-	if resp.StatusCode/100 != 2 {
-		resp.Body.Close()
-		return nil, fmt.Errorf("keypool: polling a Replicate prediction: %d", resp.StatusCode)
-	}
-	return readPrediction(resp)
+	return fetchPrediction(base, out, u)
 }
 
 func (c *replicateChat) finishReason(p *prediction) string {
@@ -607,7 +595,7 @@ func replicateError(status int, body []byte) (int, string, string, string, float
 	if json.Unmarshal(e.Detail, &detail) != nil {
 		detail = string(bytes.TrimSpace(e.Detail)) // a validation error's list
 	}
-	msg := "Replicate: " + cmpOr(detail, e.Title, http.StatusText(status), strconv.Itoa(status))
+	msg := "Replicate: " + cmp.Or(detail, e.Title, http.StatusText(status), strconv.Itoa(status))
 	msg = clip(msg, 512)
 	switch {
 	case status == http.StatusUnauthorized:
@@ -626,15 +614,6 @@ func replicateError(status int, body []byte) (int, string, string, string, float
 	return status, "invalid_request_error", "", msg, 0
 }
 
-func cmpOr(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 // openAIError is an answer in OpenAI's error shape, made by the adapter.
 func openAIError(out *http.Request, status int, typ, code, msg string) *http.Response {
 	e := map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}
@@ -646,14 +625,7 @@ func openAIError(out *http.Request, status int, typ, code, msg string) *http.Res
 
 func jsonResponse(out *http.Request, status int, v any) *http.Response {
 	b, _ := json.Marshal(v)
-	return &http.Response{
-		Status: fmt.Sprintf("%d %s", status, http.StatusText(status)), StatusCode: status,
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header:        http.Header{"Content-Type": {"application/json"}},
-		Body:          io.NopCloser(bytes.NewReader(b)),
-		ContentLength: int64(len(b)),
-		Request:       out,
-	}
+	return adapterAnswer(out, status, b)
 }
 
 // stream opens p's event stream and answers it as OpenAI's.
@@ -893,48 +865,52 @@ func fetchPrediction(base http.RoundTripper, out *http.Request, u *url.URL) (*pr
 	return readPrediction(resp)
 }
 
-// lineReader reads server-sent events, each line bounded.
+// lineReader reads server-sent events, each line bounded, through the
+// package's one line cutter (sseLines).
 type lineReader struct {
 	r     io.Reader
-	buf   []byte
+	cut   sseLines
+	chunk sseChunk
+	buf   [4096]byte
+	line  []byte // the line so far, across chunks
 	limit int
 	eof   error
 }
 
 func newLineReader(r io.Reader, limit int) *lineReader {
-	return &lineReader{r: r, limit: limit}
+	l := &lineReader{r: r, limit: limit}
+	l.chunk = l.cut.cut(nil)
+	return l
 }
 
-// line returns the next line without its ending (\n, \r\n or \r).
-func (l *lineReader) line() (string, error) {
+// next returns the next line without its ending (\n, \r\n or \r).
+func (l *lineReader) next() (string, error) {
 	for {
-		if i := bytes.IndexAny(l.buf, "\r\n"); i >= 0 {
-			if l.buf[i] == '\r' && i+1 == len(l.buf) && l.eof == nil {
-				// a \r\n may be split across reads: read on
-			} else {
-				s := string(l.buf[:i])
-				skip := i + 1
-				if l.buf[i] == '\r' && skip < len(l.buf) && l.buf[skip] == '\n' {
-					skip++
-				}
-				l.buf = l.buf[skip:]
+		for {
+			start, end, ended, ok := l.chunk.next()
+			if !ok {
+				break
+			}
+			l.line = append(l.line, l.chunk.p[start:end]...)
+			if ended {
+				s := string(l.line)
+				l.line = l.line[:0]
 				return s, nil
 			}
 		}
 		if l.eof != nil {
-			if len(l.buf) > 0 {
-				s := string(l.buf)
-				l.buf = l.buf[:0]
+			if len(l.line) > 0 {
+				s := string(l.line)
+				l.line = l.line[:0]
 				return s, nil
 			}
 			return "", l.eof
 		}
-		if len(l.buf) > l.limit {
+		if len(l.line) > l.limit {
 			return "", errors.New("keypool: an event stream line longer than 1 MiB")
 		}
-		var tmp [4096]byte
-		n, err := l.r.Read(tmp[:])
-		l.buf = append(l.buf, tmp[:n]...)
+		n, err := l.r.Read(l.buf[:])
+		l.chunk = l.cut.cut(l.buf[:n])
 		if err != nil {
 			l.eof = err
 		}
@@ -948,16 +924,16 @@ func (l *lineReader) event() (string, string, error) {
 	var data []string
 	seen := false
 	for {
-		line, err := l.line()
+		line, err := l.next()
 		if err != nil {
 			if seen && err == io.EOF {
-				return cmpOr(event, "message"), strings.Join(data, "\n"), nil
+				return cmp.Or(event, "message"), strings.Join(data, "\n"), nil
 			}
 			return "", "", err
 		}
 		if line == "" {
 			if seen {
-				return cmpOr(event, "message"), strings.Join(data, "\n"), nil
+				return cmp.Or(event, "message"), strings.Join(data, "\n"), nil
 			}
 			continue
 		}

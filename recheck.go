@@ -48,17 +48,7 @@ func (c *Checker) runEach(ctx context.Context) error {
 			return nil
 		case <-wake:
 			now := c.t.now()
-			var batch []*key
-			for _, k := range q.due(now) {
-				due, next := c.p.checkDue(k, every, now)
-				switch {
-				case due:
-					batch = append(batch, k)
-				case !next.IsZero():
-					q.push(k, next)
-				}
-			}
-			c.passScheduled(ctx, q, batch)
+			c.passScheduled(ctx, q, c.schedule(q, q.due(now), every, now))
 		case <-c.p.grown:
 			// Clones a state heard from another replica made. The replica
 			// that found one is checking it: a clone not yet checked is
