@@ -169,10 +169,10 @@ func (x *exchange) replicateCreate() {
 	}
 	x.s.predictions[p.id] = p
 	x.s.mu.Unlock()
-	x.replicateJSON(http.StatusCreated, o)
 	if finished && !p.failed {
-		x.spent(p.input, p.output)
+		x.spent(p.input, p.output) // before the answer: see replicateStream
 	}
+	x.replicateJSON(http.StatusCreated, o)
 }
 
 func seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
@@ -194,12 +194,10 @@ func (x *exchange) replicatePoll(id string) {
 		x.replicateFail(http.StatusNotFound, "Not found", "The requested resource could not be found.", 0)
 		return
 	}
-	x.replicateJSON(http.StatusOK, o)
 	if first && !p.failed {
-		x.s.mu.Lock()
-		p.record.Spent, p.record.PromptTokens, p.record.CompletionTokens = true, p.input, p.output
-		x.s.mu.Unlock()
+		p.spend(x.s, true) // before the answer: see replicateStream
 	}
+	x.replicateJSON(http.StatusOK, o)
 }
 
 // replicateCancel answers POST /v1/predictions/{id}/cancel: the
@@ -291,13 +289,25 @@ func (x *exchange) replicateStream(id string) {
 		x.s.mu.Unlock()
 		sse.send("error", object{"detail": "Prediction failed: CUDA out of memory"})
 	case "done":
-		if sse.send("done", object{}) {
-			// The prediction's own record spends: the stream is read
-			// without a key, at a URL the prediction named.
-			x.s.mu.Lock()
-			p.record.Spent, p.record.PromptTokens, p.record.CompletionTokens = true, p.input, p.output
-			x.s.mu.Unlock()
+		// The prediction's own record spends: the stream is read without
+		// a key, at a URL the prediction named. It spends before the done
+		// event goes, and gives it back if the event could not be sent: a
+		// client stops reading at done, and may look at the records before
+		// this handler returns.
+		p.spend(x.s, true)
+		if !sse.send("done", object{}) {
+			p.spend(x.s, false)
 		}
+	}
+}
+
+// spend marks p's record as having spent its tokens, or not.
+func (p *replicatePrediction) spend(s *Server, spent bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p.record.Spent, p.record.PromptTokens, p.record.CompletionTokens = spent, 0, 0
+	if spent {
+		p.record.PromptTokens, p.record.CompletionTokens = p.input, p.output
 	}
 }
 
