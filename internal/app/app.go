@@ -218,7 +218,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	if p.redis != nil {
 		shared = start(recordsCtx, p.redis)
 	}
-	background := []<-chan error{start(backgroundCtx, p.checker)}
+	background := []<-chan error{start(backgroundCtx, p.checker), start(backgroundCtx, p.status)}
 	if p.notifier != nil {
 		background = append(background, start(backgroundCtx, p.notifier))
 	}
@@ -258,6 +258,7 @@ func (a *App) serve(ctx context.Context, ln net.Listener) error {
 	if ln == nil {
 		<-ctx.Done()
 		a.log.Info("shutting down", "timeout", timeout.String())
+		a.parts.status.Shutdown() // its streams would hold the caller's server up
 		return nil
 	}
 	hs := &http.Server{
@@ -266,6 +267,9 @@ func (a *App) serve(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: readHeaderTimeout,
 		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
 	}
+	// Open status pages' streams end when the shutdown starts: Shutdown
+	// waits for every request, and a stream never ends by itself.
+	hs.RegisterOnShutdown(a.parts.status.Shutdown)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	if a.opts.Ready != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/keypool/keypool/internal/notify"
 	"github.com/keypool/keypool/internal/redisstore"
 	"github.com/keypool/keypool/internal/server"
+	"github.com/keypool/keypool/internal/status"
 )
 
 // parts is everything a config turns into: one set, built by build, run by
@@ -26,7 +28,26 @@ type parts struct {
 	redis     *redisstore.Store // nil: no store URL; the records keep key states
 	server    *server.Server
 	checker   *keypool.Checker
-	handler   http.Handler // the proxy, the admin API and the metrics
+	status    *status.Page
+	handler   http.Handler // the proxy, the admin API, the status page and the metrics
+	// upstreams are the status page's, by name and type; set by build and
+	// by each reload.
+	upstreams atomic.Pointer[[]status.Upstream]
+}
+
+// setUpstreams names the upstreams of cfg as the status page shows them:
+// the transport's names, in its order (the config's, with default names
+// filled in), each with its type.
+func (p *parts) setUpstreams(cfg *config.Config) {
+	names := p.transport.UpstreamNames()
+	ups := make([]status.Upstream, len(names))
+	for i, name := range names {
+		ups[i] = status.Upstream{Name: name, Type: keypool.TypeOpenAI.String()}
+		if i < len(cfg.Upstream) && cfg.Upstream[i].Type != "" {
+			ups[i].Type = cfg.Upstream[i].Type
+		}
+	}
+	p.upstreams.Store(&ups)
 }
 
 // build makes the parts of cfg, whose transport options (see
@@ -71,6 +92,19 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func
 			p.records.store.Close()
 		}
 	}()
+	// The status page watches the transport; it reads the parts made
+	// below only once a page is open, after build returned.
+	sopt := status.Options{
+		Keys:      func() []keypool.KeyInfo { return p.transport.Snapshot() },
+		Upstreams: func() []status.Upstream { return *p.upstreams.Load() },
+		InFlight:  func() int64 { return p.server.InFlight() },
+		Logger:    log,
+	}
+	if p.records != nil {
+		sopt.Records = p.records.store
+	}
+	p.status = status.New(sopt)
+	topts = append(topts, keypool.WithObserver(p.status))
 	if p.redis, err = newRedis(cfg, opts.ShutdownTimeout, log); err != nil {
 		return nil, err
 	}
@@ -92,6 +126,7 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func
 		return nil, err
 	}
 	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
+	p.setUpstreams(cfg)
 
 	sopts := serverOptions(cfg, p.transport, log)
 	if p.records != nil {
@@ -110,7 +145,7 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func
 		return nil, err
 	}
 	admin := server.NewAdmin(server.AdminOptions{Transport: p.transport, Checker: p.checker, Token: cfg.AdminToken, Logger: log,
-		Reload: reload})
+		Reload: reload, Status: p.status.Handler()})
 	if cfg.AdminToken.IsZero() {
 		log.Info("no admin_token configured: the admin API answers on loopback only")
 	}
@@ -120,14 +155,16 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func
 }
 
 // routes sends the metrics (at /metrics, and at /v1/metrics as
-// openai-api-route has them), the admin API and /readyz to their handlers,
-// and every other request to the proxy.
+// openai-api-route has them), the admin API, the status page and /readyz
+// to their handlers, and every other request to the proxy.
 func routes(proxy, admin, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", metrics)
 	mux.Handle("/v1/metrics", metrics)
 	mux.Handle("/admin/", admin)
 	mux.Handle("/readyz", admin)
+	mux.Handle("/status", admin)
+	mux.Handle("/status/", admin)
 	mux.Handle("/", proxy)
 	return mux
 }

@@ -122,6 +122,7 @@ func (a *App) reload() (Reloaded, error) {
 		a.log.Error("client access not reloaded", "err", err.Error())
 	}
 	p.notifier.Seed(p.transport.Snapshot()) // a nil Notifier ignores it
+	p.setUpstreams(cfg)
 	r := Reloaded{Keys: changes, Upstreams: p.transport.UpstreamNames(), Clients: len(p.server.Clients()),
 		NoKeys: empty, RestartNeeded: restartOnly(a.cfg, cfg)}
 	if openToAll(cfg) && !openToAll(a.cfg) {

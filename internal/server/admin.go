@@ -53,6 +53,13 @@ type AdminOptions struct {
 	// means time.Now. It should be the transport's clock (operator actions
 	// use the pool's own).
 	Now func() time.Time
+	// Status, when set, is the status page's handler (internal/status),
+	// mounted at /status and under /status/. Its data (/status/data and
+	// /status/events) is guarded as the /admin/ routes are. Its page and
+	// files hold no data: with a token they are open to all (the page asks
+	// for the token, and sends it as the admin API wants it); without
+	// one, loopback only.
+	Status http.Handler
 }
 
 // NewAdmin returns the admin API of a pool, for an operator and for probes:
@@ -65,6 +72,7 @@ type AdminOptions struct {
 //	POST /admin/keys/{id}/recheck  asks the checker to check that key now: 202
 //	POST /admin/reload             re-reads the config: 200 with what changed, 400 with why not
 //	GET  /readyz                   200 when at least one key is usable, else 503 with the reason
+//	GET  /status/                  the status page, when AdminOptions.Status is set
 //
 // Disable and enable answer the key's new state as a keypool.KeyInfo; they,
 // GET /admin/keys/{id} and the recheck of one key answer a 404 for an ID
@@ -105,6 +113,16 @@ func NewAdmin(opts AdminOptions) http.Handler {
 		})
 	}))
 	mux.HandleFunc("GET /readyz", a.readyz)
+	if st := opts.Status; st != nil {
+		mux.HandleFunc("/status/data", a.guard(st.ServeHTTP))
+		mux.HandleFunc("/status/events", a.guard(st.ServeHTTP))
+		page := st.ServeHTTP
+		if a.token.IsZero() {
+			page = a.guard(page)
+		}
+		mux.HandleFunc("/status", page)
+		mux.HandleFunc("/status/", page)
+	}
 	return mux
 }
 

@@ -425,6 +425,9 @@ func (s *Server) Drain(ctx context.Context) int64 {
 	return s.running.Load()
 }
 
+// InFlight is how many /v1 requests are being served now.
+func (s *Server) InFlight() int64 { return s.running.Load() }
+
 // refuse answers a client without a valid token (401) or whose token may use
 // no upstream (403), and closes the connection, so that the server does not
 // read what is left of its body.
