@@ -21,10 +21,12 @@ import (
 	"github.com/keypool/keypool/internal/records"
 	"github.com/keypool/keypool/internal/secret"
 	"github.com/keypool/keypool/internal/server"
+	"github.com/keypool/keypool/internal/status"
 )
 
 func newDemoCmd() *cobra.Command {
-	return &cobra.Command{
+	var opts demoOptions
+	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Watch the proxy fail over across a mixed pool, against a built-in fake API",
 		Long: `demo starts a fake OpenAI API on 127.0.0.1 with a mixed pool (revoked, over
@@ -33,12 +35,31 @@ of it, also on 127.0.0.1. It sends JSON and streaming chat requests over HTTP to
 the proxy, as an SDK would, first to a cold pool, then after the key checker has
 looked at every key; it shows which key served each request, every failover, and
 the pool's state as it learns. It needs no key and no network, prints key IDs
-only, and exits by itself.`,
+only, and exits by itself.
+
+With --serve it does not exit: it prints the URL of the proxy's status page,
+and keeps the proxy and the fake API running, with a request every --every,
+until interrupted (Ctrl-C), so that you can open the page and watch.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDemo(cmd.Context(), cmd.OutOrStdout())
+			if opts.every <= 0 {
+				return usageErrorf("--every must be above 0, not %v", opts.every)
+			}
+			return runDemo(cmd.Context(), cmd.OutOrStdout(), opts)
 		},
 	}
+	cmd.Flags().BoolVar(&opts.serve, "serve", false, "keep running, and print the status page's URL")
+	cmd.Flags().DurationVar(&opts.every, "every", 2*time.Second, "with --serve, how often a request is sent")
+	return cmd
+}
+
+// demoOptions are the demo's flags, and a hook for tests.
+type demoOptions struct {
+	serve bool          // keep serving, a request every every, until ctx ends
+	every time.Duration // 0: 2 s
+	// serving, when set, is called with the status page's URL once the
+	// demo serves it (with serve).
+	serving func(url string)
 }
 
 // demoKeys is a mixed pool, as real pools are.
@@ -80,7 +101,7 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // mix of JSON and streaming requests to the proxy over HTTP, and shows which
 // key served each and what the pool learned, from traffic and from the
 // checker. It needs no real key and exits by itself.
-func runDemo(ctx context.Context, w io.Writer) (err error) {
+func runDemo(ctx context.Context, w io.Writer, opts demoOptions) (err error) {
 	out := &syncWriter{w: w}
 	var keys []fakeopenai.Key
 	names := map[keypool.KeyID]string{}
@@ -104,8 +125,18 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	defer fake.Close() // runs first: releases any waiting handler
 	fmt.Fprintf(out, "fake OpenAI API on %s with %d keys\n", upstream.URL, len(keys))
 
-	t, err := keypool.New(
+	// The status page watches the transport from its first request.
+	var t *keypool.Transport
+	var srv *server.Server
+	page := status.New(status.Options{
+		Keys:      func() []keypool.KeyInfo { return t.Snapshot() },
+		Upstreams: func() []status.Upstream { return []status.Upstream{{Name: t.UpstreamNames()[0], Type: "openai"}} },
+		InFlight:  func() int64 { return srv.InFlight() },
+		Interval:  time.Second,
+	})
+	t, err = keypool.New(
 		keypool.WithUpstream(upstream.URL+"/v1", strings.Join(secrets, ",")),
+		keypool.WithObserver(page),
 		keypool.WithBackoff(10*time.Millisecond, 50*time.Millisecond),
 		keypool.WithMaxWait(0),
 		keypool.WithObserver(keypool.ObserverFuncs{
@@ -142,12 +173,15 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 		<-written
 	}()
 
-	// The proxy, in front of the transport, on 127.0.0.1 only.
-	srv, err := server.New(server.Options{Transport: t, Tokens: []secret.String{secret.New(demoToken)}, Records: writer})
+	// The proxy, in front of the transport, on 127.0.0.1 only, with the
+	// admin API and the status page (no admin token: loopback only).
+	srv, err = server.New(server.Options{Transport: t, Tokens: []secret.String{secret.New(demoToken)}, Records: writer})
 	if err != nil {
 		return err
 	}
-	proxy := httptest.NewUnstartedServer(srv.Handler())
+	mux := http.NewServeMux()
+	mux.Handle("/", srv.Handler())
+	proxy := httptest.NewUnstartedServer(mux)
 	proxy.Config.ReadHeaderTimeout = 5 * time.Second
 	proxy.Start()
 	defer proxy.Close()
@@ -185,17 +219,26 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	admin := server.NewAdmin(server.AdminOptions{Transport: t, Checker: checker, Status: page.Handler()})
+	for _, path := range []string{"/admin/", "/readyz", "/status", "/status/"} {
+		mux.Handle(path, admin)
+	}
 	checkCtx, stopChecker := context.WithCancel(ctx)
-	checkerDone := make(chan struct{})
+	checkerDone, pageDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(checkerDone)
 		checker.Run(checkCtx)
+	}()
+	go func() {
+		defer close(pageDone)
+		page.Run(checkCtx)
 	}()
 	var stopOnce sync.Once
 	shutdown := func() {
 		stopOnce.Do(func() {
 			stopChecker()
 			<-checkerDone
+			<-pageDone // its streams ended: the proxy's Close waits for every request
 			client.CloseIdleConnections()
 			proxy.Close()
 			fake.Close()
@@ -239,6 +282,24 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	if err := demoTable(out, t, nameOf); err != nil {
 		return err
 	}
+	if opts.serve {
+		url := proxy.URL + "/status/"
+		fmt.Fprintf(out, "\nstatus page: %s\nserving: a request every %v; interrupt (Ctrl-C) to stop\n", url, opts.every)
+		if opts.serving != nil {
+			opts.serving(url)
+		}
+		if err := demoServe(ctx, opts.every, send, demoRequests+1); err != nil {
+			return err
+		}
+		fmt.Fprintln(out, "\nwhat the pool learned:")
+		if err := demoTable(out, t, nameOf); err != nil {
+			return err
+		}
+		// ctx ended the serving: the records are read after it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+	}
 	shutdown()
 	fmt.Fprintln(out, "\nrequest records by key (keypool records --by key):")
 	if err := demoRecords(ctx, out, writer, store, nameOf); err != nil {
@@ -246,6 +307,23 @@ func runDemo(ctx context.Context, w io.Writer) (err error) {
 	}
 	fmt.Fprintln(out, "\ndone: checker, proxy and fake API stopped")
 	return nil
+}
+
+// demoServe sends request first, first+1, … every every, until ctx ends
+// (which ends it without an error).
+func demoServe(ctx context.Context, every time.Duration, send func(int) error, first int) error {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for i := first; ; i++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if err := send(i); err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
 }
 
 // demoRecords prints the records of the run grouped by the key that served

@@ -16,7 +16,7 @@ func TestRunDemo(t *testing.T) {
 	defer cancel()
 	var buf bytes.Buffer
 	start := time.Now()
-	if err := runDemo(ctx, &buf); err != nil {
+	if err := runDemo(ctx, &buf, demoOptions{every: time.Second}); err != nil {
 		t.Fatalf("runDemo: %v\n%s", err, buf.String())
 	}
 	if d := time.Since(start); d > 15*time.Second {
