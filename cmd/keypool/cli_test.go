@@ -118,10 +118,10 @@ func TestCompletionValues(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{[]string{"records", "--by", ""}, []string{"key", "model", "status", "client", "upstream", "error", "hour", "day"}},
+		{[]string{"records", "--by", ""}, []string{"key", "model", "status", "client", "upstream", "error", "minute", "hour", "day"}},
 		{[]string{"records", "--dbtype", ""}, []string{"sqlite", "postgres"}},
 		{[]string{"serve", "--dbtype", ""}, []string{"sqlite", "postgres", "none"}},
-		{[]string{"records", "--by", "h"}, []string{"key", "model", "status", "client", "upstream", "error", "hour", "day"}}, // the shell filters
+		{[]string{"records", "--by", "h"}, []string{"key", "model", "status", "client", "upstream", "error", "minute", "hour", "day"}}, // the shell filters
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			out, errOut, code := cli(t, nil, append([]string{cobra.ShellCompRequestCmd}, tc.args...)...)

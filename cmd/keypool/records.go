@@ -42,7 +42,7 @@ func newRecordsCmd() *cobra.Command {
 from the store the config names (dbtype and dbaddr: SQLite by default, at
 ./db.sqlite, or PostgreSQL), and prints the newest ones, or with --by the
 requests, errors, tokens and latencies grouped by key, model, status,
-client, upstream, error or time window (hour, day).
+client, upstream, error or time window (minute, hour, day).
 
 Records show keys and client tokens by their IDs (kp_…, ct_…), never the
 secrets. --since and --until take a duration back from now (90m, 24h, 7d)

@@ -76,7 +76,7 @@ func TestRecordsCommand(t *testing.T) {
 		args, want string
 		code       int
 	}{
-		{"--by colour", `invalid argument "colour" for "--by" flag: must be one of key, model, status, client, upstream, error, hour, day`, 2},
+		{"--by colour", `invalid argument "colour" for "--by" flag: must be one of key, model, status, client, upstream, error, minute, hour, day`, 2},
 		{"--limit 0", "--limit must be between 1 and 10000", 2},
 		{"--since soon", `--since: "soon" is neither`, 2},
 		{"--dbtype none", "must be one of sqlite, postgres", 2},

@@ -94,13 +94,15 @@ const (
 	ByClient   GroupBy = "client"
 	ByUpstream GroupBy = "upstream"
 	ByError    GroupBy = "error"
-	// ByHour and ByDay group by the time window the request arrived in (UTC).
-	ByHour GroupBy = "hour"
-	ByDay  GroupBy = "day"
+	// ByMinute, ByHour and ByDay group by the time window the request
+	// arrived in (UTC).
+	ByMinute GroupBy = "minute"
+	ByHour   GroupBy = "hour"
+	ByDay    GroupBy = "day"
 )
 
 // GroupBys lists every GroupBy, in the order help texts show them.
-var GroupBys = []GroupBy{ByKey, ByModel, ByStatus, ByClient, ByUpstream, ByError, ByHour, ByDay}
+var GroupBys = []GroupBy{ByKey, ByModel, ByStatus, ByClient, ByUpstream, ByError, ByMinute, ByHour, ByDay}
 
 // ParseGroupBy returns the GroupBy named s, or an error that lists them.
 func ParseGroupBy(s string) (GroupBy, error) {
@@ -109,7 +111,7 @@ func ParseGroupBy(s string) (GroupBy, error) {
 			return g, nil
 		}
 	}
-	return "", fmt.Errorf("records: cannot group by %q (want one of key, model, status, client, upstream, error, hour, day)", s)
+	return "", fmt.Errorf("records: cannot group by %q (want one of key, model, status, client, upstream, error, minute, hour, day)", s)
 }
 
 // Group is one row of an aggregate: the requests of one group among the
@@ -117,7 +119,7 @@ func ParseGroupBy(s string) (GroupBy, error) {
 type Group struct {
 	// Group is the value grouped by: a key ID, a model, a status as
 	// decimal, a client ID, an upstream, an error class, or the start of
-	// the hour or day as RFC 3339.
+	// the minute, hour or day as RFC 3339.
 	Group    string `json:"group"`
 	Requests int64  `json:"requests"`
 	// Errors counts requests with an Error class.

@@ -15,10 +15,12 @@ import (
 // takes the write lock up front so two writers cannot deadlock upgrading.
 const sqliteParams = "_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
 
-// sqliteMicros is the length of an hour and of a day in the time column.
+// sqliteMicros is the length of a minute, an hour and a day in the time
+// column.
 var sqliteMicros = map[string]int64{
-	"hour": int64(time.Hour / time.Microsecond),
-	"day":  int64(24 * time.Hour / time.Microsecond),
+	"minute": int64(time.Minute / time.Microsecond),
+	"hour":   int64(time.Hour / time.Microsecond),
+	"day":    int64(24 * time.Hour / time.Microsecond),
 }
 
 var sqliteDialect = &dialect{

@@ -80,8 +80,9 @@ type dialect struct {
 	// timeArg turns a UTC time, already cut to microseconds, into what the
 	// time column takes.
 	timeArg func(time.Time) any
-	// window is an SQL expression for the start of the UTC hour or day
-	// ("hour" or "day") the time column falls in; it scans into a scanTime.
+	// window is an SQL expression for the start of the UTC minute, hour or
+	// day ("minute", "hour" or "day") the time column falls in; it scans
+	// into a scanTime.
 	window func(unit string) string
 	// text turns a string into one the text columns take.
 	text func(string) string
@@ -605,6 +606,8 @@ func (s *store) groupColumn(by GroupBy) (string, bool) {
 		return "upstream", true
 	case ByError:
 		return "COALESCE(error, '')", true
+	case ByMinute:
+		return s.d.window("minute"), true
 	case ByHour:
 		return s.d.window("hour"), true
 	case ByDay:
@@ -651,7 +654,7 @@ FROM keypool_requests`+where+` GROUP BY 1`), args...)
 		switch by {
 		case ByStatus:
 			value = &number
-		case ByHour, ByDay:
+		case ByMinute, ByHour, ByDay:
 			value = &window
 		}
 		if err := rows.Scan(value, &g.Requests, &g.Errors,
@@ -662,7 +665,7 @@ FROM keypool_requests`+where+` GROUP BY 1`), args...)
 		switch by {
 		case ByStatus:
 			g.Group = strconv.FormatInt(number, 10)
-		case ByHour, ByDay:
+		case ByMinute, ByHour, ByDay:
 			g.Group = time.Time(window).Format(time.RFC3339)
 		default:
 			g.Group = text
@@ -684,7 +687,7 @@ FROM keypool_requests`+where+` GROUP BY 1`), args...)
 func sortGroups(groups []Group, by GroupBy) {
 	slices.SortFunc(groups, func(a, b Group) int {
 		switch by {
-		case ByHour, ByDay:
+		case ByMinute, ByHour, ByDay:
 			// RFC 3339 in UTC sorts as the time does.
 			return strings.Compare(b.Group, a.Group)
 		}

@@ -361,6 +361,8 @@ func testStore(t *testing.T, b backend) {
 		r1 := group("", 1, 0, 10, 20, 1, 0, 1000*ms, 100*ms)
 		r2 := group("", 1, 1, 0, 0, 0, 0, 20*ms, 10*ms)
 		r4 := group("", 1, 1, 0, 0, 0, 0, 60*ms, 50*ms)
+		r3 := group("", 1, 0, 5, 7, 2, 3, 3000*ms, 200*ms)
+		r5 := group("", 1, 0, 1, 2, 0, 0, 2000*ms, 300*ms)
 		r6 := group("", 1, 1, 0, 0, 0, 0, 1*ms, 1*ms)
 		for _, tt := range []struct {
 			by   GroupBy
@@ -375,6 +377,14 @@ func testStore(t *testing.T, b backend) {
 				ok.as("c1"), group("", 2, 2, 0, 0, 0, 0, 30500*time.Microsecond, 25500*time.Microsecond), r2.as("c2")}},
 			{ByUpstream, Query{}, []Group{k1.as("u1"), k2.as("u2"), r6.as("")}},
 			{ByError, Query{}, []Group{ok.as(""), r2.as("rate_limited"), r4.as("server_error"), r6.as("unauthorized")}},
+			{ByMinute, Query{}, []Group{
+				r6.as("2026-11-22T02:30:00Z"),
+				r5.as("2026-11-22T02:00:00Z"),
+				r4.as("2026-11-22T01:59:00Z"),
+				r3.as("2026-11-22T01:15:00Z"),
+				r2.as("2026-11-22T00:00:00Z"),
+				r1.as("2026-11-21T23:59:00Z"),
+			}},
 			{ByHour, Query{}, []Group{
 				group("2026-11-22T02:00:00Z", 2, 1, 1, 2, 0, 0, 1000500*time.Microsecond, 150500*time.Microsecond),
 				k2.as("2026-11-22T01:00:00Z"),
@@ -403,6 +413,33 @@ func testStore(t *testing.T, b backend) {
 					t.Errorf("Aggregate(%+v, %s):\n got %+v\nwant %+v", tt.q, tt.by, got, tt.want)
 				}
 			})
+		}
+	})
+
+	t.Run("aggregate by minute before 1970", func(t *testing.T) {
+		// Before 1970 the time column is negative: a window is its floor,
+		// not its truncation toward zero.
+		st := b.open(t, b.newAddr(t))
+		ms := time.Millisecond
+		insert(t, st,
+			Record{Path: "/a", Time: at("1965-06-15T12:34:56.5Z"), Status: 200, Duration: 10 * ms},
+			Record{Path: "/b", Time: at("1969-12-31T23:58:59.999999Z"), Status: 200, Duration: 20 * ms},
+			Record{Path: "/c", Time: at("1969-12-31T23:59:00Z"), Status: 200, Duration: 30 * ms},
+			Record{Path: "/d", Time: at("1969-12-31T23:59:59.999999Z"), Status: 200, Duration: 50 * ms},
+			Record{Path: "/e", Time: at("1970-01-01T00:00:00Z"), Status: 200, Duration: 60 * ms},
+		)
+		want := []Group{
+			group("1970-01-01T00:00:00Z", 1, 0, 0, 0, 0, 0, 60*ms, 0),
+			group("1969-12-31T23:59:00Z", 2, 0, 0, 0, 0, 0, 40*ms, 0),
+			group("1969-12-31T23:58:00Z", 1, 0, 0, 0, 0, 0, 20*ms, 0),
+			group("1965-06-15T12:34:00Z", 1, 0, 0, 0, 0, 0, 10*ms, 0),
+		}
+		got, err := st.Aggregate(t.Context(), Query{}, ByMinute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("Aggregate(minute):\n got %+v\nwant %+v", got, want)
 		}
 	})
 
