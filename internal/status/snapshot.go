@@ -148,7 +148,7 @@ func (p *Page) readRecords(now time.Time) (Minutes, error) {
 	out := newMinutes("records", now)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	groups, err := p.opts.Records.Aggregate(ctx, records.Query{Since: out.Start}, records.GroupBy("minute"))
+	groups, err := p.opts.Records.Aggregate(ctx, records.Query{Since: out.Start}, records.ByMinute)
 	if err != nil {
 		return Minutes{}, err
 	}
