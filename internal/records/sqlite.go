@@ -2,6 +2,7 @@ package records
 
 import (
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -37,7 +38,15 @@ var sqliteDialect = &dialect{
 		return fmt.Sprintf("(time - ((time %% %d) + %d) %% %d)", n, n, n)
 	},
 	text: func(s string) string { return s },
+	busy: func(err error) bool {
+		var e interface{ Code() int }
+		return errors.As(err, &e) && e.Code()&0xff == sqliteBusy
+	},
 }
+
+// sqliteBusy is SQLITE_BUSY, the primary result code of a database whose
+// lock another connection holds.
+const sqliteBusy = 5
 
 func openSQLite(path string) (*store, error) {
 	if path == "" {

@@ -89,6 +89,10 @@ type dialect struct {
 	// scrub removes secrets from an error; it is the last thing every
 	// error of a store goes through. nil: none to remove.
 	scrub *secret.Scrubber
+	// busy, if not nil, reports an error of a connection being opened
+	// that a moment's wait may cure (another process holds a lock the
+	// connection's setup needs).
+	busy func(error) bool
 }
 
 // bind rewrites the ? placeholders of query for d. No query of this
@@ -252,7 +256,7 @@ func (s *store) ready(ctx context.Context) error {
 	if s.migrated.Load() {
 		return nil
 	}
-	if err := s.db.PingContext(ctx); err != nil {
+	if err := s.connect(ctx); err != nil {
 		return s.fail("connect", err)
 	}
 	if err := s.migrate(ctx); err != nil {
@@ -261,6 +265,30 @@ func (s *store) ready(ctx context.Context) error {
 	s.migrated.Store(true)
 	return nil
 }
+
+// connect opens a first connection. While the dialect says the database
+// is busy, it tries again, for up to connectPatience: SQLite's busy
+// timeout does not cover a connection's own setup (its switch to WAL)
+// while another process sets up the same new file.
+func (s *store) connect(ctx context.Context) error {
+	deadline := time.Now().Add(connectPatience)
+	for wait := 10 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := s.db.PingContext(ctx)
+		if err == nil || s.d.busy == nil || !s.d.busy(err) || time.Now().Add(wait).After(deadline) {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// connectPatience bounds how long connect waits for a busy database.
+const connectPatience = 5 * time.Second
 
 // migrate brings the schema to the newest version in one transaction, which
 // keeps out other processes migrating the same database (the dialect's lock
