@@ -109,6 +109,11 @@ type Options struct {
 	// reloads and never ends the process; tests send on it. Signals that
 	// come during a reload make one more reload after it.
 	Hangup <-chan os.Signal
+	// StatusInterval is how often open status pages get a snapshot
+	// (status.Options.Interval); 0 means status.DefaultInterval. keypool
+	// serve leaves it 0; benchmarks shorten it so that the pages' cost
+	// shows.
+	StatusInterval time.Duration
 }
 
 // withDefaults is o with its zero fields set to what they mean.

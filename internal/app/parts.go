@@ -98,6 +98,7 @@ func build(cfg *config.Config, opts Options, topts []keypool.Option, reload func
 		Keys:      func() []keypool.KeyInfo { return p.transport.Snapshot() },
 		Upstreams: func() []status.Upstream { return *p.upstreams.Load() },
 		InFlight:  func() int64 { return p.server.InFlight() },
+		Interval:  opts.StatusInterval,
 		Logger:    log,
 	}
 	if p.records != nil {
