@@ -25,7 +25,7 @@ const spaces = " \t\n\r\v\f"
 // for a Scrubber: a driver's message may quote the DSN.
 func maskDSN(dsn string) (shown string, hidden []string) {
 	switch {
-	case strings.Contains(dsn, "://"):
+	case hasScheme(dsn):
 		return maskURL(dsn)
 	case strings.Contains(dsn, "="):
 		return maskKeyValue(dsn)
@@ -37,6 +37,24 @@ func maskDSN(dsn string) (shown string, hidden []string) {
 	}
 	return dsn, nil
 }
+
+// hasScheme reports whether dsn starts as a URL does, with a scheme and
+// "://" (pgx reads a DSN as a URL only then): "://" elsewhere, as in a
+// key=value DSN's password='a://b', does not make one.
+func hasScheme(dsn string) bool {
+	scheme, _, ok := strings.Cut(dsn, "://")
+	if !ok || scheme == "" || !isLetter(scheme[0]) {
+		return false
+	}
+	for i := range len(scheme) {
+		if c := scheme[i]; !isLetter(c) && !('0' <= c && c <= '9') && c != '+' && c != '-' && c != '.' {
+			return false
+		}
+	}
+	return true
+}
+
+func isLetter(c byte) bool { return 'a' <= c|0x20 && c|0x20 <= 'z' }
 
 // maskURL masks the password of a URL's user info and the values of its
 // query's password parameters. It cuts the URL as url.Parse does, but
