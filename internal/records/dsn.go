@@ -25,7 +25,10 @@ const spaces = " \t\n\r\v\f"
 // for a Scrubber: a driver's message may quote the DSN.
 func maskDSN(dsn string) (shown string, hidden []string) {
 	switch {
-	case hasScheme(dsn):
+	case strings.HasPrefix(dsn, "file:") && !strings.Contains(dsn, "@"):
+		// SQLite's URI of a file (file:keypool.db?mode=rwc): no password.
+		return dsn, nil
+	case hasScheme(strings.TrimLeft(dsn, spaces)):
 		return maskURL(dsn)
 	case strings.Contains(dsn, "="):
 		return maskKeyValue(dsn)
@@ -147,7 +150,7 @@ func maskKeyValue(dsn string) (string, []string) {
 		if eq >= 0 {
 			key = strings.Trim(s[:eq], spaces)
 		}
-		if eq < 0 || strings.ContainsAny(key, spaces) {
+		if eq < 0 || !isKeyword(key) {
 			break
 		}
 		b.WriteString(s[:eq+1])
@@ -161,7 +164,9 @@ func maskKeyValue(dsn string) (string, []string) {
 		}
 		value := s[:end]
 		s = s[end:]
-		if passwordKey(key) {
+		// A URL as a value (DATABASE_URL=postgres://u:p@h/db, pasted
+		// from an env file) may hold a password of its own.
+		if passwordKey(key) || strings.Contains(value, "://") || strings.Contains(value, "@") {
 			hidden = append(hidden, value, strings.Trim(value, "'"))
 			value = secret.Redacted
 		}
@@ -169,6 +174,19 @@ func maskKeyValue(dsn string) (string, []string) {
 	}
 	b.WriteString(secret.Redacted)
 	return b.String(), append(hidden, pieces(s)...)
+}
+
+// isKeyword reports whether key is a word a key=value DSN's keys are
+// made of (letters, digits and _, not first a digit): anything else, such
+// as a quote or a URL's "postgres://…?sslmode", means the DSN is not one
+// of pairs, and is hidden from there.
+func isKeyword(key string) bool {
+	for i := range len(key) {
+		if c := key[i]; !isLetter(c) && c != '_' && !(i > 0 && '0' <= c && c <= '9') {
+			return false
+		}
+	}
+	return key != ""
 }
 
 // pieces returns s, hidden because the DSN broke there, and its words: the

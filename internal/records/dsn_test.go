@@ -31,6 +31,13 @@ func TestRedactAddr(t *testing.T) {
 		{"host=db user=kp s3cret port=5432", "host=db user=kp [redacted]"},
 		{"host=db password='s3cret port=5432", "host=db password=[redacted]"},
 		{"user:s3cret@db/kp", "[redacted]@db/kp"},
+		// A URL not at the start, or not as pgx reads one, shows nothing
+		// of its user info.
+		{"host=db password='a://b' dbname=kp", "host=db password=[redacted] dbname=kp"},
+		{"DATABASE_URL=postgres://u:hunter2@db/keypool", "DATABASE_URL=[redacted]"},
+		{" postgres://u:hunter2@db/keypool?sslmode=require", " postgres://[redacted]@db/keypool?[redacted]"},
+		{`"postgres://u:hunter2@db/keypool?sslmode=require"`, "[redacted]"},
+		{"jdbc:postgresql://db/keypool?user=u&password=hunter2", "[redacted]"},
 	} {
 		if got := RedactAddr(tt.in); got != tt.want {
 			t.Errorf("RedactAddr(%q) = %q, want %q", tt.in, got, tt.want)
