@@ -56,7 +56,7 @@ until interrupted (Ctrl-C), so that you can open the page and watch.`,
 // demoOptions are the demo's flags, and a hook for tests.
 type demoOptions struct {
 	serve bool          // keep serving, a request every every, until ctx ends
-	every time.Duration // 0: 2 s
+	every time.Duration // above 0 (the flag's default is 2 s)
 	// serving, when set, is called with the status page's URL once the
 	// demo serves it (with serve).
 	serving func(url string)

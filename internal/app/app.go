@@ -164,7 +164,10 @@ func newApp(cfg *config.Config, opts Options, topts []keypool.Option) (*App, err
 }
 
 // Handler serves the whole HTTP surface: the proxy, the admin API, the
-// probes and the metrics.
+// status page, the probes and the metrics. A caller that serves it itself
+// (Run with no listener) ends Run's context before its own server's
+// Shutdown: open status pages' streams end only then, and Shutdown would
+// wait for them.
 func (a *App) Handler() http.Handler { return a.parts.handler }
 
 // Transport is the transport the proxy sends every request with.

@@ -18,7 +18,9 @@ type Snapshot struct {
 	Counts     Counts            `json:"counts"`
 	Upstreams  []UpstreamView    `json:"upstreams"`
 	Keys       []keypool.KeyInfo `json:"keys"`
-	// KeysTotal is every key's count; Keys lists the first maxKeys.
+	// KeysTotal is every key's count; Keys lists the first maxKeys, and
+	// Budgets are theirs, so that a snapshot stays small however large
+	// the pool.
 	KeysTotal int      `json:"keys_total"`
 	Budgets   []Budget `json:"budgets"`
 	Minutes   Minutes  `json:"minutes"`
@@ -75,6 +77,9 @@ func (p *Page) snapshot(now time.Time) []byte {
 		}
 		ups[j].Keys++
 		ups[j].States[state]++
+		if i >= maxKeys { // counted above; listed, with its budget, only among the first maxKeys
+			continue
+		}
 		scope := k.Scope
 		if scope == "" {
 			scope = "key:" + string(k.ID)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -354,4 +355,20 @@ func TestStreamsAreBoundedAndEndAtShutdown(t *testing.T) {
 			t.Fatalf("data after Shutdown: %d", w.Code)
 		}
 	})
+}
+
+// A large pool's snapshot lists its first keys, and their budgets, only;
+// the counts cover every key.
+func TestSnapshotOfALargePool(t *testing.T) {
+	var keys []fakeopenai.Key
+	for i := range 2100 {
+		keys = append(keys, fakeopenai.Key{Secret: fmt.Sprintf("sk-status-large-%04d-0123456789", i)})
+	}
+	r := newRig(t, status.Options{}, keys...)
+	s := decode(t, r.get(t, "/status/data").Body.Bytes())
+	if s.KeysTotal != 2100 || len(s.Keys) != 2000 || len(s.Budgets) != 2000 || s.Counts.States["unchecked"] != 2100 ||
+		len(s.Upstreams) != 1 || s.Upstreams[0].Keys != 2100 {
+		t.Fatalf("%d keys of %d listed, %d budgets, counts %v, upstreams %+v",
+			len(s.Keys), s.KeysTotal, len(s.Budgets), s.Counts, s.Upstreams)
+	}
 }

@@ -343,10 +343,12 @@ function render(snap) {
   if (!Number.isNaN(now)) clockOffset = now - Date.now();
 
   const keys = Array.isArray(snap.keys) ? snap.keys : [];
-  if (changed('header', [snap.in_flight, snap.counts, keys.length])) {
+  const total = Number.isFinite(snap.keys_total) ? snap.keys_total : keys.length;
+  if (changed('header', [snap.in_flight, snap.counts, keys.length, total])) {
     el.inFlight.textContent = fmt(snap.in_flight || 0);
     el.usable.textContent = fmt(snap.counts?.usable || 0);
-    el.total.textContent = fmt(keys.length);
+    // A large pool's snapshot lists the first keys only; the counts cover all.
+    el.total.textContent = total > keys.length ? `${fmt(total)} (${fmt(keys.length)} listed)` : fmt(total);
   }
   if (changed('upstreams', snap.upstreams)) renderUpstreams(snap.upstreams || []);
   renderKeys(keys);
