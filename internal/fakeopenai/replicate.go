@@ -170,7 +170,7 @@ func (x *exchange) replicateCreate() {
 	x.s.predictions[p.id] = p
 	x.s.mu.Unlock()
 	if finished && !p.failed {
-		x.spent(p.input, p.output) // before the answer: see replicateStream
+		p.spend(x.s, true) // before the answer: see replicateStream
 	}
 	x.replicateJSON(http.StatusCreated, o)
 }

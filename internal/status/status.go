@@ -118,7 +118,6 @@ type Page struct {
 }
 
 type frame struct {
-	seq   uint64
 	at    time.Time
 	event []byte // the snapshot as one server-sent event
 	body  []byte // the snapshot's JSON, on one line: within event
@@ -126,10 +125,10 @@ type frame struct {
 
 const eventPrefix = "event: snapshot\ndata: "
 
-func newFrame(seq uint64, at time.Time, body []byte) *frame {
+func newFrame(at time.Time, body []byte) *frame {
 	ev := make([]byte, 0, len(eventPrefix)+len(body)+2)
 	ev = append(append(append(ev, eventPrefix...), body...), "\n\n"...)
-	return &frame{seq: seq, at: at, event: ev, body: ev[len(eventPrefix) : len(ev)-2]}
+	return &frame{at: at, event: ev, body: ev[len(eventPrefix) : len(ev)-2]}
 }
 
 type asset struct {
@@ -181,15 +180,6 @@ func loadAssets() map[string]asset {
 	return out
 }
 
-// Size is the bytes of the page's embedded files, all together.
-func (p *Page) Size() int {
-	n := 0
-	for _, a := range p.assets {
-		n += len(a.body)
-	}
-	return n
-}
-
 // Run pushes a snapshot to the open pages every Options.Interval, and
 // soon after a key changes state, until ctx ends; then it ends every
 // stream (Shutdown) and returns nil. It builds no snapshot while no page
@@ -239,27 +229,23 @@ func (p *Page) open() int {
 }
 
 // publish builds a snapshot and hands it to every open stream.
-func (p *Page) publish() *frame {
+func (p *Page) publish() {
 	p.build.Lock()
 	defer p.build.Unlock()
-	return p.publishLocked()
+	p.publishLocked()
 }
 
-// publishLocked requires that p.build is held.
-func (p *Page) publishLocked() *frame {
+// publishLocked returns the snapshot it published, and the channel closed
+// when the next one is. It requires that p.build is held.
+func (p *Page) publishLocked() (*frame, <-chan struct{}) {
 	now := p.opts.Now()
-	body := p.snapshot(now)
+	f := newFrame(now, p.snapshot(now))
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	seq := uint64(1)
-	if p.frame != nil {
-		seq = p.frame.seq + 1
-	}
-	f := newFrame(seq, now, body)
 	p.frame = f
 	close(p.fresh)
 	p.fresh = make(chan struct{})
-	return f
+	return f, p.fresh
 }
 
 // current returns a snapshot no older than half an interval, building one
@@ -274,10 +260,7 @@ func (p *Page) current() (*frame, <-chan struct{}) {
 	if f != nil && p.opts.Now().Sub(f.at) < p.opts.Interval/2 {
 		return f, fresh
 	}
-	f = p.publishLocked()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return f, p.fresh
+	return p.publishLocked()
 }
 
 // Handler serves the page and its data:
